@@ -1,0 +1,28 @@
+"""Stable error codes: the CLI, the worker protocol and Blender all report these strings."""
+
+
+class LikenessError(Exception):
+    """An expected failure with a stable machine-readable code and a message for people."""
+
+    def __init__(self, code: str, message: str):
+        assert code in CODES, code
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+CODES = {
+    "FILE_NOT_FOUND": "the input path does not exist or is not a file",
+    "EMPTY_FILE": "the input file has zero bytes",
+    "NOT_AN_IMAGE": "the file is not an image format we can read",
+    "CORRUPT_IMAGE": "the image is truncated or damaged",
+    "IMAGE_TOO_SMALL": "the image is too small to hold a face we can fit",
+    "IMAGE_TOO_LARGE": "the image has more than 100 megapixels",
+    "NO_FACE": "no face was found in the image",
+    "ASSETS_MISSING": "ICT-FaceKit or the MediaPipe model is not installed",
+    "OUTPUT_EXISTS": "the output folder exists and would be overwritten",
+    "CANCELLED": "the request was cancelled",
+    "BAD_REQUEST": "a worker request that is not valid JSON or lacks fields",
+    "BUSY": "the worker is already running a request",
+    "INTERNAL": "an unexpected failure (a bug): the message holds the details",
+}

