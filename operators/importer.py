@@ -1,0 +1,530 @@
+"""Result bundle (docs/bundle.md, schema 1) -> one Blender object. Pure bpy + numpy, no torch.
+
+Everything is built with vectorised `foreach_set`; nothing loops over vertices in Python.
+On any failure every datablock created so far is removed again, so nothing half-imported stays.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import bpy
+import numpy as np
+
+from .worker_client import WorkerError
+
+SCHEMA_VERSION = 1
+UV_NAME = "UVMap"
+CM_TO_M = 0.01
+
+# Custom properties that mark what the add-on created.
+PROP_HEAD = "likeness_head"
+
+
+def ict_to_blender(v: np.ndarray) -> np.ndarray:
+    """ICT model space in cm (+Y up, face looks down +Z) -> Blender metres (+Z up, face looks down -Y).
+    (x, y, z)_ict -> (x, -z, y) * 0.01."""
+    v = np.asarray(v, dtype=np.float32)
+    out = np.empty_like(v)
+    out[..., 0] = v[..., 0]
+    out[..., 1] = -v[..., 2]
+    out[..., 2] = v[..., 1]
+    out *= CM_TO_M
+    return out
+
+
+def arkit_name(name: str) -> str:
+    """ICT/ARKit-style `eyeBlink_L` -> ARKit `eyeBlinkLeft` (names without a side are kept)."""
+    if name.endswith("_L"):
+        return name[:-2] + "Left"
+    if name.endswith("_R"):
+        return name[:-2] + "Right"
+    return name
+
+
+# ------------------------------------------------------------------------------------------
+# bundle reading
+# ------------------------------------------------------------------------------------------
+
+class Bundle:
+    def __init__(self, path: str | os.PathLike):
+        self.dir = Path(path)
+        rj = self.dir / "result.json"
+        if not rj.is_file():
+            raise WorkerError("BUNDLE_INVALID", f"no result.json in {self.dir}")
+        try:
+            self.result = json.loads(rj.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as ex:
+            raise WorkerError("BUNDLE_INVALID", f"cannot read {rj}: {ex}") from ex
+        ver = self.result.get("schema_version")
+        if ver != SCHEMA_VERSION:
+            raise WorkerError("BUNDLE_INVALID", f"unsupported bundle schema_version {ver!r} (expected 1)")
+        self.files = list(self.result.get("files") or [])
+
+    def by_role(self, role: str) -> list[dict]:
+        return [f for f in self.files if f.get("role") == role]
+
+    def path(self, entry: dict) -> Path:
+        return self.dir / entry["path"]
+
+    def mesh_path(self) -> Path:
+        ent = self.by_role("mesh")
+        p = self.path(ent[0]) if ent else self.dir / "mesh.npz"
+        if not p.is_file():
+            raise WorkerError("BUNDLE_INVALID", f"mesh file missing: {p}")
+        return p
+
+    def tiles(self, role: str) -> dict[int, Path]:
+        """tile number -> file, for the UDIM images of one role (only files that exist)."""
+        out = {}
+        for ent in self.by_role(role):
+            p = self.path(ent)
+            if p.is_file():
+                out[int(ent.get("tile", 1001))] = p
+        return out
+
+    def colorspace(self, role: str, default: str) -> str:
+        for ent in self.by_role(role):
+            if ent.get("colorspace"):
+                return ent["colorspace"]
+        return default
+
+
+# ------------------------------------------------------------------------------------------
+# creation bookkeeping (for the all-or-nothing import)
+# ------------------------------------------------------------------------------------------
+
+class _Created:
+    def __init__(self):
+        self.items: list = []
+
+    def add(self, idb):
+        self.items.append(idb)
+        return idb
+
+    def rollback(self):
+        # Objects first (they use meshes/materials), then the rest, in reverse order.
+        for kind in (bpy.types.Object, None):
+            for idb in reversed(self.items):
+                try:
+                    if kind is not None and not isinstance(idb, kind):
+                        continue
+                    if kind is None and isinstance(idb, bpy.types.Object):
+                        continue
+                    _remove_id(idb)
+                except ReferenceError:
+                    pass
+        self.items.clear()
+
+
+def _remove_id(idb) -> None:
+    coll = {
+        bpy.types.Object: bpy.data.objects, bpy.types.Mesh: bpy.data.meshes,
+        bpy.types.Material: bpy.data.materials, bpy.types.Image: bpy.data.images,
+        bpy.types.Collection: bpy.data.collections, bpy.types.Light: bpy.data.lights,
+        bpy.types.World: bpy.data.worlds, bpy.types.Camera: bpy.data.cameras,
+        bpy.types.ShaderNodeTree: bpy.data.node_groups,
+    }
+    for t, c in coll.items():
+        if isinstance(idb, t):
+            c.remove(idb, do_unlink=True)
+            return
+
+
+# ------------------------------------------------------------------------------------------
+# mesh
+# ------------------------------------------------------------------------------------------
+
+def _build_mesh(name: str, verts_bl: np.ndarray, face_sizes: np.ndarray, fvi: np.ndarray,
+                corner_uvs: np.ndarray, face_part: np.ndarray) -> bpy.types.Mesh:
+    nv, nf, nl = len(verts_bl), len(face_sizes), len(fvi)
+    if int(face_sizes.sum()) != nl or len(corner_uvs) != nl or len(face_part) != nf:
+        raise WorkerError("BUNDLE_INVALID", "mesh.npz arrays have inconsistent lengths")
+    if nl and (fvi.min() < 0 or fvi.max() >= nv):
+        raise WorkerError("BUNDLE_INVALID", "mesh.npz face_vertex_indices out of range")
+    me = bpy.data.meshes.new(name)
+    me.vertices.add(nv)
+    me.vertices.foreach_set("co", np.ascontiguousarray(verts_bl, dtype=np.float32).ravel())
+    me.loops.add(nl)
+    me.loops.foreach_set("vertex_index", np.ascontiguousarray(fvi, dtype=np.int32))
+    me.polygons.add(nf)
+    starts = np.zeros(nf, dtype=np.int32)
+    np.cumsum(face_sizes[:-1], out=starts[1:])
+    me.polygons.foreach_set("loop_start", starts)
+    me.polygons.foreach_set("material_index", np.ascontiguousarray(face_part, dtype=np.int32))
+    uv = me.uv_layers.new(name=UV_NAME)
+    uv.data.foreach_set("uv", np.ascontiguousarray(corner_uvs, dtype=np.float32).ravel())
+    me.update()
+    me.shade_smooth()
+    return me
+
+
+# ------------------------------------------------------------------------------------------
+# images
+# ------------------------------------------------------------------------------------------
+
+def _load_image(path: Path, name: str, colorspace: str, tiled: bool, created: _Created,
+                pack: bool) -> bpy.types.Image:
+    # check_existing=False: never reuse (or overwrite) an image that is already loaded.
+    img = created.add(bpy.data.images.load(str(path), check_existing=False))
+    img.name = name  # Blender makes it unique (".001") when the name is taken
+    if tiled:
+        img.source = "TILED"
+    img.colorspace_settings.name = colorspace
+    if pack:
+        img.pack()
+    return img
+
+
+def _sock(sockets, identifier: str):
+    """A node socket by identifier (ShaderNodeMix has several sockets named "A", "B", "Result")."""
+    for s in sockets:
+        if s.identifier == identifier:
+            return s
+    raise KeyError(identifier)
+
+
+def _tile_mask(nt: bpy.types.NodeTree, uv_socket, tiles: list[int], x: float, y: float):
+    """A float socket that is 1 on the UV tiles in `tiles` and 0 elsewhere (u only: v0 tiles are a row)."""
+    nodes, links = nt.nodes, nt.links
+    sep = nodes.new("ShaderNodeSeparateXYZ")
+    sep.location = (x, y)
+    links.new(uv_socket, sep.inputs[0])
+    fl = nodes.new("ShaderNodeMath")
+    fl.operation = "FLOOR"
+    fl.location = (x + 160, y)
+    links.new(sep.outputs[0], fl.inputs[0])
+    acc = None
+    for i, t in enumerate(sorted(tiles)):
+        cmp_ = nodes.new("ShaderNodeMath")
+        cmp_.operation = "COMPARE"
+        cmp_.inputs[1].default_value = float(t - 1001)
+        cmp_.inputs[2].default_value = 0.5
+        cmp_.location = (x + 320, y - 60 * i)
+        links.new(fl.outputs[0], cmp_.inputs[0])
+        if acc is None:
+            acc = cmp_.outputs[0]
+        else:
+            add = nodes.new("ShaderNodeMath")
+            add.operation = "MAXIMUM"
+            add.location = (x + 480, y - 60 * i)
+            links.new(acc, add.inputs[0])
+            links.new(cmp_.outputs[0], add.inputs[1])
+            acc = add.outputs[0]
+    return acc
+
+
+# ------------------------------------------------------------------------------------------
+# materials
+# ------------------------------------------------------------------------------------------
+
+def _node_tree(mat: bpy.types.Material):
+    # Blender 5 materials always have nodes (use_nodes is deprecated); 4.x needs the switch.
+    if mat.node_tree is None:
+        mat.use_nodes = True
+    return mat.node_tree
+
+
+def _principled(mat: bpy.types.Material):
+    nt = _node_tree(mat)
+    bsdf = next(n for n in nt.nodes if n.type == "BSDF_PRINCIPLED")
+    out = next(n for n in nt.nodes if n.type == "OUTPUT_MATERIAL")
+    return nt, bsdf, out
+
+
+def _skin_material(name: str, bundle: Bundle, stem: str, created: _Created, pack: bool,
+                   skin_tiles: list[int]) -> bpy.types.Material:
+    mat = created.add(bpy.data.materials.new(name))
+    nt, bsdf, out = _principled(mat)
+    nodes, links = nt.nodes, nt.links
+    bsdf.location = (600, 300)
+    out.location = (950, 300)
+    uvn = nodes.new("ShaderNodeUVMap")
+    uvn.uv_map = UV_NAME
+    uvn.location = (-700, 0)
+
+    diffuse_tiles = bundle.tiles("diffuse")
+    if 1001 not in diffuse_tiles:
+        raise WorkerError("BUNDLE_INVALID", "the bundle has no diffuse.1001.png")
+    diff = _load_image(diffuse_tiles[1001], f"{stem} diffuse", bundle.colorspace("diffuse", "sRGB"),
+                       True, created, pack)
+    tex = nodes.new("ShaderNodeTexImage")
+    tex.name = tex.label = "Diffuse (UDIM)"
+    tex.image = diff
+    tex.location = (-100, 450)
+    links.new(uvn.outputs["UV"], tex.inputs["Vector"])
+    links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
+
+    bsdf.inputs["Roughness"].default_value = 0.5
+    bsdf.inputs["Subsurface Weight"].default_value = 0.1
+    bsdf.inputs["Subsurface Radius"].default_value = (1.0, 0.35, 0.2)
+    bsdf.inputs["Subsurface Scale"].default_value = 0.005  # metres
+    bsdf.inputs["IOR"].default_value = 1.4
+
+    # Specular and normal maps exist for some tiles only (v0: 1001). Each is loaded as a tiled
+    # image too; on tiles it lacks, a UV-tile mask blends in the neutral value (so Cycles never
+    # samples a missing tile, which it would show as magenta).
+    spec_tiles = bundle.tiles("specular")
+    if 1001 in spec_tiles:
+        spec = _load_image(spec_tiles[1001], f"{stem} specular",
+                           bundle.colorspace("specular", "Non-Color"), True, created, pack)
+        stex = nodes.new("ShaderNodeTexImage")
+        stex.name = stex.label = "Specular (UDIM)"
+        stex.image = spec
+        stex.location = (-100, 150)
+        links.new(uvn.outputs["UV"], stex.inputs["Vector"])
+        # specular map (grey, 0..1) -> Specular IOR Level (0.5 = the default F0 for the IOR)
+        level = nodes.new("ShaderNodeMapRange")
+        level.name = level.label = "Specular -> IOR Level"
+        level.inputs["To Min"].default_value = 0.0
+        level.inputs["To Max"].default_value = 1.0
+        level.location = (200, 150)
+        links.new(stex.outputs["Color"], level.inputs["Value"])
+        spec_out = level.outputs["Result"]
+        missing = [t for t in skin_tiles if t not in spec_tiles]
+        if missing:
+            mask = _tile_mask(nt, uvn.outputs["UV"], list(spec_tiles), -700, -300)
+            mix = nodes.new("ShaderNodeMix")
+            mix.data_type = "FLOAT"
+            mix.name = mix.label = "Specular on mapped tiles"
+            mix.location = (400, 150)
+            links.new(mask, _sock(mix.inputs, "Factor_Float"))
+            _sock(mix.inputs, "A_Float").default_value = 0.5
+            links.new(spec_out, _sock(mix.inputs, "B_Float"))
+            spec_out = _sock(mix.outputs, "Result_Float")
+        links.new(spec_out, bsdf.inputs["Specular IOR Level"])
+
+    norm_tiles = bundle.tiles("normal")
+    if 1001 in norm_tiles:
+        nimg = _load_image(norm_tiles[1001], f"{stem} normal",
+                           bundle.colorspace("normal", "Non-Color"), True, created, pack)
+        ntex = nodes.new("ShaderNodeTexImage")
+        ntex.name = ntex.label = "Normal (UDIM)"
+        ntex.image = nimg
+        ntex.location = (-100, -200)
+        links.new(uvn.outputs["UV"], ntex.inputs["Vector"])
+        col = ntex.outputs["Color"]
+        missing = [t for t in skin_tiles if t not in norm_tiles]
+        if missing:
+            mask = _tile_mask(nt, uvn.outputs["UV"], list(norm_tiles), -700, -600)
+            mix = nodes.new("ShaderNodeMix")
+            mix.data_type = "RGBA"
+            mix.name = mix.label = "Normal on mapped tiles"
+            mix.location = (200, -200)
+            links.new(mask, _sock(mix.inputs, "Factor_Float"))
+            _sock(mix.inputs, "A_Color").default_value = (0.5, 0.5, 1.0, 1.0)  # flat tangent-space normal
+            links.new(col, _sock(mix.inputs, "B_Color"))
+            col = _sock(mix.outputs, "Result_Color")
+        nmap = nodes.new("ShaderNodeNormalMap")
+        nmap.space = "TANGENT"
+        nmap.uv_map = UV_NAME
+        nmap.location = (400, -200)
+        links.new(col, nmap.inputs["Color"])
+        links.new(nmap.outputs["Normal"], bsdf.inputs["Normal"])
+    return mat
+
+
+def _plain_material(name: str, created: _Created, color, roughness: float, **extra):
+    mat = created.add(bpy.data.materials.new(name))
+    nt, bsdf, out = _principled(mat)
+    bsdf.inputs["Base Color"].default_value = (*color, 1.0)
+    bsdf.inputs["Roughness"].default_value = roughness
+    for k, v in extra.items():
+        bsdf.inputs[k].default_value = v
+    mat.diffuse_color = (*color, 1.0)  # solid viewport colour
+    return mat
+
+
+def _eye_material(name: str, created: _Created, iris_color=(0.18, 0.11, 0.06)):
+    """Procedural eyeball: the ICT eyeball's outer shell has a planar UV whose centre (0.5, 0.5)
+    is the front pole; pupil and iris are discs around it, sclera elsewhere, with a glossy coat."""
+    mat = created.add(bpy.data.materials.new(name))
+    nt, bsdf, out = _principled(mat)
+    nodes, links = nt.nodes, nt.links
+    uvn = nodes.new("ShaderNodeUVMap")
+    uvn.uv_map = UV_NAME
+    uvn.location = (-900, 200)
+    # r = distance of the local (0..1) UV from the centre
+    frac = nodes.new("ShaderNodeVectorMath")
+    frac.operation = "FRACTION"
+    frac.location = (-700, 200)
+    links.new(uvn.outputs["UV"], frac.inputs[0])
+    sub = nodes.new("ShaderNodeVectorMath")
+    sub.operation = "DISTANCE"
+    sub.inputs[1].default_value = (0.5, 0.5, 0.0)
+    sub.location = (-520, 200)
+    links.new(frac.outputs[0], sub.inputs[0])
+    ramp = nodes.new("ShaderNodeValToRGB")
+    ramp.location = (-300, 200)
+    cr = ramp.color_ramp
+    cr.interpolation = "LINEAR"
+    e = cr.elements
+    e[0].position, e[0].color = 0.0, (0.005, 0.005, 0.005, 1)
+    e[1].position, e[1].color = 0.036, (0.005, 0.005, 0.005, 1)
+    for pos, c in ((0.042, (*[x * 0.6 for x in iris_color], 1)), (0.085, (*iris_color, 1)),
+                   (0.10, (*[x * 0.5 for x in iris_color], 1)), (0.112, (0.80, 0.78, 0.74, 1)),
+                   (0.35, (0.78, 0.72, 0.68, 1))):
+        el = cr.elements.new(pos)
+        el.color = c
+    links.new(sub.outputs["Value"], ramp.inputs["Fac"])
+    links.new(ramp.outputs["Color"], bsdf.inputs["Base Color"])
+    bsdf.inputs["Roughness"].default_value = 0.35
+    bsdf.inputs["Coat Weight"].default_value = 1.0
+    bsdf.inputs["Coat Roughness"].default_value = 0.03
+    bsdf.inputs["Coat IOR"].default_value = 1.376
+    mat.diffuse_color = (0.8, 0.78, 0.74, 1.0)
+    return mat
+
+
+def _wet_material(name: str, created: _Created):
+    """Tear film / eye blend / occlusion shells: transparent with a faint glossy reflection."""
+    mat = created.add(bpy.data.materials.new(name))
+    nt = _node_tree(mat)
+    nodes, links = nt.nodes, nt.links
+    for n in list(nodes):
+        if n.type == "BSDF_PRINCIPLED":
+            nodes.remove(n)
+    out = next(n for n in nodes if n.type == "OUTPUT_MATERIAL")
+    tr = nodes.new("ShaderNodeBsdfTransparent")
+    gl = nodes.new("ShaderNodeBsdfGlossy")
+    gl.inputs["Roughness"].default_value = 0.05
+    fr = nodes.new("ShaderNodeFresnel")
+    fr.inputs["IOR"].default_value = 1.33
+    mix = nodes.new("ShaderNodeMixShader")
+    links.new(fr.outputs[0], mix.inputs[0])
+    links.new(tr.outputs[0], mix.inputs[1])
+    links.new(gl.outputs[0], mix.inputs[2])
+    links.new(mix.outputs[0], out.inputs["Surface"])
+    tr.location, gl.location, fr.location, mix.location = (-300, 100), (-300, -50), (-300, 250), (0, 100)
+    if hasattr(mat, "surface_render_method"):
+        mat.surface_render_method = "DITHERED"
+    mat.diffuse_color = (1.0, 1.0, 1.0, 0.05)
+    return mat
+
+
+def _part_material(part: str, stem: str, bundle: Bundle, created: _Created, pack: bool,
+                   skin_tiles: list[int]):
+    name = f"{stem} {part}"
+    if part == "skin":
+        return _skin_material(name, bundle, stem, created, pack, skin_tiles)
+    if part == "eyes":
+        return _eye_material(name, created)
+    if part == "teeth":
+        return _plain_material(name, created, (0.80, 0.76, 0.66), 0.25,
+                               **{"Subsurface Weight": 0.1, "Subsurface Scale": 0.002})
+    if part == "mouth":
+        return _plain_material(name, created, (0.42, 0.10, 0.11), 0.35,
+                               **{"Subsurface Weight": 0.2, "Subsurface Scale": 0.003})
+    if part == "lashes":
+        return _plain_material(name, created, (0.025, 0.018, 0.014), 0.55)
+    if part == "eye_wet":
+        return _wet_material(name, created)
+    return _plain_material(name, created, (0.6, 0.6, 0.6), 0.5)
+
+
+# ------------------------------------------------------------------------------------------
+# the import
+# ------------------------------------------------------------------------------------------
+
+def import_bundle(bundle_dir: str | os.PathLike, *, name: str | None = None, scene=None,
+                  shape_keys: bool = False, pack_images: bool = False,
+                  parent_collection=None) -> bpy.types.Object:
+    """Import a result bundle as one new object in a new collection "Likeness <name>".
+
+    `name` defaults to the photo's stem (result.json input.name). Never reuses or overwrites
+    existing datablocks; on failure removes whatever it created and raises WorkerError.
+    """
+    t0 = time.perf_counter()
+    bundle = Bundle(bundle_dir)
+    res = bundle.result
+    stem = name or Path(str((res.get("input") or {}).get("name") or Path(bundle_dir).name)).stem
+    scene = scene or bpy.context.scene
+    created = _Created()
+    try:
+        try:
+            npz = np.load(bundle.mesh_path(), allow_pickle=False)
+            verts = npz["vertices"]
+            face_sizes = npz["face_sizes"].astype(np.int64)
+            fvi = npz["face_vertex_indices"]
+            corner_uvs = npz["corner_uvs"]
+            face_part = npz["face_part"]
+            part_names = [str(s) for s in npz["part_names"]]
+        except (KeyError, ValueError, OSError) as ex:
+            raise WorkerError("BUNDLE_INVALID", f"cannot read mesh.npz: {ex}") from ex
+
+        use_keys = bool(shape_keys) and "expression_deltas" in npz.files and "basis_vertices" in npz.files
+        base = npz["basis_vertices"] if use_keys else verts
+        me = created.add(_build_mesh(stem, ict_to_blender(base), face_sizes, fvi, corner_uvs, face_part))
+
+        # UDIM tiles that the skin part uses (for the missing-tile masks).
+        skin_tiles = [1001, 1002]
+        if "skin" in part_names:
+            loop_face = np.repeat(np.arange(len(face_sizes)), face_sizes)
+            skin_loops = face_part[loop_face] == part_names.index("skin")
+            if skin_loops.any():
+                skin_tiles = sorted(set((1001 + np.floor(corner_uvs[skin_loops, 0])).astype(int).tolist()))
+
+        for part in part_names:
+            me.materials.append(_part_material(part, stem, bundle, created, pack_images, skin_tiles))
+
+        obj = created.add(bpy.data.objects.new(stem, me))
+        coll = created.add(bpy.data.collections.new(f"Likeness {stem}"))
+        (parent_collection or scene.collection).children.link(coll)
+        coll.objects.link(obj)
+
+        # Parts as vertex groups too (ICT vertex ranges, inclusive).
+        if "part_vertex_ranges" in npz.files and "part_range_names" in npz.files:
+            for (a, b), rname in zip(npz["part_vertex_ranges"], npz["part_range_names"]):
+                vg = obj.vertex_groups.new(name=str(rname))
+                vg.add(list(range(int(a), int(b) + 1)), 1.0, "REPLACE")
+
+        if use_keys:
+            _add_shape_keys(obj, npz, res)
+
+        metrics = res.get("metrics") or {}
+        timings = res.get("timings_s") or {}
+        obj[PROP_HEAD] = True
+        obj["likeness_bundle"] = str(Path(bundle_dir).resolve())
+        obj["likeness_photo"] = str((res.get("input") or {}).get("name", ""))
+        if "landmark_error_px" in metrics:
+            obj["likeness_landmark_error_px"] = float(metrics["landmark_error_px"])
+        if "landmark_error_iod" in metrics:
+            obj["likeness_landmark_error_iod"] = float(metrics["landmark_error_iod"])
+        if "total" in timings:
+            obj["likeness_backend_s"] = float(timings["total"])
+        obj["likeness_import_s"] = time.perf_counter() - t0
+        return obj
+    except WorkerError:
+        created.rollback()
+        raise
+    except Exception as ex:  # a bug or a broken file: report it with a code, keep the scene clean
+        created.rollback()
+        raise WorkerError("IMPORT_FAILED", f"{type(ex).__name__}: {ex}") from ex
+
+
+def _add_shape_keys(obj, npz, res) -> None:
+    basis = npz["basis_vertices"]
+    deltas = npz["expression_deltas"]
+    names = [str(s) for s in npz["expression_names"]]
+    expr = res.get("expression") or {}
+    coeffs = dict(zip(expr.get("names") or names, expr.get("coefficients") or [0.0] * len(names)))
+    kb = obj.shape_key_add(name="Basis", from_mix=False)
+    kb.data.foreach_set("co", ict_to_blender(basis).ravel())
+    for j, nm in enumerate(names):
+        key = obj.shape_key_add(name=arkit_name(nm), from_mix=False)
+        co = ict_to_blender(basis.astype(np.float32) + deltas[j].astype(np.float32))
+        key.data.foreach_set("co", co.ravel())
+        w = float(coeffs.get(nm, 0.0))
+        key.slider_min = min(0.0, math.floor(w))
+        key.slider_max = max(1.0, math.ceil(w))
+        key.value = w
+    obj.data.shape_keys.use_relative = True
+
+
+def find_heads(scene=None) -> list:
+    scene = scene or bpy.context.scene
+    return [o for o in scene.objects if o.get(PROP_HEAD)]

@@ -1,0 +1,82 @@
+"""Preview camera and Cycles render helpers (batch, demo, tests, docs)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import bpy
+from mathutils import Vector
+
+from .relight import head_bounds
+
+PROP_CAMERA = "likeness_camera"
+
+
+def frame_camera(scene, objects=None, *, yaw_deg: float = 0.0, pitch_deg: float = 0.0,
+                 lens_mm: float = 70.0, margin: float = 1.15, collection=None) -> bpy.types.Object:
+    """A camera looking at the head's face (front = -Y), orbiting by yaw (around Z) and pitch.
+    Reuses the camera the add-on made before in this scene; becomes the scene camera."""
+    centre, _ = head_bounds(objects, scene)
+    objs = objects or [o for o in scene.objects if o.get("likeness_head")] or \
+        [o for o in scene.objects if o.type == "MESH"]
+    pts = [o.matrix_world @ Vector(c) for o in objs for c in o.bound_box]
+    if pts:
+        w = max(p.x for p in pts) - min(p.x for p in pts)
+        h = max(p.z for p in pts) - min(p.z for p in pts)
+        depth = max(p.y for p in pts) - min(p.y for p in pts)
+    else:
+        w = h = depth = 0.3
+    cam_obj = next((o for o in scene.objects if o.get(PROP_CAMERA)), None)
+    if cam_obj is None:
+        cam = bpy.data.cameras.new("Likeness Camera")
+        cam_obj = bpy.data.objects.new("Likeness Camera", cam)
+        cam_obj[PROP_CAMERA] = True
+        (collection or scene.collection).objects.link(cam_obj)
+    cam = cam_obj.data
+    cam.lens = lens_mm
+    cam.sensor_fit = "AUTO"
+    half_fov = math.atan(cam.sensor_width / 2.0 / lens_mm)
+    r = max(w, h) / 2.0 * margin
+    dist = r / math.tan(half_fov) + depth / 2.0
+    cam.clip_start = max(0.001, dist / 100.0)
+    cam.clip_end = dist * 10.0 + 10.0
+    yaw, pitch = math.radians(yaw_deg), math.radians(pitch_deg)
+    direction = Vector((math.sin(yaw) * math.cos(pitch), -math.cos(yaw) * math.cos(pitch), math.sin(pitch)))
+    cam_obj.location = centre + direction * dist
+    cam_obj.rotation_euler = (-direction).to_track_quat("-Z", "Y").to_euler()
+    scene.camera = cam_obj
+    return cam_obj
+
+
+def setup_cycles(scene, *, resolution: int = 256, samples: int = 16, denoise: bool = False,
+                 film_transparent: bool = False, threads: int = 0) -> None:
+    scene.render.engine = "CYCLES"
+    scene.cycles.device = "CPU"
+    scene.cycles.samples = samples
+    scene.cycles.use_adaptive_sampling = False
+    scene.cycles.use_denoising = denoise
+    scene.cycles.max_bounces = 4
+    scene.cycles.transparent_max_bounces = 8
+    scene.render.resolution_x = resolution
+    scene.render.resolution_y = resolution
+    scene.render.resolution_percentage = 100
+    scene.render.film_transparent = film_transparent
+    scene.render.image_settings.file_format = "PNG"
+    scene.render.image_settings.color_mode = "RGBA" if film_transparent else "RGB"
+    if threads:
+        scene.render.threads_mode = "FIXED"
+        scene.render.threads = threads
+
+
+def render_png(scene, path: str | Path) -> str:
+    path = str(Path(path).resolve())
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    old = scene.render.filepath
+    scene.render.filepath = path
+    try:
+        with bpy.context.temp_override(scene=scene):
+            bpy.ops.render.render(write_still=True, scene=scene.name)
+    finally:
+        scene.render.filepath = old
+    return path
