@@ -11,6 +11,7 @@ def register():
     for c in _classes:
         bpy.utils.register_class(c)
     props.register_props()
+    generate.register_runtime()
 
 
 def unregister():

@@ -526,7 +526,21 @@ classes = (LIKENESS_OT_generate, LIKENESS_OT_cancel, LIKENESS_OT_choose_photo,
            LIKENESS_OT_check_backend, LIKENESS_OT_report)
 
 
+@bpy.app.handlers.persistent
+def _on_load_pre(*_args) -> None:
+    """Opening another .blend cancels a running generation (its scene is going away)."""
+    if is_running():
+        cancel_active()
+
+
+def register_runtime() -> None:
+    if _on_load_pre not in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.append(_on_load_pre)
+
+
 def unregister_runtime() -> None:
+    if _on_load_pre in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.remove(_on_load_pre)
     global _active
     if _active is not None and not _active.finished:
         _active.job.cancel()

@@ -80,3 +80,42 @@ def render_png(scene, path: str | Path) -> str:
     finally:
         scene.render.filepath = old
     return path
+
+
+def denoiser_available() -> bool:
+    try:
+        import _cycles
+        return bool(getattr(_cycles, "with_openimagedenoise", False))
+    except ImportError:
+        return False
+
+
+def find_bundle(path: str | Path) -> Path:
+    """`path` itself when it holds result.json, else the newest bundle folder directly inside it."""
+    p = Path(path)
+    if (p / "result.json").is_file():
+        return p
+    found = sorted((d for d in p.iterdir() if (d / "result.json").is_file()),
+                   key=lambda d: (d / "result.json").stat().st_mtime) if p.is_dir() else []
+    if not found:
+        raise FileNotFoundError(f"no result bundle (result.json) in {p} or its sub-folders")
+    return found[-1]
+
+
+def build_preview_scene(bundle_dir, *, name=None, preset="STUDIO", shape_keys=False, pack_images=False,
+                        resolution=256, samples=16, denoise=False, yaw_deg=0.0, pitch_deg=0.0,
+                        film_transparent=False, empty=True):
+    """Fresh scene (optional) + imported head + preset + framed camera + Cycles CPU settings."""
+    from . import importer, relight
+    if empty:
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+    obj = importer.import_bundle(bundle_dir, name=name, scene=scene, shape_keys=shape_keys,
+                                 pack_images=pack_images)
+    if preset and preset != "NONE":
+        relight.apply_preset(preset, scene, [obj])
+    bpy.context.view_layer.update()
+    frame_camera(scene, [obj], yaw_deg=yaw_deg, pitch_deg=pitch_deg)
+    setup_cycles(scene, resolution=resolution, samples=samples,
+                 denoise=denoise and denoiser_available(), film_transparent=film_transparent)
+    return obj

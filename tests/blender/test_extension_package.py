@@ -117,3 +117,36 @@ def test_install_and_enable(extension_zip, tmp_path):
     assert out["relight"] == ["FINISHED"] and out["lights"] == ["Likeness Sun"]
     assert not out["torch_loaded"] and not out["torch_loaded_after"], "Blender's Python imported torch"
     assert out["disabled"]
+
+
+INSTALLED_GENERATE = textwrap.dedent(r"""
+    import json, sys
+    import bpy
+    zip_path, venv_py, photo, results = sys.argv[1:5]
+    bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
+    prefs = bpy.context.preferences.addons["bl_ext.user_default.likeness"].preferences
+    prefs.backend_python, prefs.results_dir, prefs.device, prefs.texture_size = venv_py, results, "CPU", "512"
+    out = {"result": sorted(bpy.ops.likeness.generate(photo=photo))}  # background: blocking
+    ob = bpy.context.active_object
+    out["object"] = ob.name if ob else None
+    out["bundle"] = ob.get("likeness_bundle") if ob else None
+    out["lights"] = len([o for o in bpy.context.scene.objects if o.get("likeness_preset")])
+    out["torch_loaded"] = "torch" in sys.modules
+    print("RESULT " + json.dumps(out))
+""")
+
+
+@pytest.mark.slow
+def test_installed_extension_generates(extension_zip, photos, tmp_path):
+    """The installed copy runs its own backend/ (and weights/) as the worker, from the extension folder."""
+    env = dict(os.environ, BLENDER_USER_RESOURCES=str(tmp_path / "user"))
+    results = tmp_path / "results"
+    cp = subprocess.run([sys.executable, "-c", INSTALLED_GENERATE, str(extension_zip), str(VENV_PY),
+                         str(photos[0]), str(results)],
+                        capture_output=True, text=True, timeout=600, env=env, cwd=str(tmp_path))
+    line = next((ln for ln in cp.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert line, cp.stdout[-3000:] + cp.stderr[-3000:]
+    out = json.loads(line[len("RESULT "):])
+    assert out["result"] == ["FINISHED"] and out["object"] == photos[0].stem, out
+    assert out["bundle"].startswith(str(results)) and out["lights"] == 3
+    assert not out["torch_loaded"]

@@ -1,0 +1,260 @@
+"""End to end with the real backend (`python -m backend worker`) on real photos from
+../shared/data/faces: the operator, the importer, a Cycles render, cancel, bad photos."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import bpy
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, VENV_PY, drive, snapshot
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def real_bundle(likeness, photos, tmp_path_factory):
+    """One bundle made by the real worker (the add-on's cached worker, shared with later tests)."""
+    from likeness.operators import common, generate
+    from likeness.operators.worker_client import ReconstructJob
+    s = common.Settings(backend_python=str(VENV_PY), backend_cwd=str(REPO), device="cpu", texture_size=512)
+    out = tmp_path_factory.mktemp("bundles") / photos[1].stem
+    job = ReconstructJob(generate.get_worker(s), str(photos[1]), str(out), s.request_options(),
+                         timeout_s=180).run_blocking()
+    assert job.state == "done", (job.error_code, job.error_message)
+    return Path(job.result["bundle"])
+
+
+def _npz(bundle):
+    return np.load(Path(bundle) / "mesh.npz")
+
+
+def _linked_from(sock):
+    assert sock.is_linked, f"{sock.node.name}.{sock.name} is not linked"
+    return sock.links[0].from_node
+
+
+def _upstream_images(node):
+    """Every image texture node feeding `node` (through any chain)."""
+    found, todo, seen = [], [node], set()
+    while todo:
+        n = todo.pop()
+        if n.name in seen:
+            continue
+        seen.add(n.name)
+        if n.type == "TEX_IMAGE":
+            found.append(n)
+        for i in n.inputs:
+            todo.extend(link.from_node for link in i.links)
+    return found
+
+
+def _check_head(obj, bundle, stem):
+    npz = _npz(bundle)
+    me = obj.data
+    assert obj.name == stem and obj.type == "MESH"
+    assert [c.name for c in obj.users_collection] == [f"Likeness {stem}"]
+    assert len(me.vertices) == 26719 and len(me.polygons) == 26384
+    assert len(me.loops) == int(npz["face_sizes"].sum())
+    # positions: cm, +Y up, face +Z  ->  m, +Z up, face -Y
+    co = np.empty(len(me.vertices) * 3, np.float32)
+    me.vertices.foreach_get("co", co)
+    v = npz["vertices"]
+    np.testing.assert_allclose(co.reshape(-1, 3), np.c_[v[:, 0], -v[:, 2], v[:, 1]] * 0.01, atol=1e-6)
+    face, back = co.reshape(-1, 3)[:9409], co.reshape(-1, 3)[9409:11248]
+    assert face[:, 1].min() < back[:, 1].min(), "the face must look down -Y"
+    # topology and per-corner UDIM UVs
+    fvi = np.empty(len(me.loops), np.int32)
+    me.loops.foreach_get("vertex_index", fvi)
+    np.testing.assert_array_equal(fvi, npz["face_vertex_indices"])
+    uv = np.empty(len(me.loops) * 2, np.float32)
+    me.uv_layers["UVMap"].data.foreach_get("uv", uv)
+    np.testing.assert_allclose(uv.reshape(-1, 2), npz["corner_uvs"], atol=1e-6)
+    assert 0.0 <= uv[0::2].min() and uv[0::2].max() < 7.0, "u spans UDIM tiles 1001..1007"
+    # parts as material slots
+    parts = [str(p) for p in npz["part_names"]]
+    assert [m.name for m in me.materials] == [f"{stem} {p}" for p in parts]
+    mi = np.empty(len(me.polygons), np.int32)
+    me.polygons.foreach_get("material_index", mi)
+    np.testing.assert_array_equal(mi, npz["face_part"])
+    smooth = np.empty(len(me.polygons), bool)
+    me.polygons.foreach_get("use_smooth", smooth)
+    assert smooth.all()
+    # the skin material's links and colour spaces
+    skin = me.materials[parts.index("skin")]
+    bsdf = next(n for n in skin.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+    tex = _linked_from(bsdf.inputs["Base Color"])
+    assert tex.type == "TEX_IMAGE"
+    img = tex.image
+    assert img.source == "TILED" and {1001, 1002} <= {t.number for t in img.tiles}
+    assert img.colorspace_settings.name == "sRGB"
+    assert Path(bpy.path.abspath(img.filepath.replace("<UDIM>", "1001"))).resolve() == \
+        (Path(bundle) / "diffuse.1001.png").resolve()
+    nmap = _linked_from(bsdf.inputs["Normal"])
+    assert nmap.type == "NORMAL_MAP" and nmap.space == "TANGENT"
+    nimgs = _upstream_images(nmap)
+    assert len(nimgs) == 1 and nimgs[0].image.colorspace_settings.name == "Non-Color"
+    assert Path(nimgs[0].image.filepath).name.startswith("normal.")
+    simgs = _upstream_images(_linked_from(bsdf.inputs["Specular IOR Level"]))
+    assert len(simgs) == 1 and simgs[0].image.colorspace_settings.name == "Non-Color"
+    assert Path(simgs[0].image.filepath).name.startswith("specular.")
+    for p in ("eyes", "teeth", "lashes"):
+        if p in parts:
+            m = me.materials[parts.index(p)]
+            assert not _upstream_images(next(n for n in m.node_tree.nodes if n.type == "OUTPUT_MATERIAL"))
+    return npz
+
+
+def test_operator_end_to_end(empty_scene, settings, photos):
+    from likeness.operators import generate, relight
+    photo = photos[0]
+    st = bpy.context.scene.likeness
+    st.photo_source, st.photo_path, st.preset = "FILE", str(photo), "STUDIO"
+    assert bpy.ops.likeness.generate(run_mode="ASYNC") == {"FINISHED"}
+    assert generate.is_running(), "async mode must return before the backend is done"
+    ticks = drive(generate, timeout=300)
+    g = generate.active()
+    assert g.state == "DONE", (g.error_code, g.error_message)
+    assert ticks > 3
+    obj = bpy.data.objects[photo.stem]
+    bundle = Path(obj["likeness_bundle"])
+    assert bundle.parent == Path(settings.results_dir)
+    _check_head(obj, bundle, photo.stem)
+    assert obj.data.shape_keys is None
+    assert bpy.context.view_layer.objects.active == obj
+    js = bpy.context.window_manager.likeness_job
+    assert js.state == "DONE" and js.object_name == photo.stem and js.error_code == ""
+    assert 0 < js.landmark_error_px < 50 and js.total_s > 0 and 0 <= js.import_s < 2.0
+    assert relight.current_preset() == "STUDIO" and len(relight.preset_lights()) == 3
+    assert "UNDO" in bpy.types.LIKENESS_OT_generate.bl_options  # one undo step in the UI
+
+
+def test_render_is_not_trivial(empty_scene, real_bundle, tmp_path):
+    from likeness.operators import render
+    obj = render.build_preview_scene(real_bundle, preset="STUDIO", resolution=128, samples=8,
+                                     empty=False)
+    png = render.render_png(bpy.context.scene, tmp_path / "head.png")
+    rgb = np.asarray(Image.open(png).convert("RGB"), dtype=np.float32) / 255.0
+    h, w, _ = rgb.shape
+    background = np.median(np.concatenate([rgb[:8, :8].reshape(-1, 3), rgb[:8, -8:].reshape(-1, 3)]), axis=0)
+    face = rgb[int(h * 0.3):int(h * 0.6), int(w * 0.4):int(w * 0.6)].reshape(-1, 3)
+    diff = np.abs(face - background).sum(axis=1)
+    assert (diff > 0.15).mean() > 0.9, f"face region looks like the background {background}"
+    assert face.std(axis=0).mean() > 0.01, "face region is flat"
+    assert face[:, 0].mean() > face[:, 2].mean(), "skin should be redder than blue"
+    magenta = (rgb[..., 0] > 0.8) & (rgb[..., 1] < 0.2) & (rgb[..., 2] > 0.8)
+    assert magenta.mean() < 0.001, "missing textures render magenta"
+    assert obj.name in bpy.context.scene.objects
+
+
+def test_shape_keys_reproduce_the_fit(empty_scene, likeness, real_bundle):
+    from likeness.operators import importer
+    obj = importer.import_bundle(real_bundle, shape_keys=True)
+    npz = _npz(real_bundle)
+    res = json.loads((real_bundle / "result.json").read_text())
+    keys = obj.data.shape_keys.key_blocks
+    assert len(keys) == 54 and keys[0].name == "Basis"
+    names = [k.name for k in keys[1:]]
+    assert "eyeBlinkLeft" in names and "jawOpen" in names and "mouthSmileRight" in names
+    assert not any(n.endswith(("_L", "_R")) for n in names)
+    coeffs = dict(zip(res["expression"]["names"], res["expression"]["coefficients"]))
+    for raw, k in zip(npz["expression_names"], keys[1:]):
+        assert k.name == importer.arkit_name(str(raw))
+        assert abs(k.value - coeffs[str(raw)]) < 1e-6
+    basis = np.empty(len(obj.data.vertices) * 3, np.float32)
+    keys[0].data.foreach_get("co", basis)
+    b = npz["basis_vertices"]
+    np.testing.assert_allclose(basis.reshape(-1, 3), np.c_[b[:, 0], -b[:, 2], b[:, 1]] * 0.01, atol=1e-6)
+    ev = obj.evaluated_get(bpy.context.evaluated_depsgraph_get()).to_mesh()
+    co = np.empty(len(ev.vertices) * 3, np.float32)
+    ev.vertices.foreach_get("co", co)
+    v = npz["vertices"]
+    np.testing.assert_allclose(co.reshape(-1, 3), np.c_[v[:, 0], -v[:, 2], v[:, 1]] * 0.01, atol=2e-5)
+
+
+def test_import_never_overwrites_and_packs(empty_scene, likeness, real_bundle):
+    from likeness.operators import importer
+    a = importer.import_bundle(real_bundle, name="face")
+    a_mats = [m.name for m in a.data.materials]
+    a_img = a.data.materials[0].node_tree.nodes["Diffuse (UDIM)"].image
+    b = importer.import_bundle(real_bundle, name="face", pack_images=True)
+    assert (a.name, b.name) == ("face", "face.001")
+    assert b.users_collection[0].name == "Likeness face.001"
+    assert not set(a_mats) & {m.name for m in b.data.materials}
+    assert [m.name for m in a.data.materials] == a_mats
+    b_imgs = [n.image for m in b.data.materials for n in m.node_tree.nodes if n.type == "TEX_IMAGE"]
+    assert b_imgs and a_img not in b_imgs
+    assert all(len(i.packed_files) == len(i.tiles) for i in b_imgs), "every tile packed"
+    assert a_img.packed_file is None and len(a_img.packed_files) == 0
+
+
+@pytest.mark.parametrize("damage", ["schema", "mesh", "diffuse", "no_result"])
+def test_damaged_bundle_imports_nothing(empty_scene, likeness, real_bundle, tmp_path, damage):
+    from likeness.operators import importer
+    from likeness.operators.worker_client import WorkerError
+    b = tmp_path / "bundle"
+    shutil.copytree(real_bundle, b)
+    if damage == "schema":
+        rj = json.loads((b / "result.json").read_text())
+        rj["schema_version"] = 2
+        (b / "result.json").write_text(json.dumps(rj))
+    elif damage == "mesh":
+        data = (b / "mesh.npz").read_bytes()
+        (b / "mesh.npz").write_bytes(data[: len(data) // 3])
+    elif damage == "diffuse":
+        (b / "diffuse.1001.png").unlink()
+    else:
+        (b / "result.json").unlink()
+    before = snapshot()
+    with pytest.raises(WorkerError) as ei:
+        importer.import_bundle(b)
+    assert ei.value.code in ("BUNDLE_INVALID", "IMPORT_FAILED")
+    assert snapshot() == before, "a failed import must leave nothing behind"
+
+
+def test_cancel_leaves_scene_unchanged(empty_scene, settings, photos):
+    from likeness.operators import generate
+    bpy.ops.mesh.primitive_monkey_add()
+    before = snapshot()
+    bpy.ops.likeness.generate(photo=str(photos[2]), run_mode="ASYNC")
+    g = generate.active()
+    import time
+    t0 = time.monotonic()
+    while g.job.state != "running" or g.job.fraction <= 0.0:  # the backend is at work
+        assert generate.tick() is not None, (g.state, g.error_code, g.error_message)
+        assert time.monotonic() - t0 < 120
+        time.sleep(0.02)
+    assert bpy.ops.likeness.cancel() == {"FINISHED"}
+    drive(generate, timeout=30)
+    assert g.state == "CANCELLED", (g.state, g.error_code, g.error_message)
+    assert bpy.context.window_manager.likeness_job.state == "CANCELLED"
+    assert snapshot() == before
+    assert not Path(g.job.out).exists()
+    assert not list(Path(settings.results_dir).glob(".*tmp*")), "no temporary folder left"
+    assert g.job.client.usable(), "a protocol cancel keeps the worker for the next request"
+
+
+@pytest.mark.parametrize("kind,codes", [("text", {"NOT_AN_IMAGE", "CORRUPT_IMAGE"}),
+                                        ("noface", {"NO_FACE"})])
+def test_bad_photo_reports_code(empty_scene, settings, tmp_path, kind, codes):
+    from likeness.operators import generate
+    bad = tmp_path / ("notes.jpg" if kind == "text" else "wall.png")
+    if kind == "text":
+        bad.write_text("this is not a photo\n" * 20)
+    else:
+        Image.fromarray(np.full((512, 512, 3), 128, np.uint8)).save(bad)
+    bpy.ops.mesh.primitive_cube_add()
+    before = snapshot()
+    with pytest.raises(RuntimeError) as ei:  # background mode: blocking, ERROR report raises
+        bpy.ops.likeness.generate(photo=str(bad))
+    g = generate.active()
+    assert g.state == "FAILED" and g.error_code in codes, (g.error_code, g.error_message)
+    assert g.error_code in str(ei.value)
+    js = bpy.context.window_manager.likeness_job
+    assert js.state == "FAILED" and js.error_code == g.error_code
+    assert snapshot() == before
+    assert not list(Path(settings.results_dir).iterdir()), "no bundle or temp folder for a failed photo"
