@@ -1,0 +1,140 @@
+"""`python -m backend bench`: speed, memory and reconstruction fidelity (docs/bench.md).
+
+  python -m backend bench --data DIR [--pair-with DIR2] [--out DIR] [--device D] [--limit N] [--repeat K]
+  python -m backend bench --synthetic N [--seed S]
+  python -m backend bench --quick
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..paths import PROJECT_DIR
+
+SHARED_FACES = PROJECT_DIR.parent / "shared" / "data" / "faces"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m backend bench", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, help="folder of photos (JPEG/PNG; a .tem next to a photo = hand landmarks)")
+    p.add_argument("--pair-with", type=Path, help="second folder with the same identities (same file-name prefix)")
+    p.add_argument("--synthetic", type=int, default=0, metavar="N", help="also render and reconstruct N synthetic heads")
+    p.add_argument("--quick", action="store_true", help="seconds per stage and peak memory for the demo photo")
+    p.add_argument("--out", type=Path, help="report folder (default out/bench/<name>)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--limit", type=int, default=None, help="at most N photos per folder")
+    p.add_argument("--repeat", type=int, default=None, help="reconstruct each photo K times (timings only; "
+                                                              "default 1, --quick 3)")
+    p.add_argument("--texture-size", type=int, default=1024)
+    p.add_argument("--ict-dir", default=None)
+    p.add_argument("--seed", type=int, default=0, help="synthetic set seed")
+    p.add_argument("--textures", type=Path, default=SHARED_FACES / "london" / "neutral",
+                   help="photos whose pipeline UV maps texture the synthetic heads")
+    p.add_argument("--backgrounds", type=Path, default=SHARED_FACES / "wild_dev",
+                   help="photos whose corners become synthetic backgrounds")
+    p.add_argument("--no-exif", action="store_true", help="synthetic JPEGs without the EXIF focal length")
+    p.add_argument("--no-appearance", action="store_true", help="skip re-render measures (SSIM/PSNR/LPIPS/identity)")
+    p.add_argument("--no-identity", action="store_true", help="skip the dlib identity measure")
+    return p
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_DIR, capture_output=True,
+                              text=True, timeout=10).stdout.strip() or "?"
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if not (args.data or args.synthetic or args.quick):
+        build_parser().print_help(sys.stderr)
+        print("\nbench: give --data DIR, --synthetic N or --quick", file=sys.stderr)
+        return 2
+    for d in (args.data, args.pair_with):
+        if d is not None and not d.is_dir():
+            print(f"bench: {d} is not a folder", file=sys.stderr)
+            return 2
+
+    from . import report as rp
+    from . import suite
+
+    if args.quick:
+        title = "quick"
+    elif args.data:
+        title = args.data.name + (f"+{args.pair_with.name}" if args.pair_with else "") + (
+            f"+synthetic{args.synthetic}" if args.synthetic else "")
+    else:
+        title = f"synthetic{args.synthetic}"
+    out_dir = args.out or Path("out") / "bench" / title
+    out_dir.mkdir(parents=True, exist_ok=True)
+    options = {"device": args.device, "texture_size": args.texture_size, "ict_dir": args.ict_dir}
+    meta = {"title": title, "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "commit": git_commit(),
+            "command": "python -m backend bench " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+            "cpu_count": os.cpu_count(), "repeat": args.repeat or (3 if args.quick else 1)}
+    rep: dict = {"meta": meta}
+    t0 = time.perf_counter()
+    session = suite.Session(out_dir, options)
+    meta["torch_threads"] = session.runner.ready.get("torch_threads")
+    try:
+        if args.quick:
+            rep["quick"] = suite.run_quick(session, meta["repeat"])
+            session.close()
+            rep["process_peak_rss_mb"] = session.maxrss_mb
+            rep["meta"]["device"] = rep["quick"]["device"]
+            text = rp.quick_markdown(rep, out_dir / "report.md")
+            rp.write_json(rep, out_dir / "report.json")
+            print(text)
+            return 0
+
+        from .evaluate import Evaluator
+        evaluator = Evaluator(appearance=not args.no_appearance, identity=not (args.no_identity or args.no_appearance),
+                              device="cpu")
+        sheet, syn_sheet = [], []
+        sets = []
+        if args.data:
+            for folder in [args.data] + ([args.pair_with] if args.pair_with else []):
+                label = folder.name
+                s = suite.run_photo_set(session, evaluator, suite.list_photos(folder, args.limit), label,
+                                        meta["repeat"], sheet)
+                s["landmarks"] = suite.landmark_summary(s["photos"])
+                s["appearance"] = suite.appearance_summary(s["photos"])
+                sets.append(s)
+            rep["sets"] = sets
+            if len(sets) == 2:
+                rep["shape_consistency"] = suite.shape_consistency(sets[0], sets[1])
+        if args.synthetic:
+            rep["synthetic"] = suite.run_synthetic(session, args.synthetic, args.seed, args.textures,
+                                                   args.backgrounds, not args.no_exif, syn_sheet)
+        extra = [r["run"] for r in (rep.get("synthetic") or {}).get("samples", []) if r.get("run")]
+        rep["speed"] = suite.speed_summary(sets, extra)
+        devices = {p.get("device") for s in sets for p in s["photos"] if p.get("device")}
+        meta["device"] = ", ".join(sorted(d for d in devices if d)) or args.device
+        session.close()
+        rep["process_peak_rss_mb"] = session.maxrss_mb
+        pics = {}
+        headers = ["input", "mesh overlay", "re-render", "diffuse 1001"]
+        if sheet:
+            rp.contact_sheet(sheet, out_dir / "contact_sheet.png", headers)
+            pics["contact_sheet"] = "contact_sheet.png"
+        if syn_sheet:
+            rp.contact_sheet(syn_sheet, out_dir / "synthetic_sheet.png",
+                             ["synthetic input", "mesh overlay", "pipeline error", "mean-face error"])
+            pics["synthetic_sheet"] = "synthetic_sheet.png"
+        rep["pictures"] = pics
+        meta["bench_s"] = time.perf_counter() - t0
+        rp.write_json(rep, out_dir / "report.json")
+        text = rp.write_markdown(rep, out_dir / "report.md")
+        print(text.split("## Pictures")[0])
+        print(f"bench: report in {(out_dir / 'report.md').absolute()} ({meta['bench_s']:.0f} s)", file=sys.stderr)
+        return 0
+    finally:
+        session.close()

@@ -1,0 +1,349 @@
+"""report.md (tables first, then pictures), report.json and the contact sheets."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .suite import STAGES
+
+QUICK_TARGETS = {"total_s": 10.0, "peak_rss_mb": 3 * 1024.0}
+PAIR_NAMES = {18: "image-left eye, outer corner", 22: "image-left eye, inner corner",
+              23: "image-right eye, inner corner", 27: "image-right eye, outer corner",
+              71: "image-left brow, outer end", 82: "image-right brow, outer end", 55: "bottom of nose",
+              87: "mouth corner, image-left", 93: "mouth corner, image-right", 90: "top of upper lip",
+              106: "bottom of lower lip", 129: "chin"}
+LM_METHODS = {"fit": "fitted model (MediaPipe points through the correspondence)",
+              "mediapipe": "MediaPipe landmarks (the detector the fit uses)",
+              "fit_ict68": "fitted model (ICT-FaceKit's own 68-landmark vertices)"}
+SYN_METHODS = {"fit": "pipeline (reconstruct)", "landmark_only": "landmark-only fitting (baseline)",
+               "mean_face": "mean face (baseline)"}
+
+
+def f(x, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "inf" if isinstance(x, float) and x == float("inf") else "-"
+    if isinstance(x, (int, np.integer)):
+        return str(x)
+    return f"{x:.{digits}f}"
+
+
+def pct(x) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{100 * x:.0f} %"
+
+
+def clean(obj):
+    """JSON-safe copy: NaN/inf -> None, numpy -> Python."""
+    if isinstance(obj, dict):
+        return {str(k): clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.ndarray):
+        return clean(obj.tolist())
+    return obj
+
+
+def table(header: list[str], rows: list[list]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def summary_rows(rep: dict) -> list[list]:
+    rows = []
+    for s in rep.get("sets", []):
+        n_ok = sum(p["ok"] for p in s["photos"])
+        rows.append([f"photos reconstructed ({s['label']})", f"{n_ok}/{len(s['photos'])}", "count", "higher"])
+    sp = rep.get("speed")
+    if sp and sp["stages"]["total"]["n"]:
+        t = sp["stages"]["total"]
+        rows.append(["reconstruct end to end, median (max)", f"{f(t['median'], 2)} ({f(t['max'], 2)})", "s", "lower"])
+        m = sp["peak_rss_mb"]
+        rows.append(["peak resident memory per reconstruct, median (max)", f"{f(m['median'], 0)} ({f(m['max'], 0)})",
+                     "MB", "lower"])
+        if rep.get("process_peak_rss_mb"):
+            rows.append(["peak resident memory of the measured process, whole run", f(rep["process_peak_rss_mb"], 0),
+                         "MB", "lower"])
+        if sp.get("cold"):
+            rows.append(["cold start: fresh process to first bundle", f(sp["cold"]["process_start_to_bundle_s"], 2),
+                         "s", "lower"])
+    for s in rep.get("sets", []):
+        lm = s.get("landmarks")
+        if lm:
+            for k in ("fit", "mediapipe"):
+                if k in lm["methods"]:
+                    m = lm["methods"][k]["per_photo"]
+                    rows.append([f"landmark NME, {'fitted model' if k == 'fit' else 'MediaPipe (reference)'}, "
+                                 f"mean (median) ({s['label']})", f"{f(m['mean'], 4)} ({f(m['median'], 4)})",
+                                 "x inter-pupil distance", "lower"])
+        ap = s.get("appearance")
+        if ap:
+            lab = s["label"]
+            rows.append([f"SSIM in the face-skin mask, mean ({lab})", f(ap["ssim"]["mean"]), "0..1", "higher"])
+            rows.append([f"PSNR in the face-skin mask, mean ({lab})", f(ap["psnr_db"]["mean"], 2), "dB", "higher"])
+            if "lpips" in ap:
+                rows.append([f"ST-LPIPS in the face-skin mask, mean ({lab})", f(ap["lpips"]["mean"]), "0..1", "lower"])
+            if "id_distance" in ap:
+                rows.append([f"dlib identity distance photo vs render, mean ({lab})", f(ap["id_distance"]["mean"]),
+                             "descriptor distance", "lower"])
+                rows.append([f"renders under dlib's 0.6 same-person threshold ({lab})", pct(ap["id_same_share"]),
+                             "% of photos", "higher"])
+    sc = rep.get("shape_consistency")
+    if sc:
+        rows.append(["same-person shape distance, mean", f(sc["same_mm"]["mean"], 2), "mm", "lower"])
+        rows.append(["different-person shape distance, mean", f(sc["different_mm"]["mean"], 2), "mm", "higher"])
+        rows.append(["same-vs-different verification AUC", f(sc["auc"]), "0..1", "higher"])
+    syn = rep.get("synthetic")
+    if syn:
+        rows.append(["synthetic images reconstructed", f"{syn['succeeded']}/{syn['n']}", "count", "higher"])
+        for k, name in SYN_METHODS.items():
+            if k in syn["methods"]:
+                m = syn["methods"][k]["pooled_mm"]
+                rows.append([f"synthetic vertex error, {name}: mean / median / p90",
+                             f"{f(m['mean'], 2)} / {f(m['median'], 2)} / {f(m['p90'], 2)}", "mm", "lower"])
+    return rows
+
+
+def speed_section(rep: dict) -> list[str]:
+    sp = rep["speed"]
+    out = [f"## Speed and memory", "",
+           f"Device: **{rep['meta'].get('device', '?')}**; {rep['meta']['cpu_count']} CPU cores visible, "
+           f"torch threads {rep['meta'].get('torch_threads', '?')}. "
+           f"{sp['warm_runs']} warm runs (the first reconstruct of the process is the cold one, listed apart)"
+           + (f"; each photo reconstructed {rep['meta']['repeat']} times" if rep["meta"].get("repeat", 1) > 1 else "")
+           + ".", ""]
+    rows = []
+    cold = sp.get("cold", {}).get("timings_s", {})
+    for st in STAGES + ("total",):
+        m = sp["stages"][st]
+        rows.append([st if st != "total" else "**end to end**", f(m["median"], 3), f(m["max"], 3), f(cold.get(st), 3)])
+    out += table(["stage", "median (s)", "max (s)", "cold run (s)"], rows)
+    out += ["", "Lower is better for every row."]
+    if sp.get("cold"):
+        c = sp["cold"]
+        out += ["", f"Cold start: process spawn to ready (Python + torch import) {f(c['spawn_to_ready_s'], 2)} s, "
+                    f"then the first reconstruct {f(cold.get('total'), 2)} s (its `load` stage reads the ICT model and "
+                    f"MediaPipe): fresh process to first bundle **{f(c['process_start_to_bundle_s'], 2)} s**."]
+    m = sp["peak_rss_mb"]
+    out += ["", f"Peak resident memory (lower is better): per reconstruct median {f(m['median'], 0)} MB, "
+                f"max {f(m['max'], 0)} MB (psutil sampling of the measured process every 5 ms during each reconstruct)"
+            + (f"; whole measured process {f(rep.get('process_peak_rss_mb'), 0)} MB "
+               f"(getrusage ru_maxrss, kernel-accounted peak over its life)." if rep.get("process_peak_rss_mb") else ".")]
+    if "cuda_peak_mb" in sp:
+        out += [f"CUDA peak allocated: max {f(sp['cuda_peak_mb']['max'], 0)} MB."]
+    return out + [""]
+
+
+def landmark_section(s: dict) -> list[str]:
+    lm = s["landmarks"]
+    out = [f"## Landmark accuracy ({s['label']}: {lm['photos']} photos with hand-placed .tem landmarks)", "",
+           f"NME = distance to the hand-placed point / inter-pupil distance (FRL points 0, 1), averaged over the {len(lm['pairs'])} "
+           "points that the Face Research Lab template and the iBUG 68 scheme share. Lower is better.", ""]
+    rows = []
+    for k, name in LM_METHODS.items():
+        if k in lm["methods"]:
+            m = lm["methods"][k]
+            p = m["per_photo"]
+            rows.append([name, f(p["mean"], 4), f(p["median"], 4), f(p["p90"], 4), f(p["max"], 4),
+                         pct(m["failure_rate_0.08"])])
+    out += table(["points", "mean NME", "median", "p90", "max", "photos with NME > 0.08"], rows)
+    if "fit_not_worse_share" in lm:
+        out += ["", f"The fit is not worse than MediaPipe on {pct(lm['fit_not_worse_share'])} of the photos "
+                    "(higher is better; the fit should not be worse than the detector it fits to)."]
+    out += ["", "Per point (mean NME, lower is better):", ""]
+    methods = [k for k in LM_METHODS if k in lm["methods"]]
+    rows = []
+    for i, (frl, ibug) in enumerate(lm["pairs"]):
+        rows.append([f"FRL {frl} / iBUG {ibug}: {PAIR_NAMES.get(frl, '')}"]
+                    + [f(lm["methods"][k]["per_pair_mean"][i], 4) for k in methods])
+    out += table(["point"] + [{"fit": "fitted", "mediapipe": "MediaPipe", "fit_ict68": "ICT 68 vertices"}[k]
+                              for k in methods], rows)
+    return out + [""]
+
+
+def appearance_section(s: dict) -> list[str]:
+    ap = s["appearance"]
+    out = [f"## Appearance ({s['label']}: {ap['photos']} photos)", "",
+           "The fitted, textured head is rasterized back into the photo with the bundle's camera and pose "
+           "(backend/raster.py, diffuse UDIM tiles sampled through the corner UVs). Image measures compare photo "
+           "and re-render inside the face-skin mask (visible skin polygons of the ICT narrow face region, "
+           "vertices 0-6705), on the mask's bounding box resized to 256 px. Identity: dlib's ResNet face "
+           "descriptor of the photo and of the re-render (eyes, mouth interior and hair keep the photo's pixels: "
+           "v0 textures skin only), both on the photo's dlib face box.", ""]
+    rows = []
+    for k, name, unit, better in (("ssim", "SSIM", "0..1", "higher"), ("psnr_db", "PSNR", "dB", "higher"),
+                                  ("lpips", "ST-LPIPS (AlexNet, shift-tolerant)", "0..1", "lower"),
+                                  ("id_distance", "dlib identity distance photo vs render", "distance", "lower")):
+        if k in ap:
+            m = ap[k]
+            rows.append([name, f(m["mean"]), f(m["median"]), f(m["p90"]), unit, better])
+    out += table(["metric", "mean", "median", "p90", "unit", "better"], rows)
+    if "id_same_share" in ap:
+        out += ["", f"Re-renders under dlib's same-person threshold 0.6: **{pct(ap['id_same_share'])}** (higher is better)."]
+    return out + [""]
+
+
+def shape_section(sc: dict, a: str, b: str) -> list[str]:
+    out = [f"## Shape consistency ({a} vs {b})", "",
+           "Neutral-expression shapes (`basis_vertices`: identity only) of two photos, mean per-vertex distance over "
+           "the narrow face region, in model space without alignment (mm). Same person = same file-name prefix.", ""]
+    rows = [["same person", sc["same_pairs"], f(sc["same_mm"]["mean"], 2), f(sc["same_mm"]["median"], 2),
+             f(sc["same_mm"]["p90"], 2), "lower"],
+            ["different people", sc["different_pairs"], f(sc["different_mm"]["mean"], 2),
+             f(sc["different_mm"]["median"], 2), f(sc["different_mm"]["p90"], 2), "higher"]]
+    out += table(["pairs", "count", "mean (mm)", "median (mm)", "p90 (mm)", "better"], rows)
+    out += ["", f"Verification AUC (same-person distance below different-person distance): **{f(sc['auc'])}** "
+                f"(0.5 = chance, 1 = perfect; higher is better). The same person is the nearest of all "
+                f"{b} shapes for {pct(sc['same_closer_than_all_others_share'])} of the {a} photos."]
+    return out + [""]
+
+
+def synthetic_section(syn: dict) -> list[str]:
+    out = [f"## Synthetic 3D truth ({syn['succeeded']}/{syn['n']} reconstructed, seed {syn['seed']})", "",
+           "Random ICT heads: identity ~ N(0,1) (100 modes), 0-3 random expressions, yaw up to +-60 deg, pitch up "
+           "to +-25, roll up to +-10, 35 mm-equivalent focal length 24-85 mm"
+           + (" (written to EXIF, as a camera would)" if syn.get("exif_focal") else " (no EXIF)")
+           + ", random 2nd-order SH lighting (27 coefficients), skin from UV maps the pipeline made from "
+           f"{len(syn['textures'])} photos, eyes/teeth/mouth in plain colours, backgrounds cut from real photos "
+           f"({syn['backgrounds']}), sensor noise and JPEG. Error = per-vertex distance over the narrow face region "
+           "(vertices 0-6705) after a similarity alignment (scale, rotation, translation) to the truth, pooled over "
+           "all vertices of the reconstructed images. Lower is better.", ""]
+    rows = []
+    for k, name in SYN_METHODS.items():
+        if k in syn["methods"]:
+            m, pi = syn["methods"][k]["pooled_mm"], syn["methods"][k]["per_image_mean_mm"]
+            rows.append([name, f(m["mean"], 2), f(m["median"], 2), f(m["p90"], 2), f(pi["median"], 2)])
+    out += table(["method", "mean (mm)", "median (mm)", "p90 (mm)", "median of per-image means (mm)"], rows)
+    out += ["", "In v0 the pipeline's fit *is* landmark-only fitting, so the first two rows coincide; the baseline "
+                "is run separately (fit_landmarks on the detections) so it stays a baseline when photometric "
+                "fitting lands."]
+    if "fit_beats_mean_face_share" in syn:
+        out += [f"The pipeline beats the mean face on {pct(syn['fit_beats_mean_face_share'])} of the images "
+                "(higher is better)."]
+    out += ["", "By head yaw (mean of per-image mean errors, mm; lower is better):", ""]
+    out += table(["|yaw| (deg)", "images", "failed", "pipeline", "landmark-only", "mean face"],
+                 [[b["yaw"], b["n"], b["failed"], f(b["fit_mm"], 2), f(b["landmark_only_mm"], 2),
+                   f(b["mean_face_mm"], 2)] for b in syn["by_yaw"]])
+    return out + [""]
+
+
+def failures_section(rep: dict) -> list[str]:
+    rows = []
+    for s in rep.get("sets", []):
+        for p in s["photos"]:
+            if not p["ok"]:
+                rows.append([f"{s['label']}/{p['name']}", p["error"]["code"], p["error"]["message"]])
+    for p in (rep.get("synthetic") or {}).get("samples", []):
+        if not p["ok"]:
+            rows.append([f"synthetic/{p['name']} (yaw {p['params']['yaw_deg']:+.0f})", p["error"]["code"],
+                         p["error"]["message"]])
+    if not rows:
+        return []
+    return ["## Failures", ""] + table(["photo", "code", "message"], rows) + [""]
+
+
+def write_markdown(rep: dict, path: Path) -> str:
+    meta = rep["meta"]
+    lines = [f"# Likeness bench: {meta['title']}", "",
+             f"{meta['date']} · commit `{meta.get('commit', '?')}` · `{meta['command']}`", "",
+             "## Summary", ""]
+    lines += table(["metric", "value", "unit", "better"], summary_rows(rep)) + [""]
+    if rep.get("speed"):
+        lines += speed_section(rep)
+    for s in rep.get("sets", []):
+        if s.get("landmarks"):
+            lines += landmark_section(s)
+    for s in rep.get("sets", []):
+        if s.get("appearance"):
+            lines += appearance_section(s)
+    if rep.get("shape_consistency"):
+        lines += shape_section(rep["shape_consistency"], rep["sets"][0]["label"], rep["sets"][1]["label"])
+    if rep.get("synthetic"):
+        lines += synthetic_section(rep["synthetic"])
+    lines += failures_section(rep)
+    pics = rep.get("pictures", {})
+    if pics:
+        lines += ["## Pictures", ""]
+        if "contact_sheet" in pics:
+            lines += [f"![contact sheet]({pics['contact_sheet']})", "",
+                      "Columns: input photo (face crop), the bundle's preview (mesh wireframe, detected landmarks "
+                      "green, fitted landmarks red), re-render of the textured head in the photo, diffuse UDIM tile "
+                      "1001.", ""]
+        if "synthetic_sheet" in pics:
+            lines += [f"![synthetic sheet]({pics['synthetic_sheet']})", "",
+                      "Columns: synthetic input, the bundle's preview, per-vertex error of the pipeline on the true "
+                      "shape, the same for the mean face (colour scale 0 mm blue to 10 mm and more red).", ""]
+    text = "\n".join(lines)
+    path.write_text(text, encoding="utf-8")
+    return text
+
+
+def quick_markdown(rep: dict, path: Path) -> str:
+    q = rep["quick"]
+    runs = q["runs"]
+    cold, warm = runs[0], runs[1:]
+    meta = rep["meta"]
+    lines = [f"# Likeness quick bench: the embedded demo photo (astronaut, 512 x 512)", "",
+             f"{meta['date']} · commit `{meta.get('commit', '?')}` · device **{q.get('device')}**, "
+             f"{meta['cpu_count']} CPU cores · {len(warm)} warm runs after one cold run in a fresh process", ""]
+    rows = []
+    for st in STAGES + ("total",):
+        w = [r["timings_s"][st] for r in warm if st in r["timings_s"]]
+        rows.append([st if st != "total" else "**reconstruct, end to end**", f(float(np.median(w)), 3) if w else "-",
+                     f(max(w), 3) if w else "-", f(cold["timings_s"].get(st), 3),
+                     f"< {QUICK_TARGETS['total_s']:.0f} s" if st == "total" else ""])
+    lines += table(["stage", "warm median (s)", "warm max (s)", "cold (s)", "target"], rows)
+    w_total = float(np.median([r["timings_s"]["total"] for r in warm]))
+    start = cold.get("spawn_to_ready_s", 0.0) + cold["wall_s"]
+    peak = rep.get("process_peak_rss_mb")
+    per = max(r["peak_rss_mb"] for r in runs)
+    ok_t = "PASS" if w_total < QUICK_TARGETS["total_s"] else "FAIL"
+    ok_cold = "PASS" if start < QUICK_TARGETS["total_s"] else "FAIL"
+    ok_m = "PASS" if (peak or per) < QUICK_TARGETS["peak_rss_mb"] else "FAIL"
+    lines += ["", "| measure | value | target | |", "|---|---|---|---|",
+              f"| reconstruct, warm (median) | {w_total:.2f} s | < 10 s | {ok_t} |",
+              f"| fresh process to first bundle (import + load + reconstruct) | {start:.2f} s | < 10 s | {ok_cold} |",
+              f"| peak resident memory of the reconstructing process | {f(peak, 0)} MB | < 3072 MB | {ok_m} |",
+              f"| peak resident memory during one reconstruct (max) | {per:.0f} MB | < 3072 MB | |", "",
+              "Lower is better for every row. Memory: the reconstructions run in a separate process "
+              "(`backend.bench.runner`); its lifetime peak is getrusage(RUSAGE_SELF).ru_maxrss, the per-reconstruct "
+              "peak is psutil sampling every 5 ms."]
+    text = "\n".join(lines) + "\n"
+    path.write_text(text, encoding="utf-8")
+    return text
+
+
+def write_json(rep: dict, path: Path) -> None:
+    path.write_text(json.dumps(clean(rep), indent=1), encoding="utf-8")
+
+
+def contact_sheet(rows: list[tuple[str, str, list[np.ndarray]]], path: Path, headers: list[str]) -> None:
+    """One row per photo: a caption line, then the cells side by side."""
+    if not rows:
+        return
+    cell = rows[0][2][0].shape[0]
+    ncol = max(len(r[2]) for r in rows)
+    cap = 22
+    head = np.full((cap, ncol * cell, 3), 255, np.uint8)
+    for i, h in enumerate(headers[:ncol]):
+        cv2.putText(head, h, (i * cell + 6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    blocks = [head]
+    for _, caption, cells in rows:
+        bar = np.full((cap, ncol * cell, 3), 235, np.uint8)
+        cv2.putText(bar, caption, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        line = np.full((cell, ncol * cell, 3), 96, np.uint8)
+        for i, c in enumerate(cells):
+            line[:, i * cell:(i + 1) * cell] = c
+        blocks += [bar, line]
+    cv2.imwrite(str(path), cv2.cvtColor(np.vstack(blocks), cv2.COLOR_RGB2BGR))

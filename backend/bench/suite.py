@@ -1,0 +1,350 @@
+"""The bench runs: a folder of photos (optionally paired with a second), synthetic heads, the quick check.
+
+Every reconstruction runs in the runner subprocess (runner.py), one at a time; the measures that
+need networks (ST-LPIPS, dlib) run here in the parent *between* reconstructions, so they neither
+share the measured process's memory nor compete with it for the CPU.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics
+from .evaluate import Evaluator, photo_cells
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+STAGES = ("load", "detect", "fit", "texture", "write")
+SHEET_ROWS = 24
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def list_photos(folder: Path, limit: int | None = None) -> list[Path]:
+    photos = sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return photos[:limit] if limit else photos
+
+
+def prefix_of(name: str) -> str:
+    """Identity key of a file name: the part of the stem before the first '_' (001_03.jpg -> 001)."""
+    return Path(name).stem.split("_")[0]
+
+
+class Session:
+    """One runner process for the whole bench invocation (the first request of it is the cold one)."""
+
+    def __init__(self, out_dir: Path, options: dict):
+        from .runner import RunnerClient
+        self.out_dir = out_dir
+        self.options = options
+        self.runner = RunnerClient(log_path=out_dir / "runner.log")
+        self.cold_done = False
+        self.maxrss_mb = None
+
+    def reconstruct(self, photo: str, bundle: Path, **extra) -> dict:
+        ans = self.runner.request(op="reconstruct", photo=photo, out=str(Path(bundle).absolute()),
+                                  options=dict(self.options, overwrite=True), **extra)
+        ans["cold"] = not self.cold_done
+        if ans["cold"]:
+            ans["spawn_to_ready_s"] = self.runner.ready["spawn_to_ready_s"]
+            ans["import_s"] = self.runner.ready["import_s"]
+        self.cold_done = True
+        return ans
+
+    def close(self) -> None:
+        self.maxrss_mb = self.runner.close()
+
+
+def run_record(ans: dict) -> dict:
+    res = ans["result"]
+    rec = {"timings_s": res["timings_s"], "wall_s": ans["wall_s"], "peak_rss_mb": ans["peak_rss_mb"],
+           "cold": ans["cold"]}
+    for k in ("spawn_to_ready_s", "import_s", "cuda_peak_mb"):
+        if k in ans:
+            rec[k] = ans[k]
+    return rec
+
+
+def run_photo_set(session: Session, evaluator: Evaluator, photos: list[Path], label: str, repeat: int = 1,
+                  sheet_rows: list | None = None) -> dict:
+    """Reconstruct and measure every photo; returns {"label", "folder", "photos": [records]}."""
+    from ..imageio import load_photo
+    from ..landmarks import read_tem
+    bundles = session.out_dir / "bundles" / label
+    records = []
+    for i, path in enumerate(photos):
+        t0 = time.perf_counter()
+        tem = path.with_suffix(".tem")
+        rec = {"name": path.name, "path": str(path), "ok": False, "runs": []}
+        bundle = bundles / path.stem
+        ans = session.reconstruct(str(path.absolute()), bundle, detect=tem.exists())
+        if ans.get("event") != "result":
+            rec["error"] = {"code": ans.get("code"), "message": ans.get("message")}
+            records.append(rec)
+            log(f"[{label} {i + 1}/{len(photos)}] {path.name}: FAILED {ans.get('code')}: {ans.get('message')}")
+            continue
+        rec["runs"].append(run_record(ans))
+        for _ in range(repeat - 1):
+            again = session.reconstruct(str(path.absolute()), session.out_dir / "bundles" / ".repeat")
+            if again.get("event") == "result":
+                rec["runs"].append(run_record(again))
+        res = ans["result"]
+        rec.update(ok=True, bundle=str(bundle), device=ans.get("device"), metrics=res["metrics"],
+                   warnings=res["warnings"], pose={k: res["pose"][k] for k in ("yaw_deg", "pitch_deg", "roll_deg")},
+                   focal_source=res["camera"]["focal_source"])
+        photo = load_photo(path)
+        if tem.exists():
+            try:
+                rec["landmarks"] = evaluator.landmarks(bundle, res, ans.get("detection_points"), read_tem(tem))
+            except (ValueError, IndexError) as err:
+                rec["landmarks_error"] = str(err)
+        appearance, rendering = evaluator.appearance(bundle, photo.rgb, res)
+        rec["appearance"] = appearance
+        if sheet_rows is not None and len(sheet_rows) < SHEET_ROWS:
+            sheet_rows.append((f"{label}/{path.name}", row_caption(rec), photo_cells(bundle, photo.rgb, rendering, res)))
+        records.append(rec)
+        a = rec["appearance"]
+        lm = rec.get("landmarks", {}).get("fit")
+        log(f"[{label} {i + 1}/{len(photos)}] {path.name}: {res['timings_s']['total']:.2f} s, "
+            f"peak {ans['peak_rss_mb']:.0f} MB" + (f", NME {np.mean(lm):.3f}" if lm else "")
+            + (f", SSIM {a['ssim']:.3f}" if "ssim" in a else "")
+            + (f", id {a['id_distance']:.3f}" if "id_distance" in a else "")
+            + f" (measures {time.perf_counter() - t0 - ans['wall_s'] * repeat:.1f} s)")
+    return {"label": label, "folder": str(photos[0].parent) if photos else "", "photos": records}
+
+
+def row_caption(rec: dict) -> str:
+    parts = [rec["name"]]
+    t = rec["runs"][0]["timings_s"]["total"] if rec.get("runs") else None
+    if t is not None:
+        parts.append(f"{t:.1f}s")
+    lm = rec.get("landmarks", {}).get("fit")
+    if lm:
+        parts.append(f"NME {np.mean(lm):.3f}")
+    a = rec.get("appearance", {})
+    if "ssim" in a:
+        parts.append(f"SSIM {a['ssim']:.2f}")
+    if "lpips" in a:
+        parts.append(f"LPIPS {a['lpips']:.2f}")
+    if "id_distance" in a:
+        parts.append(f"id {a['id_distance']:.2f}")
+    return "  ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries
+
+
+def speed_summary(sets: list[dict], extra_runs: list[dict] = ()) -> dict:
+    runs = [r for s in sets for p in s["photos"] for r in p["runs"]] + list(extra_runs)
+    warm = [r for r in runs if not r["cold"]]
+    cold = [r for r in runs if r["cold"]]
+    use = warm or runs
+    out = {"runs": len(runs), "warm_runs": len(warm), "stages": {}}
+    for st in STAGES + ("total",):
+        vals = [r["timings_s"].get(st) for r in use if r["timings_s"].get(st) is not None]
+        out["stages"][st] = metrics.summarize(vals)
+    out["peak_rss_mb"] = metrics.summarize([r["peak_rss_mb"] for r in runs])
+    if any("cuda_peak_mb" in r for r in runs):
+        out["cuda_peak_mb"] = metrics.summarize([r.get("cuda_peak_mb") for r in runs])
+    if cold:
+        c = cold[0]
+        out["cold"] = {"timings_s": c["timings_s"], "spawn_to_ready_s": c.get("spawn_to_ready_s"),
+                       "import_s": c.get("import_s"),
+                       "process_start_to_bundle_s": (c.get("spawn_to_ready_s") or 0.0) + c["wall_s"]}
+    return out
+
+
+def landmark_summary(records: list[dict]) -> dict | None:
+    from ..landmarks import frl_pairs
+    with_lm = [r for r in records if r.get("landmarks")]
+    if not with_lm:
+        return None
+    frl, ibug = frl_pairs()
+    out = {"photos": len(with_lm), "pairs": [[int(a), int(b)] for a, b in zip(frl, ibug)], "methods": {}}
+    for method in ("fit", "mediapipe", "fit_ict68"):
+        rows = [r["landmarks"][method] for r in with_lm if method in r["landmarks"]]
+        if not rows:
+            continue
+        arr = np.asarray(rows)                     # (photos, pairs)
+        per_photo = arr.mean(1)
+        out["methods"][method] = {"per_photo": metrics.summarize(per_photo), "per_pair_mean": arr.mean(0).tolist(),
+                                  "failure_rate_0.08": float((per_photo > 0.08).mean())}
+    if "fit" in out["methods"] and "mediapipe" in out["methods"]:
+        a = np.asarray([np.mean(r["landmarks"]["fit"]) for r in with_lm if "mediapipe" in r["landmarks"]])
+        b = np.asarray([np.mean(r["landmarks"]["mediapipe"]) for r in with_lm if "mediapipe" in r["landmarks"]])
+        out["fit_not_worse_share"] = float((a <= b + 1e-9).mean())
+    return out
+
+
+def appearance_summary(records: list[dict]) -> dict | None:
+    ok = [r["appearance"] for r in records if r.get("ok") and "ssim" in r.get("appearance", {})]
+    if not ok:
+        return None
+    out = {"photos": len(ok)}
+    for k in ("ssim", "psnr_db", "lpips", "id_distance"):
+        vals = [a[k] for a in ok if k in a]
+        if vals:
+            out[k] = metrics.summarize(vals)
+    ids = [a["id_distance"] for a in ok if "id_distance" in a]
+    if ids:
+        out["id_same_share"] = float(np.mean(np.asarray(ids) < metrics.DLIB_SAME_PERSON))
+    return out
+
+
+def shape_consistency(set_a: dict, set_b: dict) -> dict | None:
+    """Neutral-expression (identity-only) shapes of photos with the same file-name prefix vs
+    different prefixes: mean per-vertex distance over the narrow face region (mm), no alignment
+    (all identity shapes live in the same model frame)."""
+    from .render import load_mesh
+    from .synthetic import FACE_IDS
+
+    def shapes(s):
+        out = {}
+        for r in s["photos"]:
+            if r.get("ok"):
+                out.setdefault(prefix_of(r["name"]), load_mesh(Path(r["bundle"]) / "mesh.npz").basis_vertices[FACE_IDS])
+        return out
+
+    a, b = shapes(set_a), shapes(set_b)
+    ka, kb = sorted(a), sorted(b)
+    common = sorted(set(ka) & set(kb))
+    if not common:
+        return None
+    A = np.stack([a[k] for k in ka]).astype(np.float64)
+    B = np.stack([b[k] for k in kb]).astype(np.float64)
+    # (|A|, |B|) mean per-vertex distance in mm.
+    dist = np.stack([10.0 * np.linalg.norm(A[i][None] - B, axis=-1).mean(1) for i in range(len(A))])
+    same_mask = np.array([[x == y for y in kb] for x in ka])
+    same, diff = dist[same_mask], dist[~same_mask]
+    return {"identities_a": len(ka), "identities_b": len(kb), "same_pairs": int(same_mask.sum()),
+            "different_pairs": int((~same_mask).sum()), "same_mm": metrics.summarize(same),
+            "different_mm": metrics.summarize(diff), "auc": metrics.verification_auc(same, diff),
+            "same_closer_than_all_others_share": float(np.mean([
+                dist[i, j] <= dist[i][~same_mask[i]].min() for i, j in zip(*np.nonzero(same_mask))]))}
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic
+
+
+def run_synthetic(session: Session, n: int, seed: int, textures_dir: Path | None, backgrounds_dir: Path | None,
+                  exif_focal: bool, sheet_rows: list | None, n_textures: int = 6) -> dict:
+    import torch
+    from ..facemodel import load_face_model
+    from .render import mesh_from_model, render_vertex_colours
+    from .synthetic import FACE_IDS, load_backgrounds, make_sample, texture_sources, vertex_errors_mm
+
+    out_dir = session.out_dir / "synthetic"
+    model = load_face_model(session.options.get("ict_dir"), "cpu")
+    tex_photos = []
+    if textures_dir is not None and Path(textures_dir).is_dir():
+        allp = list_photos(textures_dir)
+        rng = np.random.default_rng(seed)
+        pick = sorted(rng.choice(len(allp), size=min(n_textures, len(allp)), replace=False)) if allp else []
+        tex_photos = [allp[i] for i in pick]
+    cache = Path("out/bench_cache/textures")
+    log(f"synthetic: texture maps from {len(tex_photos)} photos (cached in {cache})")
+    textures = texture_sources(session.runner, tex_photos, cache, session.options)
+    session.cold_done = True  # texture photos took the cold start: do not count a synthetic image as cold
+    backgrounds = load_backgrounds(backgrounds_dir)
+    mean_face = model.neutral.cpu().numpy()
+    samples = []
+    errs = {"fit": [], "landmark_only": [], "mean_face": []}
+    for i in range(n):
+        t0 = time.perf_counter()
+        s = make_sample(i, seed, model, textures, backgrounds, out_dir)
+        truth = np.load(s.truth)["vertices"]
+        rec = {"name": s.name, "image": str(s.image), "params": s.params, "ok": False}
+        baseline_path = out_dir / "baseline" / f"{s.name}.npz"
+        baseline_path.parent.mkdir(parents=True, exist_ok=True)
+        bundle = out_dir / "bundles" / s.name
+        ans = session.reconstruct(str(s.image.absolute()), bundle, landmark_fit=str(baseline_path.absolute()))
+        e_mean = vertex_errors_mm(mean_face, truth)
+        rec["mean_face_mm"] = float(e_mean.mean())
+        if ans.get("event") != "result":
+            rec["error"] = {"code": ans.get("code"), "message": ans.get("message")}
+            log(f"[synthetic {i + 1}/{n}] {s.name}: FAILED {ans.get('code')}: {ans.get('message')}")
+            samples.append(rec)
+            continue
+        from .render import load_mesh
+        fitted = load_mesh(bundle / "mesh.npz").vertices
+        e_fit = vertex_errors_mm(fitted, truth)
+        e_lm = vertex_errors_mm(np.load(baseline_path)["vertices"], truth)
+        errs["fit"].append(e_fit)
+        errs["landmark_only"].append(e_lm)
+        errs["mean_face"].append(e_mean)
+        res = ans["result"]
+        rec.update(ok=True, bundle=str(bundle), run=run_record(ans), fit_mm=float(e_fit.mean()),
+                   landmark_only_mm=float(e_lm.mean()), fitted_yaw_deg=res["pose"]["yaw_deg"])
+        samples.append(rec)
+        if sheet_rows is not None and len(sheet_rows) < SHEET_ROWS:
+            sheet_rows.append((f"synthetic/{s.name}", f"{s.name}  yaw {s.params['yaw_deg']:+.0f}  "
+                               f"fit {e_fit.mean():.2f} mm  mean face {e_mean.mean():.2f} mm",
+                               synthetic_cells(s, bundle, model, truth, e_fit, e_mean)))
+        log(f"[synthetic {i + 1}/{n}] {s.name}: yaw {s.params['yaw_deg']:+.0f}, fit {e_fit.mean():.2f} mm, "
+            f"landmark-only {e_lm.mean():.2f} mm, mean face {e_mean.mean():.2f} mm "
+            f"({time.perf_counter() - t0:.1f} s)")
+    ok = [r for r in samples if r["ok"]]
+    out = {"n": n, "seed": seed, "succeeded": len(ok), "exif_focal": exif_focal,
+           "textures": [p.name for p in tex_photos], "backgrounds": str(backgrounds_dir) if backgrounds else "noise",
+           "samples": samples, "methods": {}}
+    for k, lst in errs.items():
+        if lst:
+            pooled = np.concatenate(lst)
+            out["methods"][k] = {"pooled_mm": metrics.summarize(pooled),
+                                 "per_image_mean_mm": metrics.summarize([e.mean() for e in lst])}
+    bins = [(0, 20), (20, 40), (40, 61)]
+    out["by_yaw"] = []
+    for lo, hi in bins:
+        sel = [r for r in ok if lo <= abs(r["params"]["yaw_deg"]) < hi]
+        out["by_yaw"].append({"yaw": f"{lo}-{min(hi, 60)}", "n": len(sel),
+                              "fit_mm": float(np.mean([r["fit_mm"] for r in sel])) if sel else float("nan"),
+                              "landmark_only_mm": float(np.mean([r["landmark_only_mm"] for r in sel])) if sel else float("nan"),
+                              "mean_face_mm": float(np.mean([r["mean_face_mm"] for r in sel])) if sel else float("nan"),
+                              "failed": sum(1 for r in samples if not r["ok"] and lo <= abs(r["params"]["yaw_deg"]) < hi)})
+    if ok:
+        out["fit_beats_mean_face_share"] = float(np.mean([r["fit_mm"] < r["mean_face_mm"] for r in ok]))
+    return out
+
+
+def error_colours(err_mm: np.ndarray, n_vertices: int, vmax: float = 10.0) -> np.ndarray:
+    import cv2
+    from .synthetic import FACE_IDS
+    v = np.clip(err_mm / vmax, 0, 1)
+    lut = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_TURBO)[:, 0, ::-1]
+    out = np.full((n_vertices, 3), 200, np.float32)
+    out[FACE_IDS] = lut[np.round(v * 255).astype(int)]
+    return out
+
+
+def synthetic_cells(sample, bundle: Path, model, truth: np.ndarray, e_fit: np.ndarray, e_mean: np.ndarray) -> list:
+    import cv2
+    from .evaluate import cell
+    from .render import mesh_from_model, render_vertex_colours
+    img = cv2.cvtColor(cv2.imread(str(sample.image)), cv2.COLOR_BGR2RGB)
+    prev = cv2.cvtColor(cv2.imread(str(bundle / "preview.png")), cv2.COLOR_BGR2RGB)
+    mesh = mesh_from_model(model, truth)
+    return [cell(img), cell(prev),
+            cell(render_vertex_colours(mesh, error_colours(e_fit, len(truth)))),
+            cell(render_vertex_colours(mesh, error_colours(e_mean, len(truth))))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Quick
+
+
+def run_quick(session: Session, repeat: int) -> dict:
+    runs = []
+    for i in range(max(2, repeat)):
+        ans = session.reconstruct("demo", session.out_dir / "bundles" / "astronaut")
+        if ans.get("event") != "result":
+            raise RuntimeError(f"demo reconstruct failed: {ans.get('code')}: {ans.get('message')}")
+        runs.append(run_record(ans))
+        log(f"[quick {i + 1}] {ans['result']['timings_s']['total']:.2f} s, peak {ans['peak_rss_mb']:.0f} MB")
+    return {"runs": runs, "device": ans.get("device")}

@@ -1,0 +1,186 @@
+"""Synthetic heads with known 3D truth: random ICT identity, expression, pose, lens and lighting.
+
+Each sample is drawn from its own generator seeded by (seed, index), so a sample does not change
+when N does, and a run is reproducible. Skin textures are UV maps the real pipeline made from
+photos (London neutral set by default), backgrounds are crops of real photos with structure
+(wild_dev by default: corners, away from the face). The image is written as a JPEG whose EXIF
+gives the 35 mm-equivalent focal length (as a phone camera would), and the truth as .npz.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from ..camera import Intrinsics, focal_px_from_35mm
+from ..facemodel import NARROW_FACE_LAST_VERTEX, VERTEX_RANGES
+from .render import eye_colours, load_tiles, mesh_from_model, render_head
+
+IMAGE_SIDE = 512
+YAW_MAX, PITCH_MAX, ROLL_MAX = 60.0, 25.0, 10.0   # degrees
+FOCAL_35MM = (24, 85)                              # mm, uniform
+FACE_FRACTION = (0.35, 0.55)                       # face-region height / image height
+IRIS_COLOURS = ((0.25, 0.15, 0.08), (0.35, 0.25, 0.12), (0.25, 0.35, 0.45), (0.30, 0.38, 0.25), (0.12, 0.08, 0.05))
+FACE_IDS = np.arange(NARROW_FACE_LAST_VERTEX + 1)
+
+
+@dataclass
+class Sample:
+    name: str
+    image: Path
+    truth: Path
+    params: dict
+
+
+def rotation_ypr(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """R = Ry(yaw) Rx(pitch) Rz(roll), degrees (camera.yaw_pitch_roll_deg inverts it)."""
+    y, p, r = np.radians([yaw, pitch, roll])
+    ry = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
+    rx = np.array([[1, 0, 0], [0, np.cos(p), -np.sin(p)], [0, np.sin(p), np.cos(p)]])
+    rz = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]])
+    return ry @ rx @ rz
+
+
+def sample_expression(rng: np.random.Generator, names: list[str]) -> np.ndarray:
+    """0-3 random expression shapes (both sides together 70% of the time), weights 0.2-0.9."""
+    w = np.zeros(len(names), np.float32)
+    stems = sorted({n[:-2] if n[-2:] in ("_L", "_R") else n for n in names})
+    n = rng.choice(4, p=[0.2, 0.35, 0.3, 0.15])
+    for stem in rng.choice(stems, size=n, replace=False):
+        weight = rng.uniform(0.2, 0.9)
+        if stem in names:
+            w[names.index(stem)] = weight
+        else:
+            sides = ["_L", "_R"] if rng.random() < 0.7 else [rng.choice(["_L", "_R"])]
+            for s in sides:
+                w[names.index(stem + s)] = weight
+    return w
+
+
+def sample_sh(rng: np.random.Generator) -> np.ndarray:
+    """(9, 3) SH lighting: ambient, a directional term from the camera's side, a little band 2."""
+    amb = rng.uniform(0.7, 1.0)
+    strength = rng.uniform(0.2, 0.8)
+    d = rng.normal(size=3)
+    d[2] = abs(d[2]) + 0.3
+    d /= np.linalg.norm(d)
+    tint = 1.0 + rng.normal(0.0, 0.04, size=3)
+    c = np.zeros((9, 3))
+    c[0] = amb / 0.282095
+    c[1:4] = (strength / 0.488603) * np.array([d[1], d[2], d[0]])[:, None]
+    c[4:9] = rng.normal(0.0, 0.08, size=(5, 1))
+    return c * tint[None, :] * (1.05 / (amb + strength))
+
+
+def load_backgrounds(folder: Path | None, limit: int = 64) -> list[tuple[str, np.ndarray]]:
+    if folder is None or not Path(folder).is_dir():
+        return []
+    out = []
+    for p in sorted(Path(folder).iterdir()):
+        if p.suffix.lower() in (".jpg", ".jpeg", ".png") and len(out) < limit:
+            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+            if img is not None and min(img.shape[:2]) >= 64:
+                out.append((p.name, cv2.cvtColor(img, cv2.COLOR_BGR2RGB)))
+    return out
+
+
+def background_crop(rng: np.random.Generator, sources, side: int) -> tuple[str, np.ndarray]:
+    """A corner crop (a quarter of the short side, away from a centred face) of a random photo,
+    flipped at random and scaled to side x side; or procedural noise when there are no photos."""
+    if not sources:
+        noise = rng.normal(0, 1, size=(side // 16, side // 16, 3))
+        img = cv2.resize(noise, (side, side), interpolation=cv2.INTER_CUBIC)
+        img = (110 + 35 * img).clip(0, 255).astype(np.uint8)
+        return "noise", img
+    name, img = sources[rng.integers(len(sources))]
+    h, w = img.shape[:2]
+    c = max(32, min(h, w) // 4)
+    corner = rng.integers(4)
+    y0 = 0 if corner < 2 else h - c
+    x0 = 0 if corner % 2 == 0 else w - c
+    crop = img[y0:y0 + c, x0:x0 + c]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    crop = cv2.GaussianBlur(cv2.resize(crop, (side, side), interpolation=cv2.INTER_CUBIC), (0, 0), 1.0)
+    return f"{name}:corner{corner}", crop
+
+
+def make_sample(index: int, seed: int, model, textures: list[tuple[str, dict]], backgrounds, out_dir: Path,
+                side: int = IMAGE_SIDE, exif_focal: bool = True) -> Sample:
+    """Render sample `index` into out_dir/images and its truth into out_dir/truth."""
+    import torch
+    rng = np.random.default_rng([seed, index])
+    identity = rng.normal(size=model.num_identity).astype(np.float32)
+    expression = sample_expression(rng, model.expression_names)
+    yaw, pitch, roll = rng.uniform(-YAW_MAX, YAW_MAX), rng.uniform(-PITCH_MAX, PITCH_MAX), rng.uniform(-ROLL_MAX, ROLL_MAX)
+    f35 = int(rng.integers(FOCAL_35MM[0], FOCAL_35MM[1] + 1))
+    frac = rng.uniform(*FACE_FRACTION)
+    jitter = rng.uniform(-0.08, 0.08, size=2) * side
+    sh = sample_sh(rng)
+    tex_name, tiles = textures[rng.integers(len(textures))] if textures else ("flat", {})
+    bg_name, bg = background_crop(rng, backgrounds, side)
+    iris = np.asarray(IRIS_COLOURS[rng.integers(len(IRIS_COLOURS))])
+    noise_sigma = rng.uniform(0.5, 2.5)
+    jpeg_quality = int(rng.integers(80, 96))
+
+    with torch.no_grad():
+        verts = model.vertices(torch.from_numpy(identity).to(model.device),
+                               torch.from_numpy(expression).to(model.device)).cpu().numpy()
+    k = Intrinsics(focal_px_from_35mm(f35, side, side), side / 2, side / 2, side, side)
+    rot = rotation_ypr(yaw, pitch, roll)
+    face = verts[FACE_IDS]
+    centre = (face.min(0) + face.max(0)) / 2
+    height = face[:, 1].max() - face[:, 1].min()
+    dist = k.focal_px * height / (frac * side)
+    offset = np.array([jitter[0] * dist / k.focal_px, -jitter[1] * dist / k.focal_px, -dist])
+    trans = offset - rot @ centre
+
+    rest = model.neutral.cpu().numpy()
+    eyes = eye_colours(rest, [VERTEX_RANGES["eyeball_left"], VERTEX_RANGES["eyeball_right"]], iris)
+    img, covered = render_head(mesh_from_model(model, verts), k, rot, trans, tiles, sh, bg, eye_albedo=eyes)
+    img = np.clip(img.astype(np.float32) + rng.normal(0, noise_sigma, img.shape), 0, 255).astype(np.uint8)
+
+    name = f"synth_{index:04d}"
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    (out_dir / "truth").mkdir(parents=True, exist_ok=True)
+    image_path = out_dir / "images" / f"{name}.jpg"
+    pil = Image.fromarray(img)
+    exif = Image.Exif()
+    if exif_focal:
+        exif.get_ifd(0x8769)[0xA405] = f35
+    pil.save(image_path, quality=jpeg_quality, exif=exif)
+    params = {"yaw_deg": yaw, "pitch_deg": pitch, "roll_deg": roll, "focal_35mm": f35, "focal_px": k.focal_px,
+              "exif_focal": exif_focal, "face_fraction": frac, "texture": tex_name, "background": bg_name,
+              "expressions": {n: float(w) for n, w in zip(model.expression_names, expression) if w > 0},
+              "noise_sigma": noise_sigma, "jpeg_quality": jpeg_quality, "head_pixels": int(covered.sum())}
+    truth_path = out_dir / "truth" / f"{name}.npz"
+    np.savez_compressed(truth_path, vertices=verts.astype(np.float32), identity=identity, expression=expression,
+                        rotation=rot, translation=trans, focal_px=k.focal_px, sh=sh,
+                        params=json.dumps(params))
+    return Sample(name, image_path, truth_path, params)
+
+
+def texture_sources(runner, photos: list[Path], cache: Path, options: dict) -> list[tuple[str, dict]]:
+    """Diffuse tiles made by the real pipeline from `photos`, cached as bundles under `cache`."""
+    from ..bundle import is_bundle
+    out = []
+    for p in photos:
+        bundle = cache / p.stem
+        if not is_bundle(bundle):
+            ans = runner.request(op="reconstruct", photo=str(p.absolute()), out=str(bundle.absolute()),
+                                 options=dict(options, overwrite=True))
+            if ans.get("event") != "result":
+                print(f"bench: texture photo {p.name} failed: {ans.get('code')} {ans.get('message')}")
+                continue
+        out.append((p.name, load_tiles(bundle, "diffuse")))
+    return out
+
+
+def vertex_errors_mm(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per-vertex error (mm) over the narrow face region after a similarity alignment."""
+    from .metrics import aligned_vertex_errors
+    return 10.0 * aligned_vertex_errors(np.asarray(pred)[FACE_IDS], np.asarray(truth)[FACE_IDS])
