@@ -150,6 +150,27 @@ class FaceModel:
             out = out + torch.einsum("k,kvc->vc", expression, self.expression[:, sel])
         return out
 
+    def surface_basis(self, vertex_ids: np.ndarray, bary: np.ndarray) -> "SurfaceBasis":
+        """The linear model restricted to points given as barycentric coordinates on triangles."""
+        ids = torch.as_tensor(vertex_ids.reshape(-1), device=self.device)
+        w = torch.as_tensor(bary, dtype=torch.float32, device=self.device)[..., None]   # (L, 3, 1)
+
+        def at(basis):  # (..., V, 3) -> (..., L, 3)
+            return (basis[..., ids, :].reshape(*basis.shape[:-2], -1, 3, 3) * w).sum(-2)
+        return SurfaceBasis(at(self.neutral), at(self.identity).flatten(1), at(self.expression).flatten(1))
+
+
+@dataclass
+class SurfaceBasis:
+    """mean + alpha @ identity + beta @ expression at L surface points: small dense matrices, so
+    evaluating it inside an optimisation loop costs microseconds."""
+    mean: torch.Tensor        # (L, 3)
+    identity: torch.Tensor    # (K_id, L*3)
+    expression: torch.Tensor  # (K_exp, L*3)
+
+    def points(self, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        return self.mean + (alpha @ self.identity + beta @ self.expression).reshape(-1, 3)
+
 
 @functools.lru_cache(maxsize=2)
 def _cached(ict_dir: str, device: str) -> FaceModel:
