@@ -1,0 +1,39 @@
+# Likeness: `make demo` and `make test` do all their set-up on a fresh machine (idempotent, fast on re-runs).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements-installed
+LANDMARKER := .cache/face_landmarker.task
+
+.PHONY: setup demo test bench correspondence clean
+.DEFAULT_GOAL := demo
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(LANDMARKER): $(STAMP)
+	$(PY) -m backend setup
+
+setup: $(STAMP) $(LANDMARKER)
+	@$(PY) -c "from backend.setup_assets import ensure_ict; ensure_ict()"
+
+demo: setup
+	$(PY) -m backend demo
+	$(MAKE) --no-print-directory blender-demo
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) -m backend bench --quick
+
+# Rebuilds weights/mediapipe_to_ict.npz from the London photos (see weights/MANIFEST.md).
+correspondence: setup
+	$(PY) scripts/build_landmark_correspondence.py
+
+clean:
+	rm -rf out dist build .pytest_cache
+
+-include mk/blender.mk

@@ -1,0 +1,115 @@
+"""`python -m backend worker`: JSON lines on stdin/stdout for the Blender side (docs/worker-protocol.md)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import traceback
+
+from . import __version__
+from .errors import LikenessError
+
+
+def protocol_stream():
+    """A private copy of stdout for events; fd 1 then points at stderr, so nothing a library prints
+    (Python or C level) can corrupt the protocol stream."""
+    sys.stdout.flush()
+    out = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return out
+
+
+class Worker:
+    def __init__(self, out):
+        self.out = out
+        self.lock = threading.Lock()
+        self.job: tuple[str, threading.Thread, threading.Event] | None = None
+
+    def emit(self, event: dict) -> None:
+        with self.lock:
+            self.out.write(json.dumps(event) + "\n")
+            self.out.flush()
+
+    def busy(self) -> bool:
+        return self.job is not None and self.job[1].is_alive()
+
+    def handle(self, line: str) -> bool:
+        """Handle one request line; False when the worker should stop."""
+        try:
+            req = json.loads(line)
+            if not isinstance(req, dict) or not isinstance(req.get("op"), str):
+                raise ValueError("a request is a JSON object with an 'op'")
+        except ValueError as err:
+            self.emit({"event": "error", "id": None, "code": "BAD_REQUEST", "message": str(err)})
+            return True
+        op, rid = req["op"], req.get("id")
+        if op == "ping":
+            self.emit({"event": "pong"})
+        elif op == "shutdown":
+            return False
+        elif op == "cancel":
+            if self.busy() and self.job[0] == rid:
+                self.job[2].set()
+        elif op == "reconstruct":
+            if self.busy():
+                self.emit({"event": "error", "id": rid, "code": "BUSY", "message": f"request {self.job[0]} is running"})
+            elif not isinstance(req.get("photo"), str) or not isinstance(req.get("out"), str):
+                self.emit({"event": "error", "id": rid, "code": "BAD_REQUEST", "message": "reconstruct needs 'photo' and 'out'"})
+            else:
+                cancel = threading.Event()
+                thread = threading.Thread(target=self.run, args=(rid, req, cancel), daemon=True)
+                self.job = (rid, thread, cancel)
+                thread.start()
+        else:
+            self.emit({"event": "error", "id": rid, "code": "BAD_REQUEST", "message": f"unknown op {op!r}"})
+        return True
+
+    def run(self, rid, req: dict, cancel: threading.Event) -> None:
+        from .pipeline import Options, reconstruct
+
+        def cancel_check():
+            if cancel.is_set():
+                raise LikenessError("CANCELLED", f"request {rid} was cancelled")
+
+        def progress(stage: str, fraction: float):
+            self.emit({"event": "progress", "id": rid, "stage": stage, "fraction": round(fraction, 4)})
+
+        try:
+            opts = req.get("options") or {}
+            options = Options(device=str(opts.get("device", "auto")), texture_size=int(opts.get("texture_size", 1024)),
+                              overwrite=bool(opts.get("overwrite", False)))
+            result = reconstruct(req["photo"], req["out"], options, progress, cancel_check)
+            self.emit({"event": "result", "id": rid, "bundle": os.path.abspath(req["out"]),
+                       "metrics": result["metrics"], "timings_s": result["timings_s"], "warnings": result["warnings"]})
+        except LikenessError as err:
+            self.emit({"event": "error", "id": rid, "code": err.code, "message": err.message})
+        except Exception as err:  # a bug: report it, keep serving
+            traceback.print_exc()
+            self.emit({"event": "error", "id": rid, "code": "INTERNAL", "message": f"{type(err).__name__}: {err}"})
+
+    def stop(self) -> None:
+        if self.job is not None:
+            self.job[2].set()
+            self.job[1].join(timeout=30)
+
+
+def main() -> int:
+    out = protocol_stream()
+    worker = Worker(out)
+    import torch  # noqa: F401  (imported before 'ready' so the first request starts at once)
+    from .facemodel import load_face_model
+    from .landmarks import get_analyzer
+    try:  # warm up: the first request then needs no slow, uncancellable loading
+        load_face_model()
+        get_analyzer()
+    except LikenessError as err:
+        print(f"warm-up failed: {err}", file=sys.stderr)
+    worker.emit({"event": "ready", "version": __version__, "torch": torch.__version__,
+                 "cuda": bool(torch.cuda.is_available())})
+    for line in sys.stdin:
+        if line.strip() and not worker.handle(line):
+            break
+    worker.stop()
+    return 0
