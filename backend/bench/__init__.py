@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="synthetic set seed")
     p.add_argument("--textures", type=Path, default=SHARED_FACES / "london" / "neutral",
                    help="photos whose pipeline UV maps texture the synthetic heads")
+    p.add_argument("--n-textures", type=int, default=6, help="how many of --textures to use (default 6)")
+    p.add_argument("--texture-cache", type=Path, default=Path("out/bench_cache/textures"),
+                   help="where the texture photos' bundles are kept between runs")
     p.add_argument("--backgrounds", type=Path, default=SHARED_FACES / "wild_dev",
                    help="photos whose corners become synthetic backgrounds")
     p.add_argument("--no-exif", action="store_true", help="synthetic JPEGs without the EXIF focal length")
@@ -113,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
                 rep["shape_consistency"] = suite.shape_consistency(sets[0], sets[1])
         if args.synthetic:
             rep["synthetic"] = suite.run_synthetic(session, args.synthetic, args.seed, args.textures,
-                                                   args.backgrounds, not args.no_exif, syn_sheet)
+                                                   args.backgrounds, not args.no_exif, syn_sheet, args.n_textures,
+                                                   args.texture_cache)
         extra = [r["run"] for r in (rep.get("synthetic") or {}).get("samples", []) if r.get("run")]
-        rep["speed"] = suite.speed_summary(sets, extra)
-        devices = {p.get("device") for s in sets for p in s["photos"] if p.get("device")}
-        meta["device"] = ", ".join(sorted(d for d in devices if d)) or args.device
+        rep["speed"] = suite.speed_summary(sets, extra, session.cold_run)
+        meta["device"] = ", ".join(rep["speed"].get("devices") or []) or args.device
         session.close()
         rep["process_peak_rss_mb"] = session.maxrss_mb
         pics = {}

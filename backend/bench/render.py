@@ -103,11 +103,24 @@ def sample_tiles(uv: np.ndarray, tile_of: np.ndarray, tiles: dict[int, np.ndarra
         size_y, size_x = img.shape[:2]
         mx = ((uv[sel, 0] - (tile - 1001)) * size_x - 0.5).astype(np.float32)
         my = ((1.0 - uv[sel, 1]) * size_y - 0.5).astype(np.float32)
-        vals = cv2.remap(img.astype(np.float32), mx[:, None], my[:, None], cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_REPLICATE)
-        out[sel] = vals.reshape(-1, 3)
+        out[sel] = bilinear(img, mx, my)
         ok[sel] = True
     return out, ok
+
+
+def bilinear(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(N, C) float32 bilinear samples of img (H, W, C) at pixel-centre coordinates x, y (edges clamped)."""
+    h, w = img.shape[:2]
+    x = np.clip(x, 0, w - 1)
+    y = np.clip(y, 0, h - 1)
+    x0 = np.minimum(np.floor(x).astype(np.int64), w - 2 if w > 1 else 0)
+    y0 = np.minimum(np.floor(y).astype(np.int64), h - 2 if h > 1 else 0)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    im = img.astype(np.float32)
+    top = im[y0, x0] * (1 - fx) + im[y0, x1] * fx
+    bot = im[y1, x0] * (1 - fx) + im[y1, x1] * fx
+    return top * (1 - fy) + bot * fy
 
 
 @dataclass

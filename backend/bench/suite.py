@@ -44,6 +44,7 @@ class Session:
         self.options = options
         self.runner = RunnerClient(log_path=out_dir / "runner.log")
         self.cold_done = False
+        self.cold_run = None      # the first reconstruct of the process, whatever it was for
         self.maxrss_mb = None
 
     def reconstruct(self, photo: str, bundle: Path, **extra) -> dict:
@@ -53,6 +54,9 @@ class Session:
         if ans["cold"]:
             ans["spawn_to_ready_s"] = self.runner.ready["spawn_to_ready_s"]
             ans["import_s"] = self.runner.ready["import_s"]
+        if ans["cold"] and ans.get("event") == "result":
+            self.cold_run = run_record(ans)
+            self.cold_run["photo"] = Path(photo).name
         self.cold_done = True
         return ans
 
@@ -62,8 +66,13 @@ class Session:
 
 def run_record(ans: dict) -> dict:
     res = ans["result"]
-    rec = {"timings_s": res["timings_s"], "wall_s": ans["wall_s"], "peak_rss_mb": ans["peak_rss_mb"],
-           "cold": ans["cold"]}
+    timings = dict(res["timings_s"])
+    rec = {"timings_s": timings, "wall_s": ans["wall_s"], "peak_rss_mb": ans["peak_rss_mb"], "cold": ans["cold"],
+           "device": ans.get("device")}
+    if "write" not in timings and "total" in timings:
+        # result.json is serialised before the write stage ends, so v0 bundles lack it: total minus the rest.
+        timings["write"] = round(timings["total"] - sum(timings.get(s, 0.0) for s in STAGES[:-1]), 4)
+        rec["write_derived"] = True
     for k in ("spawn_to_ready_s", "import_s", "cuda_peak_mb"):
         if k in ans:
             rec[k] = ans[k]
@@ -140,12 +149,13 @@ def row_caption(rec: dict) -> str:
 # Summaries
 
 
-def speed_summary(sets: list[dict], extra_runs: list[dict] = ()) -> dict:
+def speed_summary(sets: list[dict], extra_runs: list[dict] = (), cold_run: dict | None = None) -> dict:
     runs = [r for s in sets for p in s["photos"] for r in p["runs"]] + list(extra_runs)
     warm = [r for r in runs if not r["cold"]]
-    cold = [r for r in runs if r["cold"]]
+    cold = [r for r in runs if r["cold"]] or ([cold_run] if cold_run else [])
     use = warm or runs
-    out = {"runs": len(runs), "warm_runs": len(warm), "stages": {}}
+    out = {"runs": len(runs), "warm_runs": len(warm), "stages": {},
+           "write_derived": any(r.get("write_derived") for r in runs)}
     for st in STAGES + ("total",):
         vals = [r["timings_s"].get(st) for r in use if r["timings_s"].get(st) is not None]
         out["stages"][st] = metrics.summarize(vals)
@@ -156,7 +166,9 @@ def speed_summary(sets: list[dict], extra_runs: list[dict] = ()) -> dict:
         c = cold[0]
         out["cold"] = {"timings_s": c["timings_s"], "spawn_to_ready_s": c.get("spawn_to_ready_s"),
                        "import_s": c.get("import_s"),
-                       "process_start_to_bundle_s": (c.get("spawn_to_ready_s") or 0.0) + c["wall_s"]}
+                       "process_start_to_bundle_s": (c.get("spawn_to_ready_s") or 0.0) + c["wall_s"],
+                       "photo": c.get("photo")}
+    out["devices"] = sorted({r.get("device") for r in runs + cold if r.get("device")})
     return out
 
 
@@ -234,7 +246,8 @@ def shape_consistency(set_a: dict, set_b: dict) -> dict | None:
 
 
 def run_synthetic(session: Session, n: int, seed: int, textures_dir: Path | None, backgrounds_dir: Path | None,
-                  exif_focal: bool, sheet_rows: list | None, n_textures: int = 6) -> dict:
+                  exif_focal: bool, sheet_rows: list | None, n_textures: int = 6,
+                  cache: Path = Path("out/bench_cache/textures")) -> dict:
     import torch
     from ..facemodel import load_face_model
     from .render import mesh_from_model, render_vertex_colours
@@ -248,10 +261,8 @@ def run_synthetic(session: Session, n: int, seed: int, textures_dir: Path | None
         rng = np.random.default_rng(seed)
         pick = sorted(rng.choice(len(allp), size=min(n_textures, len(allp)), replace=False)) if allp else []
         tex_photos = [allp[i] for i in pick]
-    cache = Path("out/bench_cache/textures")
     log(f"synthetic: texture maps from {len(tex_photos)} photos (cached in {cache})")
-    textures = texture_sources(session.runner, tex_photos, cache, session.options)
-    session.cold_done = True  # texture photos took the cold start: do not count a synthetic image as cold
+    textures = texture_sources(session, tex_photos, cache)
     backgrounds = load_backgrounds(backgrounds_dir)
     mean_face = model.neutral.cpu().numpy()
     samples = []
@@ -280,8 +291,12 @@ def run_synthetic(session: Session, n: int, seed: int, textures_dir: Path | None
         errs["landmark_only"].append(e_lm)
         errs["mean_face"].append(e_mean)
         res = ans["result"]
+        rot_true = np.load(s.truth)["rotation"]
+        rel = np.asarray(res["pose"]["rotation"]).T @ rot_true
+        pose_err = float(np.degrees(np.arccos(np.clip((np.trace(rel) - 1) / 2, -1, 1))))
         rec.update(ok=True, bundle=str(bundle), run=run_record(ans), fit_mm=float(e_fit.mean()),
-                   landmark_only_mm=float(e_lm.mean()), fitted_yaw_deg=res["pose"]["yaw_deg"])
+                   landmark_only_mm=float(e_lm.mean()), fitted_yaw_deg=res["pose"]["yaw_deg"],
+                   yaw_error_deg=res["pose"]["yaw_deg"] - s.params["yaw_deg"], rotation_error_deg=pose_err)
         samples.append(rec)
         if sheet_rows is not None and len(sheet_rows) < SHEET_ROWS:
             sheet_rows.append((f"synthetic/{s.name}", f"{s.name}  yaw {s.params['yaw_deg']:+.0f}  "
@@ -309,6 +324,9 @@ def run_synthetic(session: Session, n: int, seed: int, textures_dir: Path | None
                               "mean_face_mm": float(np.mean([r["mean_face_mm"] for r in sel])) if sel else float("nan"),
                               "failed": sum(1 for r in samples if not r["ok"] and lo <= abs(r["params"]["yaw_deg"]) < hi)})
     if ok:
+        out["rotation_error_deg"] = metrics.summarize([r["rotation_error_deg"] for r in ok])
+        out["yaw_error_deg"] = metrics.summarize([r["yaw_error_deg"] for r in ok])
+        out["abs_yaw_error_deg"] = metrics.summarize([abs(r["yaw_error_deg"]) for r in ok])
         out["fit_beats_mean_face_share"] = float(np.mean([r["fit_mm"] < r["mean_face_mm"] for r in ok]))
     return out
 

@@ -164,15 +164,14 @@ def make_sample(index: int, seed: int, model, textures: list[tuple[str, dict]], 
     return Sample(name, image_path, truth_path, params)
 
 
-def texture_sources(runner, photos: list[Path], cache: Path, options: dict) -> list[tuple[str, dict]]:
+def texture_sources(session, photos: list[Path], cache: Path) -> list[tuple[str, dict]]:
     """Diffuse tiles made by the real pipeline from `photos`, cached as bundles under `cache`."""
     from ..bundle import is_bundle
     out = []
     for p in photos:
         bundle = cache / p.stem
         if not is_bundle(bundle):
-            ans = runner.request(op="reconstruct", photo=str(p.absolute()), out=str(bundle.absolute()),
-                                 options=dict(options, overwrite=True))
+            ans = session.reconstruct(str(p.absolute()), bundle)
             if ans.get("event") != "result":
                 print(f"bench: texture photo {p.name} failed: {ans.get('code')} {ans.get('message')}")
                 continue
