@@ -1,0 +1,604 @@
+"""Photo -> UV textures of the fitted head (v0: projected from the photo).
+
+Stage interface: `project_texture(...) -> TextureMaps`. A later version (de-lighting, a generator for
+the unseen parts) replaces the body of this module and keeps that signature and dataclass.
+
+Method:
+1. UV-rasterize the skin triangles of tiles 1001 (face) and 1002 (head, neck, eye sockets; the mouth
+   socket in its corner gets a flat mouth colour). This depends only on the topology and is cached.
+   Every texel gets a triangle and barycentrics -> a point and a normal on the fitted mesh.
+2. Rasterize the whole head (skin, eyes, teeth, mouth; culling back faces) in the photo view at most
+   1024 px on the longest side: a z-buffer for occlusion, and the distance of every pixel to the
+   silhouette and to depth discontinuities (occlusion boundaries).
+3. Direct pass: project each texel's point into the photo and sample it (bilinear). Its weight is
+   visible (z-buffer test) * viewing angle (smoothstep of the cosine between normal and view ray)
+   * fade near silhouettes / occlusion boundaries * inside the photo * (outside the inner face) how
+   skin-like the colour is (so hair, clothes and background do not land on the scalp and neck).
+   That weight is the visibility map.
+4. Mirror pass: a texel on triangle t with barycentrics b has a mirror point with the same b on the
+   mirrored vertices (FaceModel.vertex_symmetry); its UV is interpolated from the corners of the
+   polygon holding them. Weakly seen texels take the mirror's direct colour, weighted by how well the
+   mirror was seen; well seen texels keep their own colour (no symmetrisation of the face).
+5. Fill: push-pull (a weighted image pyramid) fills everything that is left, and blends softly into the
+   seen colour, so the unseen back of the head is a smooth continuation of the seen skin.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import camera
+from .facemodel import NARROW_FACE_LAST_VERTEX, PART_NAMES, VERTEX_RANGES, FaceModel
+from .raster import interpolate, rasterize, uv_screen
+
+TILES = (1001, 1002)
+# Specular placeholder. Skin's specular reflectance at normal incidence is about F0 = 0.028 (IOR ~1.4);
+# on Blender's classic specular scale (0.5 = F0 0.04, i.e. F0 = 0.08 * specular) that is 0.35 -> 89/255.
+SKIN_SPECULAR = 89
+FLAT_NORMAL = (128, 128, 255)  # tangent space +Z: no perturbation
+
+PHOTO_VIEW_MAX_SIDE = 1024     # px, longest side of the photo-view z-buffer
+DEPTH_TOLERANCE_CM = 0.5       # a texel is visible if it is at most this far behind the z-buffer
+EDGE_JUMP_CM = 1.0             # a depth step larger than this between neighbour pixels is an occlusion edge
+EDGE_FADE = 0.02               # fade width near silhouettes / occlusion edges, as a fraction of the head's size
+GRAZING_COS = (0.15, 0.55)     # viewing-angle weight: 0 below the first cosine, 1 above the second
+BORDER_FADE_PX = 4.0           # fade towards the photo's border (photo px)
+BLEND_WEIGHT = (0.05, 0.5)     # (direct + mirror) weight: below, the fill only; above, the texel's own colour
+FILL_TRUST = (0.25, 0.5)       # (direct + mirror) weight from which a texel feeds the fill of the holes
+# Skin likelihood, checked on the scalp, neck, ears, forehead top (see _outer_field) and near the silhouette,
+# measured on the photo blurred by SKIN_BLUR_FRACTION of its size (and the sharp brightness).
+SKIN_BLUR_FRACTION = 1.0 / 150.0
+SKIN_CHROMA_MIN_SPREAD = 0.008  # chromaticity spread of the reference skin, at least
+SKIN_CHROMA_TOL = (1.5, 4.0)   # chromaticity distance (in spreads): weight 1 below, 0 above
+SKIN_LOG_LUM_TOL = (0.5, 1.0)  # |log(brightness / skin brightness)|: shadows keep weight, dark hair loses it
+SKIN_CHECK_NEAR_EDGE = 4.0     # ... and within this many fade widths of the silhouette (where the fit may be off)
+FOREHEAD_MARGIN_CM = (1.0, 2.5)  # skin check ramps in from this far above the brows (neutral head)
+DEFAULT_SKIN = (0.75, 0.6, 0.52)
+FILL_PRIOR_WEIGHT = 1e-4       # the median skin colour, everywhere: the fill far (> ~100 texels) from data
+MOUTH_TINT = (0.45, 0.22, 0.22)  # mouth socket colour = median skin colour * this (dark red)
+
+_OCCLUDER_PARTS = ("skin", "eyes", "teeth", "mouth")  # not lashes or the thin transparent eye shells
+
+
+@dataclass
+class TextureMaps:
+    diffuse: dict[int, np.ndarray]     # tile -> (S, S, 3) uint8 sRGB, tiles 1001 and 1002
+    visibility: dict[int, np.ndarray]  # tile -> (S, S) uint8 0..255, weight of the direct view (before mirror fill)
+    specular: dict[int, np.ndarray]    # tile -> (S, S) uint8 flat placeholder (SKIN_SPECULAR)
+    normal: dict[int, np.ndarray]      # tile -> (S, S, 3) uint8 flat (128, 128, 255)
+
+
+@dataclass
+class _TileLayout:
+    """The covered texels of one tile (N of them); per-texel arrays are component-major (k, N)."""
+    tile: int
+    texel: torch.Tensor          # (N,) long flat index (row * S + col)
+    vertex: torch.Tensor         # (3, N) long the vertices of the texel's triangle
+    bary: torch.Tensor           # (3, N) float barycentrics
+    outer: torch.Tensor          # (N,) float 0..1: where the skin check applies (see _outer_field)
+    mouth: torch.Tensor          # (N,) bool: mouth socket texels (flat mouth colour where not seen)
+    right: torch.Tensor          # (N,) long position of the texel's right neighbour in this list, -1 if none
+    mirror: dict[int, tuple[torch.Tensor, torch.Tensor]]  # tile -> (positions (M,), grid (M, 2) there)
+
+
+def _smoothstep(e0: float, e1: float, x: torch.Tensor) -> torch.Tensor:
+    t = ((x - e0) / (e1 - e0)).clamp(0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+def _vertex_normals(vertices: torch.Tensor, triangles: torch.Tensor) -> torch.Tensor:
+    v = vertices[triangles]
+    fn = torch.linalg.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])  # area weighted
+    n = torch.zeros_like(vertices).index_add_(0, triangles.reshape(-1), fn.repeat_interleave(3, dim=0))
+    return F.normalize(n, dim=1, eps=1e-12)
+
+
+def _mirror_corners(model: FaceModel, tri_ids: np.ndarray) -> np.ndarray:
+    """(n, 3) corner indices of the mirror images of the vertices of triangles `tri_ids`, -1 where none.
+
+    The mirrored vertices are looked up in a polygon that holds all three (a mirrored quad may be split
+    along the other diagonal, so the mirrored triangle itself need not exist).
+    """
+    topo = model.topology
+    sizes = topo.face_sizes.astype(np.int64)
+    fvi = topo.face_vertex_indices.astype(np.int64)
+    P, C, V = len(sizes), len(fvi), model.num_vertices
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    corner_poly = np.repeat(np.arange(P), sizes)
+    poly_verts = np.full((P, 4), -1, dtype=np.int64)
+    poly_verts[corner_poly, np.arange(C) - starts[corner_poly]] = fvi
+    order = np.argsort(fvi, kind="stable")
+    vcount = np.bincount(fvi, minlength=V)
+    vstart = np.concatenate([[0], np.cumsum(vcount)[:-1]])
+    vert_polys = np.full((V, max(1, vcount.max())), -1, dtype=np.int64)
+    vert_polys[fvi[order], np.arange(C) - vstart[fvi[order]]] = corner_poly[order]
+
+    m = model.vertex_symmetry[topo.triangles[tri_ids]]              # (n, 3)
+    cand = vert_polys[m[:, 0]]                                       # (n, K)
+    pv = poly_verts[np.maximum(cand, 0)]                             # (n, K, 4)
+    good = (cand >= 0) & (pv == m[:, 1, None, None]).any(-1) & (pv == m[:, 2, None, None]).any(-1)
+    found = good.any(1)
+    poly = cand[np.arange(len(m)), good.argmax(1)]
+    out = np.full(m.shape, -1, dtype=np.int64)
+    for k in range(3):
+        slot = (poly_verts[poly] == m[:, k, None]).argmax(1)
+        out[:, k] = starts[poly] + slot
+    out[~found] = -1
+    return out
+
+
+def _smooth_vertex_field(model: FaceModel, values: np.ndarray, iterations: int) -> np.ndarray:
+    """Average a per-vertex field over mesh neighbours `iterations` times (a soft transition)."""
+    import scipy.sparse as sp
+
+    tri = model.topology.triangles
+    i = np.concatenate([tri[:, 0], tri[:, 1], tri[:, 2], tri[:, 1], tri[:, 2], tri[:, 0]])
+    j = np.concatenate([tri[:, 1], tri[:, 2], tri[:, 0], tri[:, 0], tri[:, 1], tri[:, 2]])
+    V = model.num_vertices
+    adj = sp.coo_matrix((np.ones(len(i)), (i, j)), shape=(V, V)).tocsr()
+    adj.data[:] = 1.0
+    adj = adj + sp.identity(V, format="csr")
+    adj = sp.diags(1.0 / np.asarray(adj.sum(1)).ravel()) @ adj
+    for _ in range(iterations):
+        values = adj @ values
+    return values
+
+
+def _outer_field(model: FaceModel) -> np.ndarray:
+    """Per vertex 0..1: where hair, clothes or background may cover the skin in a photo (so colours
+    are checked for being skin-like): outside the narrow face (ears, temples, under the jaw, scalp,
+    neck) and the forehead above the brows (the hairline). 0 on the inner face, with its brows,
+    eyes, lips and beard, which keep the photo's colours as they are."""
+    y = model.neutral[:, 1].cpu().numpy().astype(np.float64)
+    brow_top = float(y[model.landmarks68[17:27]].max())
+    forehead = np.clip((y - brow_top - FOREHEAD_MARGIN_CM[0]) / (FOREHEAD_MARGIN_CM[1] - FOREHEAD_MARGIN_CM[0]), 0, 1)
+    outer = np.maximum((np.arange(model.num_vertices) > NARROW_FACE_LAST_VERTEX).astype(np.float64), forehead)
+    return _smooth_vertex_field(model, outer, 8)
+
+
+@dataclass
+class _Seams:
+    """Texels of tile `tile` on a UV seam with tile `source`, and where the same 3D points lie there."""
+    tile: int
+    source: int
+    texel: torch.Tensor   # (M,) long flat texel index in `tile`
+    grid: torch.Tensor    # (M, 2) grid_sample coordinates in `source`
+
+
+def _seam_samples(model: FaceModel, drawn: np.ndarray, tile: int, source: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Points along the mesh edges that tile `tile` shares with tile `source` (cut by the UV layout).
+
+    Returns the texel index in `tile` and the UV (UDIM) of the same 3D point in `source`.
+    """
+    topo = model.topology
+    sizes = topo.face_sizes.astype(np.int64)
+    fvi = topo.face_vertex_indices.astype(np.int64)
+    uv = topo.corner_uvs.astype(np.float64)
+    P = len(sizes)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    cp = np.repeat(np.arange(P), sizes)
+    nxt = starts[cp] + (np.arange(len(fvi)) - starts[cp] + 1) % sizes[cp]
+    poly_drawn = np.zeros(P, dtype=bool)
+    poly_drawn[topo.triangle_polygon[drawn]] = True
+    sel = np.flatnonzero(poly_drawn[cp])
+    a, b = fvi[sel], fvi[nxt[sel]]
+    swap = a > b  # orient every edge from its lower to its higher vertex index
+    uv_lo = np.where(swap[:, None], uv[nxt[sel]], uv[sel])
+    uv_hi = np.where(swap[:, None], uv[sel], uv[nxt[sel]])
+    e_tile = np.floor(np.minimum(uv_lo[:, 0], uv_hi[:, 0]) + 1e-6).astype(np.int64) + 1001
+    key = np.minimum(a, b) * (model.num_vertices + 1) + np.maximum(a, b)
+    order = np.argsort(key, kind="stable")
+    pair = np.flatnonzero(key[order][1:] == key[order][:-1])
+    i1, i2 = order[pair], order[pair + 1]
+    # Put the receiving side (in `tile`) first.
+    flip = e_tile[i2] == tile
+    i1, i2 = np.where(flip, i2, i1), np.where(flip, i1, i2)
+    keep = (e_tile[i1] == tile) & (e_tile[i2] == source)
+    i1, i2 = i1[keep], i2[keep]
+    if len(i1) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 2))
+    length = np.maximum(np.linalg.norm(uv_hi[i1] - uv_lo[i1], axis=1), np.linalg.norm(uv_hi[i2] - uv_lo[i2], axis=1))
+    n = np.maximum(2, np.ceil(length * size * 2).astype(np.int64) + 1)
+    edge = np.repeat(np.arange(len(i1)), n)
+    t = (np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)) / np.repeat(n - 1, n)
+    p_dst = uv_lo[i1][edge] + t[:, None] * (uv_hi[i1] - uv_lo[i1])[edge]
+    p_src = uv_lo[i2][edge] + t[:, None] * (uv_hi[i2] - uv_lo[i2])[edge]
+    x = np.clip(np.floor((p_dst[:, 0] - (tile - 1001)) * size), 0, size - 1).astype(np.int64)
+    y = np.clip(np.floor((1.0 - p_dst[:, 1]) * size), 0, size - 1).astype(np.int64)
+    return y * size + x, p_src
+
+
+@functools.lru_cache(maxsize=4)
+def _uv_layout(model: FaceModel, size: int, device: str) -> tuple[tuple[_TileLayout, ...], _Seams]:
+    """Per tile: the covered texels, their triangles, barycentrics and mirror UVs; and the seam texels of
+    tile 1002 with their places in tile 1001. Depends on the topology only, so it is cached."""
+    topo = model.topology
+    dev = torch.device(device)
+    tri_part = topo.polygon_part[topo.triangle_polygon]
+    tri_uv = topo.triangle_uvs
+    tri_tile = np.floor(tri_uv[:, :, 0].min(1)).astype(np.int64) + 1001
+    same_tile = np.floor(tri_uv[:, :, 0].max(1) - 1e-6).astype(np.int64) + 1001 == tri_tile
+    mouth_lo, mouth_hi = VERTEX_RANGES["mouth_socket"]
+    is_mouth_socket = (topo.triangles[:, 0] >= mouth_lo) & (topo.triangles[:, 0] <= mouth_hi)
+    skin = same_tile & (tri_part == PART_NAMES.index("skin"))
+    drawn = skin | (same_tile & (tri_tile == 1002) & is_mouth_socket)
+
+    outer_v = torch.from_numpy(_outer_field(model).astype(np.float32)).to(dev)
+    uvs = torch.from_numpy(topo.corner_uvs).to(dev)
+    corners_all = torch.from_numpy(topo.triangle_corners).to(dev)
+    tris_all = torch.from_numpy(topo.triangles).to(dev)
+    layouts = []
+    for tile in TILES:
+        ids = np.flatnonzero(drawn & (tri_tile == tile))
+        ids_t = torch.from_numpy(ids).to(dev)
+        r = rasterize(uv_screen(uvs, tile, size), corners_all[ids_t], size, size, perspective_correct=False)
+        texel = torch.nonzero(r.triangle.reshape(-1) >= 0).squeeze(1)
+        local = r.triangle.reshape(-1)[texel]
+        tri = ids_t[local]
+        bary = r.bary.reshape(-1, 3)[texel]
+        vertex = tris_all[tri].T.contiguous()
+        outer = (outer_v[vertex] * bary.T).sum(0)
+        mouth = torch.from_numpy(is_mouth_socket).to(dev)[tri]
+        pos = torch.full((size * size,), -1, dtype=torch.long, device=dev)
+        pos[texel] = torch.arange(len(texel), device=dev)
+        right = torch.where(texel % size < size - 1, pos[(texel + 1).clamp(max=size * size - 1)], -1)
+        mc = torch.from_numpy(_mirror_corners(model, ids)).to(dev)[local]       # (N, 3)
+        muv = (uvs[mc.clamp_min(0)] * bary[..., None]).sum(1)                     # (N, 2) UDIM
+        mtile = torch.floor(muv[:, 0]).long() + 1001
+        grid = torch.stack([(muv[:, 0] - (mtile - 1001)) * 2.0 - 1.0, 1.0 - 2.0 * muv[:, 1]], dim=1)
+        has = (mc >= 0).all(1) & ~mouth
+        mirror = {}
+        for mt in TILES:
+            sel = torch.nonzero(has & (mtile == mt)).squeeze(1)
+            if len(sel):
+                mirror[mt] = (sel, grid[sel].contiguous())
+        layouts.append(_TileLayout(tile, texel, vertex, bary.T.contiguous(), outer, mouth, right, mirror))
+    texel, src = _seam_samples(model, skin, 1002, 1001, size)
+    src_grid = np.stack([src[:, 0] * 2.0 - 1.0, 1.0 - 2.0 * src[:, 1]], axis=1)
+    seams = _Seams(1002, 1001, torch.from_numpy(texel).to(dev), torch.from_numpy(src_grid).float().to(dev))
+    return tuple(layouts), seams
+
+
+@dataclass
+class _PhotoView:
+    scale: float              # z-buffer pixels per photo pixel
+    depth: torch.Tensor       # (h, w) z-buffer (inf where empty)
+    sil_fade: torch.Tensor    # (h, w) 0 at the silhouette, rising to 1 at fade_px inside
+    sil_near: torch.Tensor    # (h, w) 1 near the silhouette (within a few fade_px), 0 well inside
+    occ_dist: torch.Tensor    # (h, w) distance (px) to the nearest occluding edge pixel
+    occ_depth: torch.Tensor   # (h, w) depth of that occluding edge pixel
+    fade_px: float
+
+
+def _photo_view(model: FaceModel, cam_vertices: torch.Tensor, k: camera.Intrinsics) -> _PhotoView:
+    """Z-buffer of the head in the photo view (capped resolution) and the distances to its edges.
+
+    Silhouette edges (covered next to empty) fade every texel near them: the fitted outline never
+    matches the photo exactly, and beyond it lies background. Occlusion edges (a depth step between
+    neighbours) only fade texels *behind* the occluder near its outline (the cheek next to the nose),
+    not the occluder itself (the lips next to the mouth opening).
+    """
+    topo = model.topology
+    s = min(1.0, PHOTO_VIEW_MAX_SIDE / max(k.width, k.height))
+    ks = k.scaled(s)
+    parts = [PART_NAMES.index(p) for p in _OCCLUDER_PARTS]
+    occ = np.isin(topo.polygon_part[topo.triangle_polygon], parts)
+    tris = torch.from_numpy(topo.triangles[occ]).to(cam_vertices.device)
+    r = rasterize(camera.project(cam_vertices, ks), tris, ks.height, ks.width, cull_backfaces=True)
+    depth = r.depth.cpu().numpy()
+    covered = np.isfinite(depth)
+    sil = np.zeros_like(covered)
+    near = np.zeros_like(covered)
+    d = np.where(covered, depth, np.inf)
+    for axis in (0, 1):
+        a = [slice(None), slice(None)]
+        b = [slice(None), slice(None)]
+        a[axis], b[axis] = slice(1, None), slice(None, -1)
+        a, b = tuple(a), tuple(b)
+        diff_cov = covered[a] != covered[b]
+        sil[a] |= diff_cov & covered[a]
+        sil[b] |= diff_cov & covered[b]
+        with np.errstate(invalid="ignore"):
+            near[a] |= covered[b] & (d[b] - d[a] > EDGE_JUMP_CM)   # a is the occluder
+            near[b] |= covered[a] & (d[a] - d[b] > EDGE_JUMP_CM)
+    fade_px = max(1.5, EDGE_FADE * math.sqrt(max(int(covered.sum()), 1)))
+    sil_dist = cv2.distanceTransform((~sil).astype(np.uint8), cv2.DIST_L2, 5)
+    sil_fade = np.clip((sil_dist - 0.5) / fade_px, 0.0, 1.0)
+    if near.any():
+        occ_dist, labels = cv2.distanceTransformWithLabels((~near).astype(np.uint8), cv2.DIST_L2, 5,
+                                                           labelType=cv2.DIST_LABEL_PIXEL)
+        occ_depth = depth.ravel()[np.flatnonzero(near.ravel())][labels - 1]
+    else:
+        occ_dist = np.full(depth.shape, np.inf, dtype=np.float32)
+        occ_depth = np.full(depth.shape, np.inf, dtype=np.float32)
+    dev = cam_vertices.device
+    t = lambda x: torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)  # noqa: E731
+    near_sil = 1.0 - np.clip((sil_dist - fade_px) / ((SKIN_CHECK_NEAR_EDGE - 1.0) * fade_px), 0.0, 1.0)
+    return _PhotoView(s, r.depth, t(sil_fade * sil_fade * (3 - 2 * sil_fade)), t(near_sil), t(occ_dist),
+                      t(occ_depth), fade_px)
+
+
+def _bilinear_taps(x: torch.Tensor, y: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 4 pixels around (x, y) in pixel coordinates (centres at +0.5): flat indices (4N,), weights (4, N)."""
+    fx, fy = x - 0.5, y - 0.5
+    x0, y0 = torch.floor(fx), torch.floor(fy)
+    ax, ay = fx - x0, fy - y0
+    x0, y0 = x0.long(), y0.long()
+    idx, wts = [], []
+    for dy, wy in ((0, 1.0 - ay), (1, ay)):
+        for dx, wx in ((0, 1.0 - ax), (1, ax)):
+            idx.append((y0 + dy).clamp(0, h - 1) * w + (x0 + dx).clamp(0, w - 1))
+            wts.append(wx * wy)
+    return torch.cat(idx), torch.stack(wts)
+
+
+def _taps(img: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Values of an (h, w) map at the flat tap indices of _bilinear_taps -> (4, N)."""
+    return img.reshape(-1).index_select(0, idx).view(4, -1)
+
+
+def _sample(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Bilinear sample of a (C, H, W) image at (N, 2) grid coordinates in [-1, 1] -> (C, N)."""
+    out = F.grid_sample(image[None], grid[None, None], mode="bilinear", padding_mode="border", align_corners=False)
+    return out[0, :, 0]
+
+
+def _interp(attr_t: torch.Tensor, lay: _TileLayout) -> torch.Tensor:
+    """Component-major per-vertex attributes (C, V) at the texels -> (C, N)."""
+    out = None
+    for k in range(3):
+        term = attr_t.index_select(1, lay.vertex[k]) * lay.bary[k]
+        out = term if out is None else out + term
+    return out
+
+
+def _direct_weight(p: torch.Tensor, n: torch.Tensor, pv: _PhotoView,
+                   k: camera.Intrinsics) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Photo position (u, v, depth) (3, N) of camera-space texel points p (3, N) with normals n (3, N),
+    and the factors of how well each is seen."""
+    depth = (-p[2]).clamp_min(1e-6)  # camera.project, component-major
+    u = k.cx + k.focal_px * p[0] / depth
+    v = k.cy - k.focal_px * p[1] / depth
+    cos = -(n * p).sum(0) / p.square().sum(0).sqrt().clamp_min(1e-9)
+    angle = _smoothstep(GRAZING_COS[0], GRAZING_COS[1], cos)
+    h, w = pv.depth.shape
+    idx, wts = _bilinear_taps(u * pv.scale, v * pv.scale, h, w)
+    # Percentage-closer test: the share of the 4 nearest z-buffer pixels that do not hide the texel.
+    zb = _taps(pv.depth, idx)
+    visible = (wts * (depth <= zb + DEPTH_TOLERANCE_CM)).sum(0) * (p[2] < 0)  # inf (empty) never hides
+    sil_fade = (wts * _taps(pv.sil_fade, idx)).sum(0)
+    behind = depth > _taps(pv.occ_depth, idx) + 0.5 * EDGE_JUMP_CM
+    occ = torch.where(behind, _smoothstep(0.5, 0.5 + pv.fade_px, _taps(pv.occ_dist, idx)), 1.0)
+    occ_fade = (wts * occ).sum(0)
+    border = torch.minimum(torch.minimum(u, k.width - u), torch.minimum(v, k.height - v))
+    border = _smoothstep(0.0, BORDER_FADE_PX, border)
+    near_edge = (wts * _taps(pv.sil_near, idx)).sum(0)
+    return torch.stack([u, v, depth]), {"angle": angle, "visible": visible, "sil_fade": sil_fade,
+                                        "occ_fade": occ_fade, "border": border, "near_edge": near_edge}
+
+
+def _chroma_lum(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(3, N) colours -> chromaticity (2, N) (r, g) / (r + g + b) and brightness (N,)."""
+    total = c.sum(0, keepdim=True).clamp_min(1e-4)
+    return c[:2] / total, total[0] / 3.0
+
+
+def _skin_weight(blurred: torch.Tensor, ref: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
+    """How skin-like texels are -> (N,) 0..1, from their colours in the blurred photo (3, N) and
+    the sharp one (3, N), given reference skin colours from the blurred photo (3, M).
+
+    Chromaticity (r, g) / (r + g + b) barely changes with shading, so it separates skin from white
+    or coloured clothes and background (measured blurred: JPEG's chroma is blocky); brightness
+    separates it from dark hair, with room for shadows (the darker of blurred and sharp: single hairs).
+    """
+    ref_ch, ref_lum = _chroma_lum(ref)
+    med_ch = ref_ch.median(1, keepdim=True).values
+    spread = ((ref_ch - med_ch).abs().median(1, keepdim=True).values * 1.4826).clamp_min(SKIN_CHROMA_MIN_SPREAD)
+    med_lum = ref_lum.median().clamp_min(1e-3)
+    ch, lum = _chroma_lum(blurred)
+    _, lum_sharp = _chroma_lum(sharp)
+    d_ch = ((ch - med_ch) / spread).square().sum(0).sqrt()
+    d_lum = torch.maximum(torch.log(lum.clamp_min(1e-3) / med_lum).abs(),
+                          torch.log(lum_sharp.clamp_min(1e-3) / med_lum).abs())
+    return (1.0 - _smoothstep(SKIN_CHROMA_TOL[0], SKIN_CHROMA_TOL[1], d_ch)) * (
+        1.0 - _smoothstep(SKIN_LOG_LUM_TOL[0], SKIN_LOG_LUM_TOL[1], d_lum))
+
+
+def push_pull(colour: torch.Tensor, weight: torch.Tensor, prior: torch.Tensor | None = None,
+              prior_weight: float = 0.0) -> torch.Tensor:
+    """Fill an image where its weight is low: (C, H, W) colour, (H, W) weight in 0..1 -> (C, H, W).
+
+    Pull: a pyramid of weighted averages (a coarse cell is fully trusted once its children hold one
+    full weight). Push: from the coarsest level down, each level keeps its own data by weight and takes
+    the bilinearly upsampled coarser result elsewhere, so holes get smooth colour from their surroundings.
+    A `prior` colour (C,) with a tiny `prior_weight` everywhere only matters far from any data: there
+    the fill tends to it instead of to whatever data happens to be nearest.
+    """
+    w = weight.clamp(0.0, 1.0)[None]
+    p = colour * w
+    if prior is not None and prior_weight > 0:
+        p = p + prior_weight * prior.view(-1, 1, 1)
+        w = w + prior_weight
+    levels = []
+    while min(p.shape[-2:]) > 1:
+        levels.append((p, w))
+        h, wd = p.shape[-2:]
+        if h % 2 or wd % 2:
+            p = F.pad(p, (0, wd % 2, 0, h % 2))
+            w = F.pad(w, (0, wd % 2, 0, h % 2))
+        p = F.avg_pool2d(p[None], 2)[0]
+        w = F.avg_pool2d(w[None], 2)[0]
+        gain = torch.where(w > 0, (4.0 * w).clamp(max=1.0) / w.clamp_min(1e-12), torch.zeros_like(w))
+        p, w = p * gain, w * gain
+    filled = p / w.clamp_min(1e-12)
+    if float(w.max()) <= 0:
+        filled = torch.full_like(p, 0.5)
+    for p_l, w_l in reversed(levels):
+        h, wd = p_l.shape[-2:]
+        up = F.interpolate(filled[None], scale_factor=2, mode="bilinear", align_corners=False)[0][:, :h, :wd]
+        a = w_l.clamp(max=1.0)
+        filled = p_l / w_l.clamp_min(1e-12) * a + (1.0 - a) * up
+    return filled
+
+
+def _downscale(photo: np.ndarray, factor: float) -> np.ndarray:
+    h, w = photo.shape[:2]
+    return cv2.resize(photo, (max(1, round(w / factor)), max(1, round(h / factor))), interpolation=cv2.INTER_AREA)
+
+
+def _photo_px_per_texel(lay: _TileLayout, uvd: torch.Tensor, w: torch.Tensor) -> float:
+    """Median distance in photo pixels between horizontally adjacent, well-seen texels."""
+    ok = (lay.right >= 0) & (w > 0.5)
+    ok &= w[lay.right.clamp_min(0)] > 0.5
+    a = torch.nonzero(ok).squeeze(1)
+    if len(a) < 100:
+        return 1.0
+    b = lay.right[a]
+    step = ((uvd[0, b] - uvd[0, a]).square() + (uvd[1, b] - uvd[1, a]).square()).sqrt()
+    return float(step.median())
+
+
+def _texel_image(lay: _TileLayout, values: torch.Tensor, S: int) -> torch.Tensor:
+    """Per-texel values (C, N) or (N,) -> (C, S, S) or (S, S) image, 0 where no texel."""
+    flat = values.reshape(-1, values.shape[-1]).float()
+    img = torch.zeros((flat.shape[0], S * S), device=values.device)
+    img.index_copy_(1, lay.texel, flat)
+    return img.view(values.shape[:-1] + (S, S))
+
+
+def _to_u8(x: torch.Tensor) -> np.ndarray:
+    return (x.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+
+
+def _to_torch_image(photo: np.ndarray, dev: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(photo)).to(dev).permute(2, 0, 1).float() / 255.0
+
+
+def project_texture(photo_rgb: np.ndarray, model: FaceModel, vertices: torch.Tensor, rotation: torch.Tensor,
+                    translation: torch.Tensor, intrinsics: camera.Intrinsics, size: int = 1024,
+                    cancel_check: Callable[[], None] | None = None, *, _debug: dict | None = None) -> TextureMaps:
+    """Project the photo onto the fitted head's UV tiles 1001 and 1002 (see the module docstring).
+
+    photo_rgb: (H, W, 3) uint8, the full-resolution photo that `intrinsics` describes; vertices: (V, 3)
+    fitted mesh in model space (cm); rotation, translation: model -> camera (camera.to_camera).
+    Runs on the device of `vertices`. `cancel_check()` is called between sub-steps (it raises to cancel).
+    `_debug`, if given, receives (S, S) float images of the weight's factors per tile (for scripts/).
+    """
+    check = cancel_check or (lambda: None)
+    dev = vertices.device
+    S = int(size)
+    photo_rgb = np.asarray(photo_rgb)[..., :3]
+    H, W = intrinsics.height, intrinsics.width
+
+    def debug(name: str, lay: _TileLayout, values: torch.Tensor) -> None:
+        if _debug is not None:
+            img = _texel_image(lay, values, S)
+            _debug[f"{name}.{lay.tile}"] = (img.permute(1, 2, 0) if img.dim() == 3 else img).cpu().numpy()
+
+    with torch.no_grad():
+        verts = vertices.detach().float()
+        cam_v = camera.to_camera(verts, rotation.detach().float().to(dev), translation.detach().float().to(dev))
+        layouts, seams = _uv_layout(model, S, str(dev))
+        check()
+        pv = _photo_view(model, cam_v, intrinsics)
+        check()
+
+        # Direct view: per texel its point and normal, its place in the photo and how well it is seen.
+        normals_t = _vertex_normals(cam_v, torch.from_numpy(model.topology.triangles).to(dev)).T.contiguous()
+        cam_t = cam_v.T.contiguous()
+        direct = []  # per tile: (u, v, depth) (3, N), weight (N,), where to check for skin (N,)
+        for lay in layouts:
+            p = _interp(cam_t, lay)
+            n = _interp(normals_t, lay)
+            n = n / n.square().sum(0).sqrt().clamp_min(1e-12)
+            uvd, f = _direct_weight(p, n, pv, intrinsics)
+            w = f["angle"] * f["visible"] * f["sil_fade"] * f["occ_fade"] * f["border"]
+            direct.append((uvd, w, torch.maximum(lay.outer, f["near_edge"])))
+            for name, val in f.items():
+                debug(name, lay, val)
+        check()
+
+        # Photo: area-filtered first if a texel spans several photo pixels; a blurred copy for the
+        # skin check (smooth, and blind to JPEG blocks and single hairs).
+        px_per_texel = _photo_px_per_texel(layouts[0], direct[0][0], direct[0][1])
+        sharp = _to_torch_image(_downscale(photo_rgb, px_per_texel) if px_per_texel > 1.5 else photo_rgb, dev)
+        blurred = _to_torch_image(_downscale(photo_rgb, max(2.0, SKIN_BLUR_FRACTION * max(H, W))), dev)
+        grids = [torch.stack([uvd[0] / W * 2.0 - 1.0, uvd[1] / H * 2.0 - 1.0], dim=1) for uvd, _, _ in direct]
+        colours = [_sample(sharp, g) for g in grids]  # (3, N) each
+        check()
+
+        # Skin check on the scalp, neck, ears, forehead top and near the silhouette: keeps hair, clothes
+        # and background out. Reference: the well-seen inner face.
+        w_face, check_face = direct[0][1], direct[0][2]
+        ref_sel = torch.nonzero((w_face > 0.8) & (check_face < 0.05)).squeeze(1)
+        if len(ref_sel) < 100:
+            ref_sel = torch.nonzero(w_face > 0.3).squeeze(1)
+        has_ref = len(ref_sel) >= 10
+        skin_colour = colours[0][:, ref_sel].median(1).values if has_ref else torch.tensor(DEFAULT_SKIN, device=dev)
+        skin_ref = _sample(blurred, grids[0][ref_sel]) if has_ref else None
+        weights = []
+        for lay, (_, w, check_skin), c, g in zip(layouts, direct, colours, grids):
+            if skin_ref is not None:
+                wskin = _skin_weight(_sample(blurred, g), skin_ref, c)
+                w = w * (1.0 - check_skin * (1.0 - wskin))
+                debug("skin", lay, wskin)
+            weights.append(w)
+        check()
+
+        # First-pass textures (premultiplied colour, weight) for the mirror lookup.
+        first = {lay.tile: _texel_image(lay, torch.cat([c * w, w[None]]), S)
+                 for lay, w, c in zip(layouts, weights, colours)}
+
+        maps = TextureMaps({}, {}, {}, {})
+        final = {}
+        mouth_colour = (skin_colour * torch.tensor(MOUTH_TINT, device=dev)).clamp(0, 1)
+        for lay, w, c in zip(layouts, weights, colours):
+            check()
+            # Mirror: weakly seen texels take their mirror image's colour, as far as that was seen.
+            acc = torch.cat([c * w, w[None]])                           # (4, N) premultiplied
+            for mt, (sel, grid) in lay.mirror.items():
+                m = _sample(first[mt], grid)                            # (4, M)
+                acc[:, sel] += (1.0 - w[sel]) * m
+            acc_w = acc[3]
+            col = acc[:3] / acc_w.clamp_min(1e-6)
+            # Only confidently seen texels drive the fill (faint ones would spread into the holes: the
+            # pyramid trusts the nearest data, however weak); every texel then blends its own colour
+            # with the fill by its weight, so seen and filled parts meet without a step.
+            alpha = _smoothstep(BLEND_WEIGHT[0], BLEND_WEIGHT[1], acc_w)
+            trust = torch.where(lay.mouth, 0.0, _smoothstep(FILL_TRUST[0], FILL_TRUST[1], acc_w))
+            img = _texel_image(lay, torch.cat([col, trust[None], alpha[None]]), S).view(5, S * S)
+            cimg, wimg, aimg = img[:3], img[3], img[4]
+            if seams.tile == lay.tile and seams.source in final and len(seams.texel):
+                # Seams with a tile done before: the same 3D points there, so no colour step across the seam.
+                sc = _sample(final[seams.source], seams.grid)           # (3, M)
+                ssum = torch.zeros((4, S * S), device=dev).index_add_(
+                    1, seams.texel, torch.cat([sc, torch.ones_like(sc[:1])]))
+                on = torch.nonzero(ssum[3]).squeeze(1)
+                a = aimg[on]
+                cimg[:, on] = cimg[:, on] * a + ssum[:3, on] / ssum[3, on] * (1.0 - a)
+                wimg[on] = 1.0
+                aimg[on] = 1.0
+            if _debug is not None:
+                _debug[f"fill_colour.{lay.tile}"] = cimg.view(3, S, S).permute(1, 2, 0).cpu().numpy()
+                _debug[f"fill_weight.{lay.tile}"] = wimg.view(S, S).cpu().numpy()
+            fill = push_pull(cimg.view(3, S, S), wimg.view(S, S), skin_colour, FILL_PRIOR_WEIGHT).view(3, S * S)
+            out = cimg * aimg + fill * (1.0 - aimg)
+            mt = torch.nonzero(lay.mouth).squeeze(1)
+            if len(mt):
+                a = alpha[mt]
+                out[:, lay.texel[mt]] = col[:, mt] * a + mouth_colour[:, None] * (1.0 - a)
+            final[lay.tile] = out.view(3, S, S)
+            maps.diffuse[lay.tile] = _to_u8(out.view(3, S, S).permute(1, 2, 0))
+            maps.visibility[lay.tile] = _to_u8(_texel_image(lay, w, S))
+            maps.specular[lay.tile] = np.full((S, S), SKIN_SPECULAR, dtype=np.uint8)
+            maps.normal[lay.tile] = np.empty((S, S, 3), dtype=np.uint8)
+            maps.normal[lay.tile][:] = FLAT_NORMAL
+        check()
+    return maps
