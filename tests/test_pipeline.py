@@ -1,0 +1,166 @@
+"""backend.pipeline end to end on real photos: the bundle contract, error codes, nothing left behind."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from skimage import data as skdata
+
+from backend.bundle import read_result
+from backend.errors import LikenessError
+from backend.pipeline import Options, reconstruct
+
+from conftest import LONDON_NEUTRAL
+from test_imageio import png_with_size
+
+PHOTO = LONDON_NEUTRAL / "001_03.jpg"
+
+
+def leftovers(folder):
+    """Temporary or half-written folders the pipeline may have left next to its output."""
+    return [p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, faces_dir):
+    out = tmp_path_factory.mktemp("bundle") / "001_03"
+    events = []
+    result = reconstruct(PHOTO, out, Options(device="cpu"), progress=lambda s, f: events.append((s, f)))
+    return out, result, events
+
+
+def test_result_json_schema(bundle):
+    out, result, _ = bundle
+    on_disk = read_result(out)
+    assert on_disk == json.loads(json.dumps(result))
+    assert on_disk["schema_version"] == 1
+    assert on_disk["input"]["name"] == "001_03.jpg" and len(on_disk["input"]["sha256"]) == 64
+    assert (on_disk["input"]["width"], on_disk["input"]["height"]) == (1350, 1350)
+    assert len(on_disk["identity"]["names"]) == len(on_disk["identity"]["coefficients"]) == 100
+    assert len(on_disk["expression"]["names"]) == len(on_disk["expression"]["coefficients"]) == 53
+    assert all(0.0 <= w <= 1.0 for w in on_disk["expression"]["coefficients"])
+    assert np.allclose(np.asarray(on_disk["pose"]["rotation"]) @ np.asarray(on_disk["pose"]["rotation"]).T, np.eye(3), atol=1e-5)
+    assert on_disk["camera"]["focal_px"] > 0 and on_disk["pose"]["translation_cm"][2] < 0  # in front of the camera
+    assert set(on_disk["timings_s"]) >= {"load", "detect", "fit", "texture", "write", "total"}
+    assert on_disk["metrics"]["landmark_error_iod"] < 0.05
+    assert on_disk["detection"]["num_faces"] == 1
+
+
+def test_every_listed_file_exists_with_its_format(bundle):
+    out, result, _ = bundle
+    roles = {}
+    for entry in result["files"]:
+        assert (out / entry["path"]).is_file(), entry
+        roles.setdefault(entry["role"], []).append(entry)
+    assert {e["tile"] for e in roles["diffuse"]} == {1001, 1002}
+    assert {"mesh", "diffuse", "specular", "normal", "visibility", "preview"} <= set(roles)
+    for entry in result["files"]:
+        if entry["path"].endswith(".png") and "tile" in entry:
+            img = cv2.imread(str(out / entry["path"]), cv2.IMREAD_UNCHANGED)
+            assert img.shape[:2] == (1024, 1024) and img.dtype == np.uint8
+            assert entry["colorspace"] == ("sRGB" if entry["role"] == "diffuse" else "Non-Color")
+    normal = cv2.imread(str(out / "normal.1001.png"))[..., ::-1]
+    assert np.abs(normal.reshape(-1, 3).mean(0) - [128, 128, 255]).max() < 2  # flat tangent-space map, +Z
+
+
+def test_diffuse_has_no_holes_and_skin_colour(bundle):
+    out, _, _ = bundle
+    for tile in (1001, 1002):
+        img = cv2.imread(str(out / f"diffuse.{tile}.png"))[..., ::-1].astype(float)
+        assert (img.sum(-1) < 30).mean() < 0.001, f"black texels in tile {tile}"
+    face = cv2.imread(str(out / "diffuse.1001.png"))[..., ::-1].astype(float)
+    centre = face[400:624, 400:624].reshape(-1, 3).mean(0)
+    assert centre[0] > centre[2], "skin should be redder than blue"
+    vis = cv2.imread(str(out / "visibility.1001.png"), cv2.IMREAD_GRAYSCALE)
+    assert vis.mean() > 40, "a frontal photo sees most of the face tile"
+
+
+def test_mesh_npz_matches_the_contract(bundle):
+    out, result, _ = bundle
+    m = np.load(out / "mesh.npz")
+    v, basis, deltas = m["vertices"], m["basis_vertices"], m["expression_deltas"].astype(np.float32)
+    assert v.shape == basis.shape == (26719, 3) and deltas.shape == (53, 26719, 3)
+    w = np.asarray(result["expression"]["coefficients"], dtype=np.float32)
+    assert np.abs(basis + np.einsum("k,kvc->vc", w, deltas) - v).max() < 0.01  # cm; float16 deltas
+    assert list(m["expression_names"]) == result["expression"]["names"]
+    assert m["face_sizes"].sum() == len(m["face_vertex_indices"]) == len(m["corner_uvs"])
+    assert m["face_vertex_indices"].max() == 26718 and set(np.unique(m["face_sizes"])) == {3, 4}
+    assert len(m["face_part"]) == len(m["face_sizes"]) and m["face_part"].max() < len(m["part_names"])
+    assert set(m["part_names"]) >= {"skin", "eyes", "teeth", "lashes"}
+    assert np.floor(m["corner_uvs"][:, 0]).min() == 0 and m["corner_uvs"][:, 1].min() >= 0
+
+
+def test_progress_is_monotonic_and_named(bundle):
+    _, _, events = bundle
+    fractions = [f for _, f in events]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert [s for s, _ in events if True][0] == "load"
+    assert {s for s, _ in events} == {"load", "detect", "fit", "texture", "write"}
+
+
+def test_no_temporary_folders_left(bundle):
+    out, _, _ = bundle
+    assert leftovers(out.parent) == []
+
+
+def make_bad_inputs(folder):
+    good = PHOTO.read_bytes()
+    files = {
+        "text.jpg": ("NOT_AN_IMAGE", b"this is a text file, not a photo\n" * 20),
+        "truncated.jpg": ("CORRUPT_IMAGE", good[: len(good) // 2]),
+        "empty.jpg": ("EMPTY_FILE", b""),
+        "tiny.png": ("IMAGE_TOO_SMALL", cv2.imencode(".png", np.zeros((1, 1, 3), np.uint8))[1].tobytes()),
+        "huge.png": ("IMAGE_TOO_LARGE", png_with_size(20000, 20000)),
+        "coffee.png": ("NO_FACE", cv2.imencode(".png", skdata.coffee()[..., ::-1])[1].tobytes()),
+    }
+    out = {}
+    for name, (code, content) in files.items():
+        (folder / name).write_bytes(content)
+        out[name] = code
+    return out
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory, faces_dir):
+    folder = tmp_path_factory.mktemp("bad")
+    return folder, make_bad_inputs(folder)
+
+
+@pytest.mark.parametrize("name", ["text.jpg", "truncated.jpg", "empty.jpg", "tiny.png", "huge.png", "coffee.png", "missing.jpg"])
+def test_bad_input_gets_its_code_and_leaves_nothing(bad_inputs, tmp_path, name):
+    folder, codes = bad_inputs
+    expected = codes.get(name, "FILE_NOT_FOUND")
+    with pytest.raises(LikenessError) as info:
+        reconstruct(folder / name, tmp_path / "out", Options(device="cpu"))
+    assert info.value.code == expected
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_existing_folder_is_never_overwritten(tmp_path, faces_dir):
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(LikenessError) as info:
+        reconstruct(PHOTO, precious, Options(device="cpu"))
+    assert info.value.code == "OUTPUT_EXISTS"
+    with pytest.raises(LikenessError):  # not even with overwrite: it is not a bundle
+        reconstruct(PHOTO, precious, Options(device="cpu", overwrite=True))
+    assert (precious / "notes.txt").read_text() == "keep me" and len(list(precious.iterdir())) == 1
+
+
+def test_cancel_during_texture_leaves_nothing(tmp_path, faces_dir):
+    state = {"stage": None}
+
+    def progress(stage, fraction):
+        state["stage"] = stage
+
+    def cancel_check():
+        if state["stage"] == "texture":
+            raise LikenessError("CANCELLED", "test cancel")
+
+    with pytest.raises(LikenessError) as info:
+        reconstruct(PHOTO, tmp_path / "out", Options(device="cpu"), progress, cancel_check)
+    assert info.value.code == "CANCELLED"
+    assert list(tmp_path.iterdir()) == []

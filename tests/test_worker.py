@@ -1,0 +1,117 @@
+"""The JSON-lines worker end to end, as Blender drives it: real process, real photos, cancel."""
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import LONDON_NEUTRAL, REPO
+
+PHOTO = str(LONDON_NEUTRAL / "001_03.jpg")
+
+
+class WorkerProcess:
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-m", "backend", "worker"], cwd=REPO, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.events: queue.Queue = queue.Queue()
+        self.raw: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.raw.append(line)
+            self.events.put(json.loads(line))  # anything but JSON on stdout fails the test here
+
+    def send(self, obj):
+        self.proc.stdin.write((obj if isinstance(obj, str) else json.dumps(obj)) + "\n")
+        self.proc.stdin.flush()
+
+    def next(self, timeout=120.0) -> dict:
+        return self.events.get(timeout=timeout)
+
+    def until(self, kinds, timeout=120.0) -> tuple[dict, list[dict]]:
+        seen = []
+        deadline = time.monotonic() + timeout
+        while True:
+            ev = self.next(max(0.1, deadline - time.monotonic()))
+            seen.append(ev)
+            if ev["event"] in kinds:
+                return ev, seen
+
+
+@pytest.fixture(scope="module")
+def worker(faces_dir):
+    w = WorkerProcess()
+    ready = w.next(timeout=180)
+    assert ready["event"] == "ready" and ready["version"]
+    yield w
+    w.send({"op": "shutdown"})
+    assert w.proc.wait(timeout=30) == 0
+
+
+def test_ping_and_garbage(worker):
+    worker.send({"op": "ping"})
+    assert worker.next()["event"] == "pong"
+    worker.send("this is not json")
+    ev = worker.next()
+    assert ev["event"] == "error" and ev["code"] == "BAD_REQUEST" and ev["id"] is None
+    worker.send({"op": "reconstruct", "id": "x"})
+    ev = worker.next()
+    assert (ev["event"], ev["code"], ev["id"]) == ("error", "BAD_REQUEST", "x")
+
+
+def test_reconstruct_reports_progress_then_result(worker, tmp_path):
+    out = tmp_path / "bundle"
+    worker.send({"op": "reconstruct", "id": "r1", "photo": PHOTO, "out": str(out), "options": {"device": "cpu"}})
+    ev, seen = worker.until({"result", "error"})
+    assert ev["event"] == "result", ev
+    assert ev["id"] == "r1" and ev["bundle"] == str(out) and (out / "result.json").is_file()
+    progress = [e for e in seen if e["event"] == "progress"]
+    fractions = [e["fraction"] for e in progress]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert [s for s in ("load", "detect", "fit", "texture", "write") if s in {e["stage"] for e in progress}] == \
+        ["load", "detect", "fit", "texture", "write"]
+    assert ev["metrics"]["landmark_error_iod"] < 0.05
+
+
+def test_error_event_carries_the_code(worker, tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a photo")
+    worker.send({"op": "reconstruct", "id": "bad", "photo": str(bad), "out": str(tmp_path / "o")})
+    ev, _ = worker.until({"result", "error"})
+    assert (ev["event"], ev["id"], ev["code"]) == ("error", "bad", "NOT_AN_IMAGE")
+    assert not (tmp_path / "o").exists()
+
+
+def test_cancel_stops_within_a_second_and_leaves_nothing(worker, tmp_path):
+    out = tmp_path / "cancelled"
+    worker.send({"op": "reconstruct", "id": "c1", "photo": PHOTO, "out": str(out)})
+    worker.send({"op": "reconstruct", "id": "c2", "photo": PHOTO, "out": str(tmp_path / "other")})
+    while True:  # wait until the job is well under way
+        ev = worker.next()
+        if ev["event"] == "error" and ev["id"] == "c2":
+            assert ev["code"] == "BUSY"
+        if ev["event"] == "progress" and ev["stage"] in ("fit", "texture"):
+            break
+    t0 = time.monotonic()
+    worker.send({"op": "cancel", "id": "c1"})
+    ev, _ = worker.until({"result", "error"})
+    elapsed = time.monotonic() - t0
+    assert (ev["event"], ev["code"]) == ("error", "CANCELLED")
+    assert elapsed < 1.0, f"cancel took {elapsed:.2f} s"
+    assert list(tmp_path.iterdir()) == []
+    worker.send({"op": "ping"})  # and the worker still serves
+    assert worker.next()["event"] == "pong"
+
+
+def test_end_of_input_ends_the_worker(faces_dir):
+    w = WorkerProcess()
+    assert w.next(timeout=180)["event"] == "ready"
+    w.proc.stdin.close()
+    assert w.proc.wait(timeout=30) == 0
