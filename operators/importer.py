@@ -52,7 +52,7 @@ def arkit_name(name: str) -> str:
 
 class Bundle:
     def __init__(self, path: str | os.PathLike):
-        self.dir = Path(path)
+        self.dir = Path(path).resolve()  # images keep absolute paths (relative ones break on save)
         rj = self.dir / "result.json"
         if not rj.is_file():
             raise WorkerError("BUNDLE_INVALID", f"no result.json in {self.dir}")
@@ -394,8 +394,13 @@ def _wet_material(name: str, created: _Created):
     gl.inputs["Roughness"].default_value = 0.05
     fr = nodes.new("ShaderNodeFresnel")
     fr.inputs["IOR"].default_value = 1.33
+    weak = nodes.new("ShaderNodeMath")  # only a hint of reflection: the shells cover skin too
+    weak.operation = "MULTIPLY"
+    weak.inputs[1].default_value = 0.15
+    links.new(fr.outputs[0], weak.inputs[0])
+    weak.location = (-150, 250)
     mix = nodes.new("ShaderNodeMixShader")
-    links.new(fr.outputs[0], mix.inputs[0])
+    links.new(weak.outputs[0], mix.inputs[0])
     links.new(tr.outputs[0], mix.inputs[1])
     links.new(gl.outputs[0], mix.inputs[2])
     links.new(mix.outputs[0], out.inputs["Surface"])
@@ -420,7 +425,7 @@ def _part_material(part: str, stem: str, bundle: Bundle, created: _Created, pack
         return _plain_material(name, created, (0.42, 0.10, 0.11), 0.35,
                                **{"Subsurface Weight": 0.2, "Subsurface Scale": 0.003})
     if part == "lashes":
-        return _plain_material(name, created, (0.025, 0.018, 0.014), 0.55)
+        return _plain_material(name, created, (0.03, 0.022, 0.017), 0.55, Alpha=0.35)
     if part == "eye_wet":
         return _wet_material(name, created)
     return _plain_material(name, created, (0.6, 0.6, 0.6), 0.5)

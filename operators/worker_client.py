@@ -109,7 +109,7 @@ class WorkerClient:
             self.proc = subprocess.Popen(
                 [self.python, *self.args], cwd=self.cwd, env=env,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                bufsize=0, **kwargs)
+                **kwargs)
         except OSError as ex:
             raise WorkerError("WORKER_START_FAILED", f"{self.python}: {ex}") from ex
         self.started_at = self.last_event_time = time.monotonic()

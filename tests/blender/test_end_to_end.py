@@ -258,3 +258,19 @@ def test_bad_photo_reports_code(empty_scene, settings, tmp_path, kind, codes):
     assert js.state == "FAILED" and js.error_code == g.error_code
     assert snapshot() == before
     assert not list(Path(settings.results_dir).iterdir()), "no bundle or temp folder for a failed photo"
+
+
+def test_saved_blend_finds_its_textures(empty_scene, likeness, real_bundle, tmp_path, monkeypatch):
+    """A bundle given by a relative path still has working image paths after saving the .blend."""
+    from likeness.operators import importer
+    monkeypatch.chdir(real_bundle.parent)
+    obj = importer.import_bundle(real_bundle.name)
+    blend = tmp_path / "elsewhere" / "head.blend"
+    blend.parent.mkdir()
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend))
+    monkeypatch.chdir(tmp_path)
+    imgs = {n.image for m in obj.data.materials for n in m.node_tree.nodes if n.type == "TEX_IMAGE"}
+    assert len(imgs) == 3
+    for img in imgs:
+        path = bpy.path.abspath(img.filepath.replace("<UDIM>", "1001"))
+        assert Path(path).is_file(), (img.name, img.filepath, path)
