@@ -24,8 +24,10 @@ Method:
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,6 +35,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.spatial import cKDTree
 
 from . import camera
 from .facemodel import NARROW_FACE_LAST_VERTEX, PART_NAMES, VERTEX_RANGES, FaceModel
@@ -60,6 +63,7 @@ SKIN_CHROMA_TOL = (1.5, 4.0)   # chromaticity distance (in spreads): weight 1 be
 SKIN_LOG_LUM_TOL = (0.5, 1.0)  # |log(brightness / skin brightness)|: shadows keep weight, dark hair loses it
 SKIN_CHECK_NEAR_EDGE = 4.0     # ... and within this many fade widths of the silhouette (where the fit may be off)
 FOREHEAD_MARGIN_CM = (1.0, 2.5)  # skin check ramps in from this far above the brows (neutral head)
+EYELID_CHECK_CM = (0.25, 0.5)  # ... and out from the eyelid rims over this distance
 DEFAULT_SKIN = (0.75, 0.6, 0.52)
 FILL_PRIOR_WEIGHT = 1e-4       # the median skin colour, everywhere: the fill far (> ~100 texels) from data
 MOUTH_TINT = (0.45, 0.22, 0.22)  # mouth socket colour = median skin colour * this (dark red)
@@ -152,15 +156,33 @@ def _smooth_vertex_field(model: FaceModel, values: np.ndarray, iterations: int) 
 
 
 def _outer_field(model: FaceModel) -> np.ndarray:
-    """Per vertex 0..1: where hair, clothes or background may cover the skin in a photo (so colours
-    are checked for being skin-like): outside the narrow face (ears, temples, under the jaw, scalp,
-    neck) and the forehead above the brows (the hairline). 0 on the inner face, with its brows,
-    eyes, lips and beard, which keep the photo's colours as they are."""
-    y = model.neutral[:, 1].cpu().numpy().astype(np.float64)
+    """Per vertex 0..1: where hair, clothes, background or the eyeballs may show in the photo instead
+    of the skin (so colours there are checked for being skin-like): outside the narrow face (ears,
+    temples, under the jaw, scalp, neck), the forehead above the brows (the hairline) and the eyelid
+    rims (a fit whose eyes open a little less than the photo's would paint the eyeball on the lids;
+    the lashes are geometry of their own). 0 on the rest of the inner face, with its brows, lips and
+    beard, which keep the photo's colours as they are."""
+    verts = model.neutral.cpu().numpy().astype(np.float64)
+    y = verts[:, 1]
     brow_top = float(y[model.landmarks68[17:27]].max())
     forehead = np.clip((y - brow_top - FOREHEAD_MARGIN_CM[0]) / (FOREHEAD_MARGIN_CM[1] - FOREHEAD_MARGIN_CM[0]), 0, 1)
     outer = np.maximum((np.arange(model.num_vertices) > NARROW_FACE_LAST_VERTEX).astype(np.float64), forehead)
-    return _smooth_vertex_field(model, outer, 8)
+    outer = _smooth_vertex_field(model, outer, 8)
+    # Eyelid rims: the face vertices that the eye sockets attach to, and what lies close to them.
+    topo = model.topology
+    socket = np.zeros(model.num_vertices, dtype=bool)
+    for name in ("eye_socket_left", "eye_socket_right"):
+        lo, hi = VERTEX_RANGES[name]
+        socket[lo:hi + 1] = True
+    tri_socket = socket[topo.triangles].any(1)
+    rim = np.unique(topo.triangles[tri_socket])
+    rim = rim[rim <= VERTEX_RANGES["face"][1]]
+    if len(rim):
+        dist, _ = cKDTree(verts[rim]).query(verts)
+        lid = 1.0 - np.clip((dist - EYELID_CHECK_CM[0]) / (EYELID_CHECK_CM[1] - EYELID_CHECK_CM[0]), 0, 1)
+        lid[VERTEX_RANGES["face"][1] + 1:] = 0.0
+        outer = np.maximum(outer, lid)
+    return outer
 
 
 @dataclass
@@ -478,7 +500,27 @@ def _to_u8(x: torch.Tensor) -> np.ndarray:
 
 
 def _to_torch_image(photo: np.ndarray, dev: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(photo)).to(dev).permute(2, 0, 1).float() / 255.0
+    return torch.from_numpy(np.array(photo, dtype=np.uint8, copy=True)).to(dev).permute(2, 0, 1).float() / 255.0
+
+
+@contextlib.contextmanager
+def _cpu_threads(dev: torch.device):
+    """Torch CPU threads for this stage: no more than the cores that are idle (plus this one).
+
+    The stage is a few hundred vectorised ops of ~1-10 ms; when other processes keep the cores busy,
+    every OpenMP region waits for its threads to be scheduled, and 2 threads on 2 busy cores run
+    2-5x slower than 1 (measured). Idle cores are used as usual.
+    """
+    before = torch.get_num_threads()
+    n = before
+    if dev.type == "cpu" and hasattr(os, "getloadavg"):
+        idle = (os.cpu_count() or 1) - os.getloadavg()[0] + 1.0
+        n = int(max(1, min(before, math.floor(idle + 0.5))))
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def project_texture(photo_rgb: np.ndarray, model: FaceModel, vertices: torch.Tensor, rotation: torch.Tensor,
@@ -502,7 +544,7 @@ def project_texture(photo_rgb: np.ndarray, model: FaceModel, vertices: torch.Ten
             img = _texel_image(lay, values, S)
             _debug[f"{name}.{lay.tile}"] = (img.permute(1, 2, 0) if img.dim() == 3 else img).cpu().numpy()
 
-    with torch.no_grad():
+    with torch.no_grad(), _cpu_threads(dev):
         verts = vertices.detach().float()
         cam_v = camera.to_camera(verts, rotation.detach().float().to(dev), translation.detach().float().to(dev))
         layouts, seams = _uv_layout(model, S, str(dev))
@@ -523,6 +565,7 @@ def project_texture(photo_rgb: np.ndarray, model: FaceModel, vertices: torch.Ten
             direct.append((uvd, w, torch.maximum(lay.outer, f["near_edge"])))
             for name, val in f.items():
                 debug(name, lay, val)
+            debug("check_skin", lay, direct[-1][2])
         check()
 
         # Photo: area-filtered first if a texel spans several photo pixels; a blurred copy for the
@@ -547,7 +590,7 @@ def project_texture(photo_rgb: np.ndarray, model: FaceModel, vertices: torch.Ten
         for lay, (_, w, check_skin), c, g in zip(layouts, direct, colours, grids):
             if skin_ref is not None:
                 wskin = _skin_weight(_sample(blurred, g), skin_ref, c)
-                w = w * (1.0 - check_skin * (1.0 - wskin))
+                w = w * (1.0 - (2.0 * check_skin).clamp(max=1.0) * (1.0 - wskin))
                 debug("skin", lay, wskin)
             weights.append(w)
         check()

@@ -2,6 +2,7 @@
 neutral ICT head from the hand-placed landmarks of the London set (.tem files), then project_texture.
 
     python -m scripts.texture_real ../shared/data/faces/london/neutral/001_03.jpg --out /tmp/tex_real
+    python -m scripts.texture_real PHOTO --bundle /tmp/x --out /tmp/tex_real   # the fit of a result bundle
 
 Writes diffuse/visibility tiles, the weight factors (debug.*.png) and an overlay of the mesh on the photo.
 The pose is only as good as 11 landmarks and a neutral identity allow: a harsh test of the edge fades.
@@ -44,18 +45,30 @@ def main() -> None:
     ap.add_argument("photo")
     ap.add_argument("--out", default="/tmp/tex_real")
     ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--bundle", help="a result bundle of this photo: use its fitted mesh and pose")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     photo = np.asarray(Image.open(a.photo).convert("RGB"))
     model = load_face_model()
     k = camera.Intrinsics.for_image(photo.shape[1], photo.shape[0])
-    rot, trans = rough_pose(model, Path(a.photo).with_suffix(".tem"), k)
+    verts = model.neutral
+    if a.bundle:
+        import json
+
+        res = json.loads((Path(a.bundle) / "result.json").read_text())
+        cam = res["camera"]
+        k = camera.Intrinsics(cam["focal_px"], cam["cx"], cam["cy"], cam["width"], cam["height"])
+        rot = torch.tensor(res["pose"]["rotation"], dtype=torch.float32)
+        trans = torch.tensor(res["pose"]["translation_cm"], dtype=torch.float32)
+        verts = torch.from_numpy(np.load(Path(a.bundle) / "mesh.npz")["vertices"])
+    else:
+        rot, trans = rough_pose(model, Path(a.photo).with_suffix(".tem"), k)
     print("yaw/pitch/roll", [round(x, 1) for x in camera.yaw_pitch_roll_deg(rot)])
     debug = {}
     for rep in range(2):
         t0 = time.perf_counter()
-        maps = project_texture(photo, model, model.neutral, rot, trans, k, size=a.size,
+        maps = project_texture(photo, model, verts, rot, trans, k, size=a.size,
                                _debug=debug if rep else None)
         print(f"project_texture run {rep}: {time.perf_counter() - t0:.2f} s")
     for t in maps.diffuse:
@@ -63,7 +76,7 @@ def main() -> None:
         Image.fromarray(maps.visibility[t]).save(out / f"visibility.{t}.png")
     for name, img in debug.items():
         Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(out / f"debug.{name}.png")
-    scr = camera.project(camera.to_camera(model.neutral, rot, trans), k).numpy()
+    scr = camera.project(camera.to_camera(verts, rot, trans), k).numpy()
     over = photo.copy()
     skin = model.topology.triangles[model.topology.polygon_part[model.topology.triangle_polygon] == 0]
     for tri in skin[::7]:
