@@ -58,9 +58,10 @@ FILL_TRUST = (0.25, 0.5)       # (direct + mirror) weight from which a texel fee
 # Skin likelihood, checked on the scalp, neck, ears, forehead top (see _outer_field) and near the silhouette,
 # measured on the photo blurred by SKIN_BLUR_FRACTION of its size (and the sharp brightness).
 SKIN_BLUR_FRACTION = 1.0 / 150.0
-SKIN_CHROMA_MIN_SPREAD = 0.008  # chromaticity spread of the reference skin, at least
-SKIN_CHROMA_TOL = (1.5, 4.0)   # chromaticity distance (in spreads): weight 1 below, 0 above
-SKIN_LOG_LUM_TOL = (0.5, 1.0)  # |log(brightness / skin brightness)|: shadows keep weight, dark hair loses it
+SKIN_CHROMA_SPREAD = (0.008, 0.02)  # chromaticity spread of the reference skin (robust std), clamped to this
+SKIN_CHROMA_TOL = (1.5, 3.5)   # chromaticity distance (in spreads): weight 1 below, 0 above
+SKIN_DARKER_TOL = (0.5, 1.0)   # log(skin brightness / brightness): shadows keep weight, dark hair loses it
+SKIN_BRIGHTER_TOL = (0.3, 0.6)  # log(brightness / skin brightness): white clothes and walls lose it
 SKIN_CHECK_NEAR_EDGE = 4.0     # ... and within this many fade widths of the silhouette (where the fit may be off)
 FOREHEAD_MARGIN_CM = (1.0, 2.5)  # skin check ramps in from this far above the brows (neutral head)
 EYELID_CHECK_CM = (0.25, 0.5)  # ... and out from the eyelid rims over this distance
@@ -422,15 +423,16 @@ def _skin_weight(blurred: torch.Tensor, ref: torch.Tensor, sharp: torch.Tensor) 
     """
     ref_ch, ref_lum = _chroma_lum(ref)
     med_ch = ref_ch.median(1, keepdim=True).values
-    spread = ((ref_ch - med_ch).abs().median(1, keepdim=True).values * 1.4826).clamp_min(SKIN_CHROMA_MIN_SPREAD)
+    spread = ((ref_ch - med_ch).abs().median(1, keepdim=True).values * 1.4826).clamp(*SKIN_CHROMA_SPREAD)
     med_lum = ref_lum.median().clamp_min(1e-3)
     ch, lum = _chroma_lum(blurred)
     _, lum_sharp = _chroma_lum(sharp)
     d_ch = ((ch - med_ch) / spread).square().sum(0).sqrt()
-    d_lum = torch.maximum(torch.log(lum.clamp_min(1e-3) / med_lum).abs(),
-                          torch.log(lum_sharp.clamp_min(1e-3) / med_lum).abs())
-    return (1.0 - _smoothstep(SKIN_CHROMA_TOL[0], SKIN_CHROMA_TOL[1], d_ch)) * (
-        1.0 - _smoothstep(SKIN_LOG_LUM_TOL[0], SKIN_LOG_LUM_TOL[1], d_lum))
+    log_lum = torch.log(torch.minimum(lum, lum_sharp).clamp_min(1e-3) / med_lum)
+    log_lum_hi = torch.log(torch.maximum(lum, lum_sharp).clamp_min(1e-3) / med_lum)
+    return ((1.0 - _smoothstep(SKIN_CHROMA_TOL[0], SKIN_CHROMA_TOL[1], d_ch))
+            * (1.0 - _smoothstep(SKIN_DARKER_TOL[0], SKIN_DARKER_TOL[1], -log_lum))
+            * (1.0 - _smoothstep(SKIN_BRIGHTER_TOL[0], SKIN_BRIGHTER_TOL[1], log_lum_hi)))
 
 
 def push_pull(colour: torch.Tensor, weight: torch.Tensor, prior: torch.Tensor | None = None,
