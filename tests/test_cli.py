@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import sys
 
-from conftest import LONDON_NEUTRAL, REPO
+from tests.conftest import LONDON_NEUTRAL, REPO
 
 
 def run(*args):

@@ -11,7 +11,7 @@ from backend.fitting import Correspondence, expression_init, fit_landmarks, wing
 from backend.imageio import load_photo
 from backend.landmarks import get_analyzer
 
-from conftest import LONDON_NEUTRAL, LONDON_SMILING
+from tests.conftest import LONDON_NEUTRAL, LONDON_SMILING
 
 
 def fit_photo(path):

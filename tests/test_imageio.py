@@ -15,7 +15,7 @@ from PIL import Image
 from backend.errors import LikenessError
 from backend.imageio import MAX_ANALYSIS_SIDE, MIN_SIDE, load_photo, photo_from_array
 
-from conftest import LONDON_NEUTRAL
+from tests.conftest import LONDON_NEUTRAL
 
 LONDON_JPG = LONDON_NEUTRAL / "001_03.jpg"
 

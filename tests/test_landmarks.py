@@ -11,7 +11,7 @@ from backend.imageio import load_photo, photo_from_array
 from backend.landmarks import (FRL_TO_IBUG68, IBUG68_FROM_MEDIAPIPE, FaceAnalyzer, get_analyzer,
                                inter_pupil_distance, nme_vs_tem, read_tem)
 
-from conftest import LONDON_NEUTRAL, LONDON_SMILING
+from tests.conftest import LONDON_NEUTRAL, LONDON_SMILING
 
 # Every 10th London neutral photo. Over all 86, the mean NME of the 12 FRL/iBUG pairs is 0.030
 # (worst photo 0.053); the brow ends are the loosest pair (0.08: the FRL points sit on the brow's

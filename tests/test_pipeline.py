@@ -12,8 +12,8 @@ from backend.bundle import read_result
 from backend.errors import LikenessError
 from backend.pipeline import Options, reconstruct
 
-from conftest import LONDON_NEUTRAL
-from test_imageio import png_with_size
+from tests.conftest import LONDON_NEUTRAL
+from tests.test_imageio import png_with_size
 
 PHOTO = LONDON_NEUTRAL / "001_03.jpg"
 
@@ -164,3 +164,12 @@ def test_cancel_during_texture_leaves_nothing(tmp_path, faces_dir):
         reconstruct(PHOTO, tmp_path / "out", Options(device="cpu"), progress, cancel_check)
     assert info.value.code == "CANCELLED"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_face_model_is_a_clear_error(tmp_path, faces_dir):
+    empty = tmp_path / "no-ict"
+    empty.mkdir()
+    with pytest.raises(LikenessError) as info:
+        reconstruct(PHOTO, tmp_path / "out", Options(device="cpu", ict_dir=str(empty)))
+    assert info.value.code == "ASSETS_MISSING" and str(empty) in info.value.message
+    assert not (tmp_path / "out").exists()

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import LONDON_NEUTRAL, REPO
+from tests.conftest import LONDON_NEUTRAL, REPO
 
 PHOTO = str(LONDON_NEUTRAL / "001_03.jpg")
 
