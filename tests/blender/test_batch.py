@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from .conftest import REPO
 
 pytestmark = pytest.mark.slow
 

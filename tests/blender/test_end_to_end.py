@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, VENV_PY, drive, snapshot
+from .conftest import REPO, VENV_PY, drive, snapshot
 
 pytestmark = pytest.mark.slow
 

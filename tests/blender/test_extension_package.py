@@ -12,7 +12,7 @@ import zipfile
 
 import pytest
 
-from conftest import BLENDER_EXT, REPO, VENV_PY
+from .conftest import BLENDER_EXT, REPO, VENV_PY
 
 
 @pytest.fixture(scope="session")

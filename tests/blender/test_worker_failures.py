@@ -9,7 +9,7 @@ import time
 import bpy
 import pytest
 
-from conftest import FAKE_WORKER, drive, snapshot
+from .conftest import FAKE_WORKER, drive, snapshot
 
 
 def _client(mode):
@@ -106,8 +106,10 @@ def test_operator_async_failure_leaves_scene_unchanged(empty_scene, settings, fa
     js = bpy.context.window_manager.likeness_job
     assert (js.state, js.error_code) == ("FAILED", code)
     assert snapshot() == before
-    # the next generation starts a fresh worker rather than reusing the broken one
-    assert not any(c.usable() for c in generate._workers.values())
+    # the broken worker is stopped; the next generation starts a fresh one instead of reusing it
+    assert not g.job.client.alive() and not g.job.client.usable()
+    fresh = generate.get_worker(settings)
+    assert fresh is not g.job.client and fresh.alive()
 
 
 def test_operator_blocking_hang_reports_code(empty_scene, settings, fake_worker, photos):
