@@ -260,6 +260,12 @@ def tick() -> float | None:
             _update_status(g, stage="import")
             try:
                 g.import_result()
+                if not g.modal and not bpy.app.background:
+                    # no modal operator owns an undo step here (async mode): make one
+                    try:
+                        bpy.ops.ed.undo_push(message="Generate Face from Photo")
+                    except RuntimeError:
+                        pass
             except WorkerError as ex:
                 g.fail(ex.code, ex.message)
             changed = True
@@ -327,8 +333,9 @@ def _update_status(g: Generation, stage: str | None = None) -> None:
 
 
 def register_timer(g: Generation) -> None:
-    if not g.timer_registered and not bpy.app.timers.is_registered(tick):
-        bpy.app.timers.register(tick, first_interval=0.0)
+    # persistent: keeps running across file loads, so a cancel caused by loading still finishes
+    if not bpy.app.timers.is_registered(tick):
+        bpy.app.timers.register(tick, first_interval=0.0, persistent=True)
     g.timer_registered = True
 
 

@@ -274,3 +274,18 @@ def test_saved_blend_finds_its_textures(empty_scene, likeness, real_bundle, tmp_
     for img in imgs:
         path = bpy.path.abspath(img.filepath.replace("<UDIM>", "1001"))
         assert Path(path).is_file(), (img.name, img.filepath, path)
+
+
+def test_photo_from_a_packed_blender_image(empty_scene, settings, photos):
+    """Photo source 'Image': an image loaded (and packed) in Blender, run blocking (background)."""
+    from likeness.operators import generate
+    img = bpy.data.images.load(str(photos[3]))
+    img.pack()
+    st = bpy.context.scene.likeness
+    st.photo_source, st.photo_image, st.preset = "IMAGE", img, "NEUTRAL"
+    assert bpy.ops.likeness.generate() == {"FINISHED"}
+    g = generate.active()
+    assert g.state == "DONE" and g.object_name == photos[3].stem
+    assert Path(g.photo).parent == Path(settings.results_dir) / "_photos"  # packed bytes written out
+    assert Path(g.photo).read_bytes() == photos[3].read_bytes()
+    assert bpy.context.scene.world.get("likeness_preset") == "NEUTRAL"
