@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="photos whose corners become synthetic backgrounds")
     p.add_argument("--no-exif", action="store_true", help="synthetic JPEGs without the EXIF focal length")
     p.add_argument("--no-appearance", action="store_true", help="skip re-render measures (SSIM/PSNR/LPIPS/identity)")
+    p.add_argument("--report-from", type=Path, metavar="DIR",
+                   help="only rewrite DIR/report.md from DIR/report.json (after a change to the report layout)")
     p.add_argument("--no-identity", action="store_true", help="skip the dlib identity measure")
     return p
 
@@ -58,6 +60,13 @@ def git_commit() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.report_from:
+        import json
+        from . import report as rp
+        rep = json.loads((args.report_from / "report.json").read_text())
+        writer = rp.quick_markdown if "quick" in rep else rp.write_markdown
+        print(writer(rep, args.report_from / "report.md"))
+        return 0
     if not (args.data or args.synthetic or args.quick):
         build_parser().print_help(sys.stderr)
         print("\nbench: give --data DIR, --synthetic N or --quick", file=sys.stderr)
@@ -82,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     options = {"device": args.device, "texture_size": args.texture_size, "ict_dir": args.ict_dir}
     meta = {"title": title, "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "commit": git_commit(),
             "command": "python -m backend bench " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-            "cpu_count": os.cpu_count(), "repeat": args.repeat or (3 if args.quick else 1)}
+            "cpu_count": os.cpu_count(), "repeat": args.repeat or (3 if args.quick else 1),
+            "load_average": [os.getloadavg()[0]]}
     rep: dict = {"meta": meta}
     t0 = time.perf_counter()
     session = suite.Session(out_dir, options)
@@ -90,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.quick:
             rep["quick"] = suite.run_quick(session, meta["repeat"])
+            meta["load_average"].append(os.getloadavg()[0])
             session.close()
             rep["process_peak_rss_mb"] = session.maxrss_mb
             rep["meta"]["device"] = rep["quick"]["device"]
@@ -134,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             pics["synthetic_sheet"] = "synthetic_sheet.png"
         rep["pictures"] = pics
         meta["bench_s"] = time.perf_counter() - t0
+        meta["load_average"].append(os.getloadavg()[0])
         rp.write_json(rep, out_dir / "report.json")
         text = rp.write_markdown(rep, out_dir / "report.md")
         print(text.split("## Pictures")[0])

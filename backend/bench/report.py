@@ -117,9 +117,13 @@ def summary_rows(rep: dict) -> list[list]:
 
 def speed_section(rep: dict) -> list[str]:
     sp = rep["speed"]
+    load = rep["meta"].get("load_average")
     out = [f"## Speed and memory", "",
            f"Device: **{rep['meta'].get('device', '?')}**; {rep['meta']['cpu_count']} CPU cores visible, "
-           f"torch threads {rep['meta'].get('torch_threads', '?')}. "
+           f"torch threads {rep['meta'].get('torch_threads', '?')}"
+           + (f"; 1-min load average {load[0]:.1f} at the start, {load[-1]:.1f} at the end" if load else "")
+           + (" (above the core count: other processes competed for the CPU, times are inflated)"
+              if load and max(load) > rep["meta"]["cpu_count"] else "") + ". "
            f"{sp['warm_runs']} warm runs (the first reconstruct of the process is the cold one, listed apart)"
            + (f"; each photo reconstructed {rep['meta']['repeat']} times" if rep["meta"].get("repeat", 1) > 1 else "")
            + ".", ""]
@@ -175,15 +179,18 @@ def landmark_section(s: dict) -> list[str]:
     return out + [""]
 
 
-def appearance_section(s: dict) -> list[str]:
+def appearance_section(s: dict, explain: bool = True) -> list[str]:
     ap = s["appearance"]
-    out = [f"## Appearance ({s['label']}: {ap['photos']} photos)", "",
-           "The fitted, textured head is rasterized back into the photo with the bundle's camera and pose "
-           "(backend/raster.py, diffuse UDIM tiles sampled through the corner UVs). Image measures compare photo "
-           "and re-render inside the face-skin mask (visible skin polygons of the ICT narrow face region, "
-           "vertices 0-6705), on the mask's bounding box resized to 256 px. Identity: dlib's ResNet face "
-           "descriptor of the photo and of the re-render (eyes, mouth interior and hair keep the photo's pixels: "
-           "v0 textures skin only), both on the photo's dlib face box.", ""]
+    out = [f"## Appearance ({s['label']}: {ap['photos']} photos)", ""]
+    if explain:
+        out += ["The fitted, textured head is rasterized back into the photo with the bundle's camera and pose "
+                "(backend/raster.py, diffuse UDIM tiles sampled through the corner UVs). Image measures compare "
+                "photo and re-render inside the face-skin mask (visible skin polygons of the ICT narrow face "
+                "region, vertices 0-6705), on the mask's bounding box resized to 256 px. Identity: dlib's ResNet "
+                "face descriptor of the photo and of the re-render (eyes, mouth interior and hair keep the photo's "
+                "pixels: v0 textures skin only), both on the photo's dlib face box. v0's texture is projected "
+                "from this same photo, so these mostly measure how well the mesh sits on the photo and what "
+                "resampling loses.", ""]
     rows = []
     for k, name, unit, better in (("ssim", "SSIM", "0..1", "higher"), ("psnr_db", "PSNR", "dB", "higher"),
                                   ("lpips", "ST-LPIPS (AlexNet, shift-tolerant)", "0..1", "lower"),
@@ -240,7 +247,7 @@ def synthetic_section(syn: dict) -> list[str]:
         out += [f"The pipeline beats the mean face on {pct(syn['fit_beats_mean_face_share'])} of the images "
                 "(higher is better)."]
     out += ["", "By head yaw (mean of per-image mean errors, mm; lower is better):", ""]
-    out += table(["|yaw| (deg)", "images", "failed", "pipeline", "landmark-only", "mean face"],
+    out += table(["abs(yaw) (deg)", "images", "failed", "pipeline", "landmark-only", "mean face"],
                  [[b["yaw"], b["n"], b["failed"], f(b["fit_mm"], 2), f(b["landmark_only_mm"], 2),
                    f(b["mean_face_mm"], 2)] for b in syn["by_yaw"]])
     return out + [""]
@@ -272,9 +279,8 @@ def write_markdown(rep: dict, path: Path) -> str:
     for s in rep.get("sets", []):
         if s.get("landmarks"):
             lines += landmark_section(s)
-    for s in rep.get("sets", []):
-        if s.get("appearance"):
-            lines += appearance_section(s)
+    for i, s in enumerate(x for x in rep.get("sets", []) if x.get("appearance")):
+        lines += appearance_section(s, explain=(i == 0))
     if rep.get("shape_consistency"):
         lines += shape_section(rep["shape_consistency"], rep["sets"][0]["label"], rep["sets"][1]["label"])
     if rep.get("synthetic"):
@@ -304,7 +310,11 @@ def quick_markdown(rep: dict, path: Path) -> str:
     meta = rep["meta"]
     lines = [f"# Likeness quick bench: the embedded demo photo (astronaut, 512 x 512)", "",
              f"{meta['date']} · commit `{meta.get('commit', '?')}` · device **{q.get('device')}**, "
-             f"{meta['cpu_count']} CPU cores · {len(warm)} warm runs after one cold run in a fresh process", ""]
+             f"{meta['cpu_count']} CPU cores · {len(warm)} warm runs after one cold run in a fresh process"
+             + (" · 1-min load average " + " -> ".join(f"{x:.1f}" for x in meta["load_average"])
+                + (" (above the core count: other processes competed for the CPU, times are inflated)"
+                   if max(meta["load_average"]) > meta["cpu_count"] else "") if meta.get("load_average") else ""),
+             ""]
     rows = []
     for st in STAGES + ("total",):
         w = [r["timings_s"][st] for r in warm if st in r["timings_s"]]
