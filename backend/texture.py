@@ -5,22 +5,25 @@ the unseen parts) replaces the body of this module and keeps that signature and 
 
 Method:
 1. UV-rasterize the skin triangles of tiles 1001 (face) and 1002 (head, neck, eye sockets; the mouth
-   socket in its corner gets a flat mouth colour). This depends only on the topology and is cached.
-   Every texel gets a triangle and barycentrics -> a point and a normal on the fitted mesh.
+   socket in its corner gets a flat dark-red mouth colour). This depends only on the topology and is
+   cached per (model, size, device). Every texel gets a triangle and barycentrics -> a point and a
+   normal on the fitted mesh.
 2. Rasterize the whole head (skin, eyes, teeth, mouth; culling back faces) in the photo view at most
-   1024 px on the longest side: a z-buffer for occlusion, and the distance of every pixel to the
-   silhouette and to depth discontinuities (occlusion boundaries).
-3. Direct pass: project each texel's point into the photo and sample it (bilinear). Its weight is
-   visible (z-buffer test) * viewing angle (smoothstep of the cosine between normal and view ray)
-   * fade near silhouettes / occlusion boundaries * inside the photo * (outside the inner face) how
-   skin-like the colour is (so hair, clothes and background do not land on the scalp and neck).
-   That weight is the visibility map.
-4. Mirror pass: a texel on triangle t with barycentrics b has a mirror point with the same b on the
-   mirrored vertices (FaceModel.vertex_symmetry); its UV is interpolated from the corners of the
-   polygon holding them. Weakly seen texels take the mirror's direct colour, weighted by how well the
-   mirror was seen; well seen texels keep their own colour (no symmetrisation of the face).
-5. Fill: push-pull (a weighted image pyramid) fills everything that is left, and blends softly into the
-   seen colour, so the unseen back of the head is a smooth continuation of the seen skin.
+   1024 px on the longest side: a z-buffer, and the distances to the silhouette and to occlusion edges.
+3. Direct view: project each texel into the photo and sample it (bilinear; area-filtered first when a
+   texel spans several photo pixels). Its weight = visible (percentage-closer z-buffer test) * viewing
+   angle (smoothstep of the cosine between normal and view ray) * fade near the silhouette (all texels)
+   and near occlusion edges (only texels behind the occluder) * inside the photo * a skin check where
+   something else often covers the skin (scalp, neck, ears, hairline, eyelid rims, under the chin, and
+   near the silhouette): chromaticity and brightness against the well-seen inner face, so hair,
+   clothes, background and eyeballs stay out. That weight is the visibility map.
+4. Mirror: a texel on triangle t with barycentrics b has a mirror point with the same b on the mirrored
+   vertices (FaceModel.vertex_symmetry); its UV comes from the corners of the polygon holding them.
+   Weakly seen texels take the mirror's direct colour as far as that was seen; well seen texels keep
+   their own (the face is not symmetrised).
+5. Fill: push-pull (a weighted pyramid) from the confidently seen texels fills everything else, tending
+   to the median skin colour far from any data, and blends into the seen colour by weight. Tile 1002
+   is done after 1001 and takes 1001's colours along their shared UV seams, so there is no step there.
 """
 from __future__ import annotations
 
@@ -64,6 +67,7 @@ SKIN_DARKER_TOL = (0.5, 1.0)   # log(skin brightness / brightness): shadows keep
 SKIN_BRIGHTER_TOL = (0.3, 0.6)  # log(brightness / skin brightness): white clothes and walls lose it
 SKIN_CHECK_NEAR_EDGE = 4.0     # ... and within this many fade widths of the silhouette (where the fit may be off)
 FOREHEAD_MARGIN_CM = (1.0, 2.5)  # skin check ramps in from this far above the brows (neutral head)
+CHIN_MARGIN_CM = (0.3, 1.2)    # ... from this far below the chin (neutral head)
 EYELID_CHECK_CM = (0.25, 0.5)  # ... and out from the eyelid rims over this distance
 DEFAULT_SKIN = (0.75, 0.6, 0.52)
 FILL_PRIOR_WEIGHT = 1e-4       # the median skin colour, everywhere: the fill far (> ~100 texels) from data
@@ -161,13 +165,17 @@ def _outer_field(model: FaceModel) -> np.ndarray:
     of the skin (so colours there are checked for being skin-like): outside the narrow face (ears,
     temples, under the jaw, scalp, neck), the forehead above the brows (the hairline) and the eyelid
     rims (a fit whose eyes open a little less than the photo's would paint the eyeball on the lids;
-    the lashes are geometry of their own). 0 on the rest of the inner face, with its brows, lips and
+    the lashes are geometry of their own) and under the chin (collars, scarves, background when the
+    fitted chin is a little low). 0 on the rest of the inner face, with its brows, lips and
     beard, which keep the photo's colours as they are."""
     verts = model.neutral.cpu().numpy().astype(np.float64)
     y = verts[:, 1]
     brow_top = float(y[model.landmarks68[17:27]].max())
     forehead = np.clip((y - brow_top - FOREHEAD_MARGIN_CM[0]) / (FOREHEAD_MARGIN_CM[1] - FOREHEAD_MARGIN_CM[0]), 0, 1)
-    outer = np.maximum((np.arange(model.num_vertices) > NARROW_FACE_LAST_VERTEX).astype(np.float64), forehead)
+    chin = float(y[model.landmarks68[8]])
+    under_chin = np.clip((chin - y - CHIN_MARGIN_CM[0]) / (CHIN_MARGIN_CM[1] - CHIN_MARGIN_CM[0]), 0, 1)
+    outer = np.maximum((np.arange(model.num_vertices) > NARROW_FACE_LAST_VERTEX).astype(np.float64),
+                       np.maximum(forehead, under_chin))
     outer = _smooth_vertex_field(model, outer, 8)
     # Eyelid rims: the face vertices that the eye sockets attach to, and what lies close to them.
     topo = model.topology
@@ -257,32 +265,38 @@ def _uv_layout(model: FaceModel, size: int, device: str) -> tuple[tuple[_TileLay
     uvs = torch.from_numpy(topo.corner_uvs).to(dev)
     corners_all = torch.from_numpy(topo.triangle_corners).to(dev)
     tris_all = torch.from_numpy(topo.triangles).to(dev)
+    mouth_t = torch.from_numpy(is_mouth_socket).to(dev)
     layouts = []
     for tile in TILES:
         ids = np.flatnonzero(drawn & (tri_tile == tile))
         ids_t = torch.from_numpy(ids).to(dev)
         r = rasterize(uv_screen(uvs, tile, size), corners_all[ids_t], size, size, perspective_correct=False)
         texel = torch.nonzero(r.triangle.reshape(-1) >= 0).squeeze(1)
-        local = r.triangle.reshape(-1)[texel]
-        tri = ids_t[local]
-        bary = r.bary.reshape(-1, 3)[texel]
-        vertex = tris_all[tri].T.contiguous()
-        outer = (outer_v[vertex] * bary.T).sum(0)
-        mouth = torch.from_numpy(is_mouth_socket).to(dev)[tri]
+        local = r.triangle.reshape(-1).index_select(0, texel)
+        tri = ids_t.index_select(0, local)
+        bary = r.bary.reshape(-1, 3).index_select(0, texel).T.contiguous()        # (3, N)
+        vertex = tris_all.index_select(0, tri).T.contiguous()                    # (3, N)
+        outer = (outer_v.index_select(0, vertex.reshape(-1)).view(3, -1) * bary).sum(0)
+        mouth = mouth_t.index_select(0, tri)
         pos = torch.full((size * size,), -1, dtype=torch.long, device=dev)
         pos[texel] = torch.arange(len(texel), device=dev)
-        right = torch.where(texel % size < size - 1, pos[(texel + 1).clamp(max=size * size - 1)], -1)
-        mc = torch.from_numpy(_mirror_corners(model, ids)).to(dev)[local]       # (N, 3)
-        muv = (uvs[mc.clamp_min(0)] * bary[..., None]).sum(1)                     # (N, 2) UDIM
-        mtile = torch.floor(muv[:, 0]).long() + 1001
-        grid = torch.stack([(muv[:, 0] - (mtile - 1001)) * 2.0 - 1.0, 1.0 - 2.0 * muv[:, 1]], dim=1)
-        has = (mc >= 0).all(1) & ~mouth
+        right = torch.where(texel % size < size - 1, pos.index_select(0, (texel + 1).clamp(max=size * size - 1)), -1)
+        # Mirror UV: the same barycentrics on the corners that hold the mirrored vertices.
+        mc = torch.from_numpy(_mirror_corners(model, ids)).to(dev).index_select(0, local).T.contiguous()  # (3, N)
+        has = (mc >= 0).all(0) & ~mouth
+        mu = mv = None
+        for k in range(3):
+            uv_k = uvs.index_select(0, mc[k].clamp_min(0))
+            mu = uv_k[:, 0] * bary[k] if mu is None else mu + uv_k[:, 0] * bary[k]
+            mv = uv_k[:, 1] * bary[k] if mv is None else mv + uv_k[:, 1] * bary[k]
+        mtile = torch.floor(mu).long() + 1001
         mirror = {}
         for mt in TILES:
             sel = torch.nonzero(has & (mtile == mt)).squeeze(1)
             if len(sel):
-                mirror[mt] = (sel, grid[sel].contiguous())
-        layouts.append(_TileLayout(tile, texel, vertex, bary.T.contiguous(), outer, mouth, right, mirror))
+                grid = torch.stack([(mu[sel] - (mt - 1001)) * 2.0 - 1.0, 1.0 - 2.0 * mv[sel]], dim=1)
+                mirror[mt] = (sel, grid)
+        layouts.append(_TileLayout(tile, texel, vertex, bary, outer, mouth, right, mirror))
     texel, src = _seam_samples(model, skin, 1002, 1001, size)
     src_grid = np.stack([src[:, 0] * 2.0 - 1.0, 1.0 - 2.0 * src[:, 1]], axis=1)
     seams = _Seams(1002, 1001, torch.from_numpy(texel).to(dev), torch.from_numpy(src_grid).float().to(dev))
