@@ -42,7 +42,7 @@ from scipy.spatial import cKDTree
 
 from . import camera
 from .facemodel import NARROW_FACE_LAST_VERTEX, PART_NAMES, VERTEX_RANGES, FaceModel
-from .raster import interpolate, rasterize, uv_screen
+from .raster import rasterize, uv_screen
 
 TILES = (1001, 1002)
 # Specular placeholder. Skin's specular reflectance at normal incidence is about F0 = 0.028 (IOR ~1.4);

@@ -102,7 +102,6 @@ def test_depth_order_of_overlapping_triangles():
         tris = torch.tensor([[0, 1, 2], [3, 4, 5]])
         for perspective in (True, False):
             r = rasterize(screen, tris, H, W, perspective_correct=perspective)
-            both = torch.zeros(H, W, dtype=torch.bool)
             m0 = rasterize(screen, tris[:1], H, W).mask
             m1 = rasterize(screen, tris[1:], H, W).mask
             both = m0 & m1
