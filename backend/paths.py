@@ -33,9 +33,10 @@ def _project_roots() -> list[Path]:
 
 
 def ict_candidates(explicit: str | os.PathLike | None = None) -> list[Path]:
-    found = []
+    """An explicit folder is the only candidate: the user asked for that one."""
     if explicit:
-        found.append(Path(explicit))
+        return [Path(explicit)]
+    found = []
     if os.environ.get("LIKENESS_ICT_DIR"):
         found.append(Path(os.environ["LIKENESS_ICT_DIR"]))
     for root in _project_roots():
@@ -61,9 +62,9 @@ def find_ict_dir(explicit: str | os.PathLike | None = None) -> Path:
 
 
 def landmarker_candidates(explicit: str | os.PathLike | None = None) -> list[Path]:
-    found = []
     if explicit:
-        found.append(Path(explicit))
+        return [Path(explicit)]
+    found = []
     if os.environ.get("LIKENESS_LANDMARKER"):
         found.append(Path(os.environ["LIKENESS_LANDMARKER"]))
     found += [root / ".cache" / LANDMARKER_NAME for root in _project_roots()]

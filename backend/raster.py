@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -73,8 +74,9 @@ def _ceil_div(a: torch.Tensor, b: int) -> torch.Tensor:
 
 def rasterize(screen: torch.Tensor, triangles: torch.Tensor, height: int, width: int,
               perspective_correct: bool = True, cull_backfaces: bool = False,
-              chunk: int = DEFAULT_CHUNK) -> Raster:
-    """Draw triangles (T, 3) indexing rows of `screen` (V, 3) = (x px, y px, depth) into an H x W buffer."""
+              chunk: int = DEFAULT_CHUNK, cancel_check: Callable[[], None] | None = None) -> Raster:
+    """Draw triangles (T, 3) indexing rows of `screen` (V, 3) = (x px, y px, depth) into an H x W buffer.
+    `cancel_check()`, if given, is called between chunks (it raises to stop)."""
     device = screen.device
     screen = screen.detach().float()
     triangles = triangles.to(device=device, dtype=torch.long)
@@ -162,6 +164,8 @@ def rasterize(screen: torch.Tensor, triangles: torch.Tensor, height: int, width:
         hi = max(int(torch.searchsorted(ends, base + chunk, right=True)), lo + 1)
         _draw_spans(tri_key, length[lo:hi], pix0[lo:hi], v_first[lo:hi], dv[lo:hi], st[lo:hi])
         lo = hi
+        if cancel_check:
+            cancel_check()
 
     # Resolve: per covered pixel the winning triangle, its barycentrics and depth. Per triangle, the
     # (perspective-weighted) barycentrics are planes in the pixel offset from the box corner (x0, y0):

@@ -28,7 +28,6 @@ Method:
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 from dataclasses import dataclass
@@ -246,10 +245,24 @@ def _seam_samples(model: FaceModel, drawn: np.ndarray, tile: int, source: int, s
     return y * size + x, p_src
 
 
-@functools.lru_cache(maxsize=4)
-def _uv_layout(model: FaceModel, size: int, device: str) -> tuple[tuple[_TileLayout, ...], _Seams]:
+_LAYOUTS: dict = {}
+
+
+def _uv_layout(model: FaceModel, size: int, device: str,
+               check: Callable[[], None] = lambda: None) -> tuple[tuple[_TileLayout, ...], _Seams]:
     """Per tile: the covered texels, their triangles, barycentrics and mirror UVs; and the seam texels of
-    tile 1002 with their places in tile 1001. Depends on the topology only, so it is cached."""
+    tile 1002 with their places in tile 1001. Depends on the topology only, so it is cached per process.
+    The first computation for a size takes seconds: `check` lets a cancel stop it part-way."""
+    key = (id(model), size, device)
+    if key not in _LAYOUTS:
+        if len(_LAYOUTS) >= 4:
+            _LAYOUTS.pop(next(iter(_LAYOUTS)))
+        _LAYOUTS[key] = _compute_uv_layout(model, size, device, check)
+    return _LAYOUTS[key]
+
+
+def _compute_uv_layout(model: FaceModel, size: int, device: str,
+                       check: Callable[[], None]) -> tuple[tuple[_TileLayout, ...], _Seams]:
     topo = model.topology
     dev = torch.device(device)
     tri_part = topo.polygon_part[topo.triangle_polygon]
@@ -270,7 +283,9 @@ def _uv_layout(model: FaceModel, size: int, device: str) -> tuple[tuple[_TileLay
     for tile in TILES:
         ids = np.flatnonzero(drawn & (tri_tile == tile))
         ids_t = torch.from_numpy(ids).to(dev)
-        r = rasterize(uv_screen(uvs, tile, size), corners_all[ids_t], size, size, perspective_correct=False)
+        check()
+        r = rasterize(uv_screen(uvs, tile, size), corners_all[ids_t], size, size, perspective_correct=False,
+                      cancel_check=check)
         texel = torch.nonzero(r.triangle.reshape(-1) >= 0).squeeze(1)
         local = r.triangle.reshape(-1).index_select(0, texel)
         tri = ids_t.index_select(0, local)
@@ -297,6 +312,7 @@ def _uv_layout(model: FaceModel, size: int, device: str) -> tuple[tuple[_TileLay
                 grid = torch.stack([(mu[sel] - (mt - 1001)) * 2.0 - 1.0, 1.0 - 2.0 * mv[sel]], dim=1)
                 mirror[mt] = (sel, grid)
         layouts.append(_TileLayout(tile, texel, vertex, bary, outer, mouth, right, mirror))
+    check()
     texel, src = _seam_samples(model, skin, 1002, 1001, size)
     src_grid = np.stack([src[:, 0] * 2.0 - 1.0, 1.0 - 2.0 * src[:, 1]], axis=1)
     seams = _Seams(1002, 1001, torch.from_numpy(texel).to(dev), torch.from_numpy(src_grid).float().to(dev))
@@ -563,7 +579,7 @@ def project_texture(photo_rgb: np.ndarray, model: FaceModel, vertices: torch.Ten
     with torch.no_grad(), _cpu_threads(dev):
         verts = vertices.detach().float()
         cam_v = camera.to_camera(verts, rotation.detach().float().to(dev), translation.detach().float().to(dev))
-        layouts, seams = _uv_layout(model, S, str(dev))
+        layouts, seams = _uv_layout(model, S, str(dev), check)
         check()
         pv = _photo_view(model, cam_v, intrinsics)
         check()

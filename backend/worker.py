@@ -33,7 +33,7 @@ class Worker:
             self.out.flush()
 
     def busy(self) -> bool:
-        return self.job is not None and self.job[1].is_alive()
+        return self.job is not None
 
     def handle(self, line: str) -> bool:
         """Handle one request line; False when the worker should stop."""
@@ -50,11 +50,12 @@ class Worker:
         elif op == "shutdown":
             return False
         elif op == "cancel":
-            if self.busy() and self.job[0] == rid:
-                self.job[2].set()
+            job = self.job
+            if job is not None and job[0] == rid:
+                job[2].set()
         elif op == "reconstruct":
             if self.busy():
-                self.emit({"event": "error", "id": rid, "code": "BUSY", "message": f"request {self.job[0]} is running"})
+                self.emit({"event": "error", "id": rid, "code": "BUSY", "message": "another request is running"})
             elif not isinstance(req.get("photo"), str) or not isinstance(req.get("out"), str):
                 self.emit({"event": "error", "id": rid, "code": "BAD_REQUEST", "message": "reconstruct needs 'photo' and 'out'"})
             else:
@@ -67,6 +68,11 @@ class Worker:
         return True
 
     def run(self, rid, req: dict, cancel: threading.Event) -> None:
+        final = self.reconstruct(rid, req, cancel)
+        self.job = None  # before the final event: a client that answers it at once finds the worker free
+        self.emit(final)
+
+    def reconstruct(self, rid, req: dict, cancel: threading.Event) -> dict:
         from .pipeline import Options, reconstruct
 
         def cancel_check():
@@ -81,18 +87,19 @@ class Worker:
             options = Options(device=str(opts.get("device", "auto")), texture_size=int(opts.get("texture_size", 1024)),
                               overwrite=bool(opts.get("overwrite", False)))
             result = reconstruct(req["photo"], req["out"], options, progress, cancel_check)
-            self.emit({"event": "result", "id": rid, "bundle": os.path.abspath(req["out"]),
-                       "metrics": result["metrics"], "timings_s": result["timings_s"], "warnings": result["warnings"]})
+            return {"event": "result", "id": rid, "bundle": os.path.abspath(req["out"]),
+                    "metrics": result["metrics"], "timings_s": result["timings_s"], "warnings": result["warnings"]}
         except LikenessError as err:
-            self.emit({"event": "error", "id": rid, "code": err.code, "message": err.message})
+            return {"event": "error", "id": rid, "code": err.code, "message": err.message}
         except Exception as err:  # a bug: report it, keep serving
             traceback.print_exc()
-            self.emit({"event": "error", "id": rid, "code": "INTERNAL", "message": f"{type(err).__name__}: {err}"})
+            return {"event": "error", "id": rid, "code": "INTERNAL", "message": f"{type(err).__name__}: {err}"}
 
     def stop(self) -> None:
-        if self.job is not None:
-            self.job[2].set()
-            self.job[1].join(timeout=30)
+        job = self.job
+        if job is not None:
+            job[2].set()
+            job[1].join(timeout=30)
 
 
 def main() -> int:

@@ -91,19 +91,22 @@ def test_error_event_carries_the_code(worker, tmp_path):
 
 def test_cancel_stops_within_a_second_and_leaves_nothing(worker, tmp_path):
     out = tmp_path / "cancelled"
-    worker.send({"op": "reconstruct", "id": "c1", "photo": PHOTO, "out": str(out)})
+    # 2048-px tiles make the texture stage long enough that the cancel surely lands inside it,
+    # even when a loaded machine delays the events this test reads.
+    worker.send({"op": "reconstruct", "id": "c1", "photo": PHOTO, "out": str(out), "options": {"texture_size": 2048}})
     worker.send({"op": "reconstruct", "id": "c2", "photo": PHOTO, "out": str(tmp_path / "other")})
     while True:  # wait until the job is well under way
         ev = worker.next()
         if ev["event"] == "error" and ev["id"] == "c2":
             assert ev["code"] == "BUSY"
-        if ev["event"] == "progress" and ev["stage"] in ("fit", "texture"):
+        assert ev["event"] != "result", "the job ended before it could be cancelled"
+        if ev["event"] == "progress" and ev["stage"] == "texture":
             break
     t0 = time.monotonic()
     worker.send({"op": "cancel", "id": "c1"})
     ev, _ = worker.until({"result", "error"})
     elapsed = time.monotonic() - t0
-    assert (ev["event"], ev["code"]) == ("error", "CANCELLED")
+    assert (ev["event"], ev.get("code")) == ("error", "CANCELLED"), ev
     assert elapsed < 1.0, f"cancel took {elapsed:.2f} s"
     assert list(tmp_path.iterdir()) == []
     worker.send({"op": "ping"})  # and the worker still serves
