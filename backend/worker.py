@@ -10,6 +10,17 @@ import traceback
 from . import __version__
 from .errors import LikenessError
 
+STAGE_MESSAGES = {
+    "load": "loading the photo and the face model",
+    "detect": "finding the face",
+    "fit": "fitting the 3D head",
+    "texture": "projecting the photo into UV textures",
+    "write": "writing the result bundle",
+}
+# While a request runs, its last progress event is repeated at least this often, so a client can
+# tell a slow stage from a hung worker.
+HEARTBEAT_S = 2.0
+
 
 def protocol_stream():
     """A private copy of stdout for events; fd 1 then points at stderr, so nothing a library prints
@@ -79,9 +90,18 @@ class Worker:
             if cancel.is_set():
                 raise LikenessError("CANCELLED", f"request {rid} was cancelled")
 
-        def progress(stage: str, fraction: float):
-            self.emit({"event": "progress", "id": rid, "stage": stage, "fraction": round(fraction, 4)})
+        last = {"event": "progress", "id": rid, "stage": "load", "fraction": 0.0, "message": STAGE_MESSAGES["load"]}
 
+        def progress(stage: str, fraction: float):
+            last.update(stage=stage, fraction=round(fraction, 4), message=STAGE_MESSAGES[stage])
+            self.emit(dict(last))
+
+        def heartbeat(done: threading.Event):
+            while not done.wait(HEARTBEAT_S):
+                self.emit(dict(last))
+
+        done = threading.Event()
+        threading.Thread(target=heartbeat, args=(done,), daemon=True).start()
         try:
             opts = req.get("options") or {}
             options = Options(device=str(opts.get("device", "auto")), texture_size=int(opts.get("texture_size", 1024)),
@@ -94,6 +114,8 @@ class Worker:
         except Exception as err:  # a bug: report it, keep serving
             traceback.print_exc()
             return {"event": "error", "id": rid, "code": "INTERNAL", "message": f"{type(err).__name__}: {err}"}
+        finally:
+            done.set()
 
     def stop(self) -> None:
         job = self.job

@@ -118,3 +118,16 @@ def test_end_of_input_ends_the_worker(faces_dir):
     assert w.next(timeout=180)["event"] == "ready"
     w.proc.stdin.close()
     assert w.proc.wait(timeout=30) == 0
+
+
+def test_progress_carries_a_message_and_a_heartbeat(worker, tmp_path):
+    # 2048-px tiles: the texture stage runs for seconds with no progress of its own, so only the
+    # heartbeat can produce a repeated texture event.
+    worker.send({"op": "reconstruct", "id": "h1", "photo": PHOTO, "out": str(tmp_path / "b"),
+                 "options": {"texture_size": 2048}})
+    ev, seen = worker.until({"result", "error"})
+    assert ev["event"] == "result", ev
+    progress = [e for e in seen if e["event"] == "progress"]
+    assert all(e["message"] for e in progress)
+    texture = [e for e in progress if e["stage"] == "texture"]
+    assert len(texture) >= 3 and len({e["fraction"] for e in texture}) < len(texture)
