@@ -9,6 +9,7 @@ MediaPipe's canonical face mesh ships in no wheel here, so the correspondence is
     landmark's correspondence; its spread says how reliable it is;
  4. refit every photo with all landmarks and repeat 2-3 (ROUNDS times).
 Iris points (468-477) sit on the eyeballs, whose gaze varies: they are stored with weight 0.
+Eyelid and inner-lip landmarks whose rays pass through the openings snap to the nearest rim vertex.
 Usage: python scripts/build_landmark_correspondence.py [--photos DIR] [--limit N]
 """
 from __future__ import annotations
@@ -38,9 +39,19 @@ FACE_OVAL = [10, 21, 54, 58, 67, 93, 103, 109, 127, 132, 136, 148, 149, 150, 152
 
 
 def face_triangles(model) -> np.ndarray:
-    """Triangles of the face skin (where MediaPipe's landmarks live)."""
+    """Triangles of the face, head and neck skin (where MediaPipe's landmarks live)."""
     tri = model.topology.triangles
-    return tri[(tri <= VERTEX_RANGES["face"][1]).all(1)]
+    return tri[(tri <= VERTEX_RANGES["head_neck"][1]).all(1)]
+
+
+def nearest_vertex_hits(points_px, k, cam, tris, missed):
+    """Rays that miss the skin pass through the eye or mouth openings: their landmarks lie on the
+    opening's rim (eyelid or lip margin), so take the skin vertex that projects nearest instead,
+    as a degenerate triangle hit."""
+    verts = np.unique(tris)
+    uv = np.stack([k.cx + k.focal_px * cam[verts, 0] / -cam[verts, 2], k.cy - k.focal_px * cam[verts, 1] / -cam[verts, 2]], 1)
+    _, nearest = cKDTree(uv).query(points_px[missed])
+    return verts[nearest]
 
 
 def ray_cast(points_px: np.ndarray, k: Intrinsics, tri_cam: np.ndarray):
@@ -128,6 +139,7 @@ def main() -> int:
     for rnd in range(ROUNDS + 1):
         t0 = time.perf_counter()
         canon = np.full((len(detections), NUM_LANDMARKS, 3), np.nan)
+        misses = np.zeros((len(detections), NUM_LANDMARKS), bool)
         errors = []
         for i, (name, photo, det) in enumerate(detections):
             k = Intrinsics.for_image(photo.width, photo.height, photo.focal_35mm)
@@ -139,17 +151,19 @@ def main() -> int:
             hit, bary = ray_cast(det.points.astype(np.float64), k, cam[tris].astype(np.float64))
             ok = hit >= 0
             canon[i, ok] = (bary[ok, :, None] * neutral_tri[hit[ok]]).sum(1)
-        hit_rate = np.isfinite(canon[..., 0]).mean(0)
-        median = np.nanmedian(canon, axis=0)
-        spread = np.sqrt(np.nanmean(((canon - median) ** 2).sum(-1), axis=0))
-        found = hit_rate >= 0.5
+            rim = nearest_vertex_hits(det.points, k, cam, tris, ~ok)
+            canon[i, ~ok] = model.neutral.numpy()[rim]
+            misses[i] = ~ok
+        hit_rate = 1.0 - misses.mean(0)
+        median = np.median(canon, axis=0)
+        spread = np.sqrt(np.mean(((canon - median) ** 2).sum(-1), axis=0))
         tri_idx, bary = snap_to_surface(np.nan_to_num(median), neutral_tri, np.arange(len(tris)))
-        weight = found.astype(np.float32)
+        weight = np.ones(NUM_LANDMARKS, np.float32)
         weight[IRIS] = 0.0
         contour = np.zeros(NUM_LANDMARKS, bool)
         contour[FACE_OVAL] = True
         print(f"round {rnd}: fit error {np.mean(errors):.2%} IOD (max {np.max(errors):.2%}), "
-              f"hit rate {hit_rate.mean():.3f}, spread median {np.median(spread[found]) * 10:.1f} mm, "
+              f"rays hitting skin {hit_rate.mean():.3f}, spread median {np.median(spread) * 10:.1f} mm, "
               f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
         corr = Correspondence(tris[tri_idx], bary.astype(np.float32), weight, contour)
         subset = np.arange(NUM_LANDMARKS)
