@@ -265,8 +265,10 @@ def run_synthetic(session: Session, n: int, seed: int, textures_dir: Path | None
     textures = texture_sources(session, tex_photos, cache)
     backgrounds = load_backgrounds(backgrounds_dir)
     mean_face = model.neutral.cpu().numpy()
+    from ..fitting import Correspondence
+    corr = Correspondence.load()
     samples = []
-    errs = {"fit": [], "landmark_only": [], "mean_face": []}
+    errs = {"fit": [], "landmark_only": [], "true_landmarks": [], "mean_face": []}
     for i in range(n):
         t0 = time.perf_counter()
         s = make_sample(i, seed, model, textures, backgrounds, out_dir)
@@ -287,8 +289,12 @@ def run_synthetic(session: Session, n: int, seed: int, textures_dir: Path | None
         fitted = load_mesh(bundle / "mesh.npz").vertices
         e_fit = vertex_errors_mm(fitted, truth)
         e_lm = vertex_errors_mm(np.load(baseline_path)["vertices"], truth)
+        true_uv = true_landmarks_px(s.truth, corr)
+        e_true = vertex_errors_mm(fit_true_landmarks(model, corr, true_uv, s.truth), truth)
+        det_nme = detector_nme(ans.get("detection_points"), true_uv, corr)
         errs["fit"].append(e_fit)
         errs["landmark_only"].append(e_lm)
+        errs["true_landmarks"].append(e_true)
         errs["mean_face"].append(e_mean)
         res = ans["result"]
         rot_true = np.load(s.truth)["rotation"]
@@ -296,14 +302,16 @@ def run_synthetic(session: Session, n: int, seed: int, textures_dir: Path | None
         pose_err = float(np.degrees(np.arccos(np.clip((np.trace(rel) - 1) / 2, -1, 1))))
         rec.update(ok=True, bundle=str(bundle), run=run_record(ans), fit_mm=float(e_fit.mean()),
                    landmark_only_mm=float(e_lm.mean()), fitted_yaw_deg=res["pose"]["yaw_deg"],
-                   yaw_error_deg=res["pose"]["yaw_deg"] - s.params["yaw_deg"], rotation_error_deg=pose_err)
+                   yaw_error_deg=res["pose"]["yaw_deg"] - s.params["yaw_deg"], rotation_error_deg=pose_err,
+                   true_landmarks_mm=float(e_true.mean()), detector_nme=det_nme)
         samples.append(rec)
         if sheet_rows is not None and len(sheet_rows) < SHEET_ROWS:
             sheet_rows.append((f"synthetic/{s.name}", f"{s.name}  yaw {s.params['yaw_deg']:+.0f}  "
                                f"fit {e_fit.mean():.2f} mm  mean face {e_mean.mean():.2f} mm",
                                synthetic_cells(s, bundle, model, truth, e_fit, e_mean)))
         log(f"[synthetic {i + 1}/{n}] {s.name}: yaw {s.params['yaw_deg']:+.0f}, fit {e_fit.mean():.2f} mm, "
-            f"landmark-only {e_lm.mean():.2f} mm, mean face {e_mean.mean():.2f} mm "
+            f"landmark-only {e_lm.mean():.2f} mm, true landmarks {e_true.mean():.2f} mm, "
+            f"mean face {e_mean.mean():.2f} mm, detector NME {det_nme:.3f} "
             f"({time.perf_counter() - t0:.1f} s)")
     ok = [r for r in samples if r["ok"]]
     out = {"n": n, "seed": seed, "succeeded": len(ok), "exif_focal": exif_focal,
@@ -328,7 +336,47 @@ def run_synthetic(session: Session, n: int, seed: int, textures_dir: Path | None
         out["yaw_error_deg"] = metrics.summarize([r["yaw_error_deg"] for r in ok])
         out["abs_yaw_error_deg"] = metrics.summarize([abs(r["yaw_error_deg"]) for r in ok])
         out["fit_beats_mean_face_share"] = float(np.mean([r["fit_mm"] < r["mean_face_mm"] for r in ok]))
+        out["detector_nme"] = metrics.summarize([r["detector_nme"] for r in ok])
     return out
+
+
+def true_landmarks_px(truth_path: Path, corr) -> np.ndarray:
+    """(478, 2) where MediaPipe's landmarks truly are in a synthetic image: the correspondence's surface
+    points on the true mesh, projected with the true camera."""
+    from ..camera import Intrinsics
+    from .render import screen_points
+    t = np.load(truth_path)
+    params = json.loads(str(t["params"]))
+    side = params.get("side", 512)
+    k = Intrinsics(float(t["focal_px"]), side / 2, side / 2, side, side)
+    v = t["vertices"][corr.vertex_ids]                                   # (478, 3, 3)
+    lm = (v * corr.bary[..., None]).sum(1)
+    return screen_points(lm, k, t["rotation"], t["translation"]).numpy()[:, :2]
+
+
+def fit_true_landmarks(model, corr, uv: np.ndarray, truth_path: Path) -> np.ndarray:
+    """Landmark-only fitting on the true landmark positions: what the fitter recovers without any
+    detector error (an upper bound for landmark-only fitting)."""
+    import torch
+    from ..camera import Intrinsics
+    from ..fitting import fit_landmarks
+    t = np.load(truth_path)
+    side = json.loads(str(t["params"])).get("side", 512)
+    k = Intrinsics(float(t["focal_px"]), side / 2, side / 2, side, side)
+    fit = fit_landmarks(model, corr, uv.astype(np.float32), k, {})
+    with torch.no_grad():
+        return model.vertices(fit.identity, fit.expression).cpu().numpy()
+
+
+def detector_nme(points, true_uv: np.ndarray, corr) -> float:
+    """Mean distance of MediaPipe's detections to the true landmark positions (landmarks the fit uses),
+    divided by the true outer-eye-corner distance."""
+    if points is None:
+        return float("nan")
+    from ..fitting import inter_ocular_px
+    used = corr.weight > 0
+    err = np.linalg.norm(np.asarray(points)[used] - true_uv[used], axis=1)
+    return float(err.mean() / inter_ocular_px(true_uv))
 
 
 def error_colours(err_mm: np.ndarray, n_vertices: int, vmax: float = 10.0) -> np.ndarray:

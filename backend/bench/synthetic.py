@@ -153,7 +153,7 @@ def make_sample(index: int, seed: int, model, textures: list[tuple[str, dict]], 
     if exif_focal:
         exif.get_ifd(0x8769)[0xA405] = f35
     pil.save(image_path, quality=jpeg_quality, exif=exif)
-    params = {"yaw_deg": yaw, "pitch_deg": pitch, "roll_deg": roll, "focal_35mm": f35, "focal_px": k.focal_px,
+    params = {"side": side, "yaw_deg": yaw, "pitch_deg": pitch, "roll_deg": roll, "focal_35mm": f35, "focal_px": k.focal_px,
               "exif_focal": exif_focal, "face_fraction": frac, "texture": tex_name, "background": bg_name,
               "expressions": {n: float(w) for n, w in zip(model.expression_names, expression) if w > 0},
               "noise_sigma": noise_sigma, "jpeg_quality": jpeg_quality, "head_pixels": int(covered.sum())}
