@@ -27,11 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backend.camera import Intrinsics, to_camera  # noqa: E402
 from backend.errors import LikenessError  # noqa: E402
 from backend.facemodel import VERTEX_RANGES, load_face_model  # noqa: E402
-from backend.fitting import CORRESPONDENCE_PATH, Correspondence, fit_landmarks, inter_ocular_px  # noqa: E402
+from backend.fitting import CORRESPONDENCE_PATH, Correspondence, FitSettings, fit_landmarks, inter_ocular_px  # noqa: E402
 from backend.imageio import load_photo  # noqa: E402
 from backend.landmarks import IBUG68_FROM_MEDIAPIPE, get_analyzer  # noqa: E402
 
 ROUNDS = 2
+# Weak priors here, unlike reconstruction: a fit that follows each photo's landmarks closely puts the
+# rays on the right surface points; the studio photos' landmarks are accurate.
+LEARNING_FIT = FitSettings(identity_prior=2.0, expression_prior=0.5)
 NUM_LANDMARKS = 478
 IRIS = np.arange(468, 478)
 FACE_OVAL = [10, 21, 54, 58, 67, 93, 103, 109, 127, 132, 136, 148, 149, 150, 152, 162, 172, 176, 234, 251,
@@ -44,18 +47,19 @@ def face_triangles(model) -> np.ndarray:
     return tri[(tri <= VERTEX_RANGES["head_neck"][1]).all(1)]
 
 
-def nearest_vertex_hits(points_px, k, cam, tris, missed):
+def nearest_vertex_hits(points_px, k, cam, missed):
     """Rays that miss the skin pass through the eye or mouth openings: their landmarks lie on the
-    opening's rim (eyelid or lip margin), so take the skin vertex that projects nearest instead,
-    as a degenerate triangle hit."""
-    verts = np.unique(tris)
+    opening's rim (eyelid or lip margin). Take the face vertex that projects near the landmark and
+    is nearest the camera (the back of the head projects there too), as a degenerate triangle hit."""
+    verts = np.arange(VERTEX_RANGES["face"][1] + 1)
     uv = np.stack([k.cx + k.focal_px * cam[verts, 0] / -cam[verts, 2], k.cy - k.focal_px * cam[verts, 1] / -cam[verts, 2]], 1)
-    _, nearest = cKDTree(uv).query(points_px[missed])
-    return verts[nearest]
+    dist, cand = cKDTree(uv).query(points_px[missed], k=8)
+    depth = -cam[verts[cand], 2] + 1e3 * (dist > 2 * dist[:, :1] + 1.0)  # only candidates about as near in the image
+    return verts[cand[np.arange(len(cand)), depth.argmin(1)]]
 
 
 def ray_cast(points_px: np.ndarray, k: Intrinsics, tri_cam: np.ndarray):
-    """Nearest hit of the camera rays through `points_px` on triangles (T, 3, 3) in camera space.
+    """Nearest front-facing hit of the camera rays through `points_px` on triangles (T, 3, 3) in camera space.
     Returns triangle index (-1 when missed) and barycentrics (Moller-Trumbore, vectorised)."""
     d = np.stack([(points_px[:, 0] - k.cx) / k.focal_px, -(points_px[:, 1] - k.cy) / k.focal_px,
                   -np.ones(len(points_px))], 1).astype(np.float64)
@@ -72,7 +76,9 @@ def ray_cast(points_px: np.ndarray, k: Intrinsics, tri_cam: np.ndarray):
         q = np.cross(tvec, e1[None])
         v = (dd * q).sum(-1) * inv
         dist = (e2[None] * q).sum(-1) * inv
-        ok = (u >= 0) & (v >= 0) & (u + v <= 1) & (dist > 0)
+        # det > 0: the triangle faces the camera (a ray through the eye opening must not hit the
+        # inside of the back of the head)
+        ok = (u >= 0) & (v >= 0) & (u + v <= 1) & (dist > 0) & (det > 0)
         dist = np.where(ok, dist, np.inf)
         best = dist.argmin(1)
         found = np.isfinite(dist[np.arange(len(best)), best])
@@ -143,7 +149,7 @@ def main() -> int:
         errors = []
         for i, (name, photo, det) in enumerate(detections):
             k = Intrinsics.for_image(photo.width, photo.height, photo.focal_35mm)
-            fit = fit_landmarks(model, corr, det.points[subset], k, det.blendshapes,
+            fit = fit_landmarks(model, corr, det.points[subset], k, det.blendshapes, settings=LEARNING_FIT,
                                iod_px=inter_ocular_px(det.points))
             errors.append(fit.error_iod)
             with torch.no_grad():
@@ -151,7 +157,7 @@ def main() -> int:
             hit, bary = ray_cast(det.points.astype(np.float64), k, cam[tris].astype(np.float64))
             ok = hit >= 0
             canon[i, ok] = (bary[ok, :, None] * neutral_tri[hit[ok]]).sum(1)
-            rim = nearest_vertex_hits(det.points, k, cam, tris, ~ok)
+            rim = nearest_vertex_hits(det.points, k, cam, ~ok)
             canon[i, ~ok] = model.neutral.numpy()[rim]
             misses[i] = ~ok
         hit_rate = 1.0 - misses.mean(0)
