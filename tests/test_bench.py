@@ -1,4 +1,4 @@
-"""`python -m backend bench` end to end on 3 London photos and 3 synthetic heads (about 2 minutes on 2 cores)."""
+"""`python -m backend bench` end to end on 3 London photos and 3 synthetic heads (about 1 minute on 2 cores)."""
 import json
 import math
 import shutil

@@ -342,9 +342,10 @@ def quick_markdown(rep: dict, path: Path) -> str:
               f"| fresh process to first bundle (import + load + reconstruct) | {start:.2f} s | < 10 s | {ok_cold} |",
               f"| peak resident memory of the reconstructing process | {f(peak, 0)} MB | < 3072 MB | {ok_m} |",
               f"| peak resident memory during one reconstruct (max) | {per:.0f} MB | < 3072 MB | |", "",
-              "Lower is better for every row. `write` is end to end minus the other stages when the bundle's "
-              "result.json lacks it (v0 serialises result.json before that stage ends). Memory: the "
-              "reconstructions run in a separate process "
+              "Lower is better for every row. "
+              + ("`write` is end to end minus the other stages (the bundle's result.json lacks it). "
+                 if any(r.get("write_derived") for r in runs) else "")
+              + "Memory: the reconstructions run in a separate process "
               "(`backend.bench.runner`); its lifetime peak is getrusage(RUSAGE_SELF).ru_maxrss, the per-reconstruct "
               "peak is psutil sampling every 5 ms."]
     text = "\n".join(lines) + "\n"
