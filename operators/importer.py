@@ -188,6 +188,23 @@ def _sock(sockets, identifier: str):
     raise KeyError(identifier)
 
 
+def _on_mapped_tiles(nt: bpy.types.NodeTree, uv_socket, value_socket, tiles, all_tiles, label: str,
+                     data_type: str, neutral, location):
+    """`value_socket` on the UV tiles the map has, `neutral` on the other tiles of `all_tiles`."""
+    if all(t in tiles for t in all_tiles):
+        return value_socket
+    kind = {"FLOAT": "Float", "RGBA": "Color"}[data_type]
+    x, y = location
+    mix = nt.nodes.new("ShaderNodeMix")
+    mix.data_type = data_type
+    mix.name = mix.label = f"{label} on mapped tiles"
+    mix.location = location
+    nt.links.new(_tile_mask(nt, uv_socket, list(tiles), x - 1100, y - 450), _sock(mix.inputs, "Factor_Float"))
+    _sock(mix.inputs, f"A_{kind}").default_value = neutral
+    nt.links.new(value_socket, _sock(mix.inputs, f"B_{kind}"))
+    return _sock(mix.outputs, f"Result_{kind}")
+
+
 def _tile_mask(nt: bpy.types.NodeTree, uv_socket, tiles: list[int], x: float, y: float):
     """A float socket that is 1 on the UV tiles in `tiles` and 0 elsewhere (u only: v0 tiles are a row)."""
     nodes, links = nt.nodes, nt.links
@@ -284,18 +301,8 @@ def _skin_material(name: str, bundle: Bundle, stem: str, created: _Created, pack
         level.inputs["To Max"].default_value = 1.0
         level.location = (200, 150)
         links.new(stex.outputs["Color"], level.inputs["Value"])
-        spec_out = level.outputs["Result"]
-        missing = [t for t in skin_tiles if t not in spec_tiles]
-        if missing:
-            mask = _tile_mask(nt, uvn.outputs["UV"], list(spec_tiles), -700, -300)
-            mix = nodes.new("ShaderNodeMix")
-            mix.data_type = "FLOAT"
-            mix.name = mix.label = "Specular on mapped tiles"
-            mix.location = (400, 150)
-            links.new(mask, _sock(mix.inputs, "Factor_Float"))
-            _sock(mix.inputs, "A_Float").default_value = 0.5
-            links.new(spec_out, _sock(mix.inputs, "B_Float"))
-            spec_out = _sock(mix.outputs, "Result_Float")
+        spec_out = _on_mapped_tiles(nt, uvn.outputs["UV"], level.outputs["Result"], spec_tiles, skin_tiles,
+                                    "Specular", "FLOAT", 0.5, (400, 150))
         links.new(spec_out, bsdf.inputs["Specular IOR Level"])
 
     norm_tiles = bundle.tiles("normal")
@@ -307,18 +314,8 @@ def _skin_material(name: str, bundle: Bundle, stem: str, created: _Created, pack
         ntex.image = nimg
         ntex.location = (-100, -200)
         links.new(uvn.outputs["UV"], ntex.inputs["Vector"])
-        col = ntex.outputs["Color"]
-        missing = [t for t in skin_tiles if t not in norm_tiles]
-        if missing:
-            mask = _tile_mask(nt, uvn.outputs["UV"], list(norm_tiles), -700, -600)
-            mix = nodes.new("ShaderNodeMix")
-            mix.data_type = "RGBA"
-            mix.name = mix.label = "Normal on mapped tiles"
-            mix.location = (200, -200)
-            links.new(mask, _sock(mix.inputs, "Factor_Float"))
-            _sock(mix.inputs, "A_Color").default_value = (0.5, 0.5, 1.0, 1.0)  # flat tangent-space normal
-            links.new(col, _sock(mix.inputs, "B_Color"))
-            col = _sock(mix.outputs, "Result_Color")
+        col = _on_mapped_tiles(nt, uvn.outputs["UV"], ntex.outputs["Color"], norm_tiles, skin_tiles,
+                               "Normal", "RGBA", (0.5, 0.5, 1.0, 1.0), (200, -200))  # flat tangent-space normal
         nmap = nodes.new("ShaderNodeNormalMap")
         nmap.space = "TANGENT"
         nmap.uv_map = UV_NAME

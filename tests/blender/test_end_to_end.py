@@ -289,3 +289,23 @@ def test_photo_from_a_packed_blender_image(empty_scene, settings, photos):
     assert Path(g.photo).parent == Path(settings.results_dir) / "_photos"  # packed bytes written out
     assert Path(g.photo).read_bytes() == photos[3].read_bytes()
     assert bpy.context.scene.world.get("likeness_preset") == "NEUTRAL"
+
+
+def test_maps_missing_a_tile_fall_back_to_neutral_there(empty_scene, likeness, real_bundle, tmp_path):
+    from likeness.operators import importer
+    full = importer.import_bundle(real_bundle, name="full")
+    assert not [n for n in full.data.materials[0].node_tree.nodes if n.name.endswith("on mapped tiles")]
+
+    b = tmp_path / "bundle"
+    shutil.copytree(real_bundle, b)
+    res = json.loads((b / "result.json").read_text())
+    for role in ("specular", "normal"):
+        (b / f"{role}.1002.png").unlink()
+    res["files"] = [f for f in res["files"] if not (f["role"] in ("specular", "normal") and f.get("tile") == 1002)]
+    (b / "result.json").write_text(json.dumps(res))
+    obj = importer.import_bundle(b, name="partial")
+    nodes = obj.data.materials[0].node_tree.nodes
+    spec, norm = nodes["Specular on mapped tiles"], nodes["Normal on mapped tiles"]
+    assert any(o.links and o.links[0].to_node.type == "BSDF_PRINCIPLED" for o in spec.outputs)
+    assert any(o.links and o.links[0].to_node.type == "NORMAL_MAP" for o in norm.outputs)
+    assert all(i.is_linked for i in (spec.inputs[0], norm.inputs[0]))  # the tile mask drives the factor
