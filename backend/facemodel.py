@@ -139,15 +139,13 @@ class FaceModel:
     def num_expression(self) -> int:
         return self.expression.shape[0]
 
-    def vertices(self, identity: torch.Tensor | None = None, expression: torch.Tensor | None = None,
-                 vertex_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Mesh vertices (V, 3), or only `vertex_ids` of them (cheap: used inside fitting loops)."""
-        sel = slice(None) if vertex_ids is None else vertex_ids
-        out = self.neutral[sel]
+    def vertices(self, identity: torch.Tensor | None = None, expression: torch.Tensor | None = None) -> torch.Tensor:
+        """Mesh vertices (V, 3) for the given coefficients (None: all zero)."""
+        out = self.neutral
         if identity is not None:
-            out = out + torch.einsum("k,kvc->vc", identity, self.identity[:, sel])
+            out = out + torch.einsum("k,kvc->vc", identity, self.identity)
         if expression is not None:
-            out = out + torch.einsum("k,kvc->vc", expression, self.expression[:, sel])
+            out = out + torch.einsum("k,kvc->vc", expression, self.expression)
         return out
 
     def surface_basis(self, vertex_ids: np.ndarray, bary: np.ndarray) -> "SurfaceBasis":

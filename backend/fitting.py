@@ -43,9 +43,6 @@ class Correspondence:
         return cls(d["vertex_ids"].astype(np.int64), d["bary"].astype(np.float32),
                    d["weight"].astype(np.float32), d["contour"].astype(bool))
 
-    def subset(self, index) -> "Correspondence":
-        return Correspondence(self.vertex_ids[index], self.bary[index], self.weight[index], self.contour[index])
-
 
 @dataclass
 class FitSettings:
