@@ -188,6 +188,18 @@ def _sock(sockets, identifier: str):
     raise KeyError(identifier)
 
 
+def _udim_texture(nt: bpy.types.NodeTree, uv_socket, bundle, role: str, default_colorspace: str, tiles,
+                  stem: str, created: _Created, pack: bool, location):
+    """An image node on the UV map showing the bundle's `role` maps as one tiled (UDIM) image."""
+    node = nt.nodes.new("ShaderNodeTexImage")
+    node.name = node.label = f"{role.capitalize()} (UDIM)"
+    node.image = _load_image(tiles[1001], f"{stem} {role}", bundle.colorspace(role, default_colorspace),
+                             True, created, pack)
+    node.location = location
+    nt.links.new(uv_socket, node.inputs["Vector"])
+    return node
+
+
 def _on_mapped_tiles(nt: bpy.types.NodeTree, uv_socket, value_socket, tiles, all_tiles, label: str,
                      data_type: str, neutral, location):
     """`value_socket` on the UV tiles the map has, `neutral` on the other tiles of `all_tiles`."""
@@ -267,13 +279,8 @@ def _skin_material(name: str, bundle: Bundle, stem: str, created: _Created, pack
     diffuse_tiles = bundle.tiles("diffuse")
     if 1001 not in diffuse_tiles:
         raise WorkerError("BUNDLE_INVALID", "the bundle has no diffuse.1001.png")
-    diff = _load_image(diffuse_tiles[1001], f"{stem} diffuse", bundle.colorspace("diffuse", "sRGB"),
-                       True, created, pack)
-    tex = nodes.new("ShaderNodeTexImage")
-    tex.name = tex.label = "Diffuse (UDIM)"
-    tex.image = diff
-    tex.location = (-100, 450)
-    links.new(uvn.outputs["UV"], tex.inputs["Vector"])
+    tex = _udim_texture(nt, uvn.outputs["UV"], bundle, "diffuse", "sRGB", diffuse_tiles, stem, created, pack,
+                        (-100, 450))
     links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
 
     bsdf.inputs["Roughness"].default_value = 0.5
@@ -287,13 +294,8 @@ def _skin_material(name: str, bundle: Bundle, stem: str, created: _Created, pack
     # samples a missing tile, which it would show as magenta).
     spec_tiles = bundle.tiles("specular")
     if 1001 in spec_tiles:
-        spec = _load_image(spec_tiles[1001], f"{stem} specular",
-                           bundle.colorspace("specular", "Non-Color"), True, created, pack)
-        stex = nodes.new("ShaderNodeTexImage")
-        stex.name = stex.label = "Specular (UDIM)"
-        stex.image = spec
-        stex.location = (-100, 150)
-        links.new(uvn.outputs["UV"], stex.inputs["Vector"])
+        stex = _udim_texture(nt, uvn.outputs["UV"], bundle, "specular", "Non-Color", spec_tiles, stem, created,
+                             pack, (-100, 150))
         # specular map (grey, 0..1) -> Specular IOR Level (0.5 = the default F0 for the IOR)
         level = nodes.new("ShaderNodeMapRange")
         level.name = level.label = "Specular -> IOR Level"
@@ -307,13 +309,8 @@ def _skin_material(name: str, bundle: Bundle, stem: str, created: _Created, pack
 
     norm_tiles = bundle.tiles("normal")
     if 1001 in norm_tiles:
-        nimg = _load_image(norm_tiles[1001], f"{stem} normal",
-                           bundle.colorspace("normal", "Non-Color"), True, created, pack)
-        ntex = nodes.new("ShaderNodeTexImage")
-        ntex.name = ntex.label = "Normal (UDIM)"
-        ntex.image = nimg
-        ntex.location = (-100, -200)
-        links.new(uvn.outputs["UV"], ntex.inputs["Vector"])
+        ntex = _udim_texture(nt, uvn.outputs["UV"], bundle, "normal", "Non-Color", norm_tiles, stem, created,
+                             pack, (-100, -200))
         col = _on_mapped_tiles(nt, uvn.outputs["UV"], ntex.outputs["Color"], norm_tiles, skin_tiles,
                                "Normal", "RGBA", (0.5, 0.5, 1.0, 1.0), (200, -200))  # flat tangent-space normal
         nmap = nodes.new("ShaderNodeNormalMap")
