@@ -10,7 +10,6 @@ fraction of a second on a CPU. No randomness: the same input gives the same fit.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from .camera import Intrinsics, axis_angle_to_matrix, project, to_camera
 from .facemodel import FaceModel
 from .paths import WEIGHTS_DIR
+from .threads import torch_threads
 
 CORRESPONDENCE_PATH = WEIGHTS_DIR / "mediapipe_to_ict.npz"
 # MediaPipe's outer eye corners (image-left eye 33, image-right eye 263): the inter-ocular distance.
@@ -73,17 +73,6 @@ class FitResult:
     error_iod: float            # error_px / inter-ocular distance
     landmarks_used: int
     losses: list = field(default_factory=list)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """The fitting loop is thousands of tiny ops: one thread avoids OpenMP hand-off costs (3-8x faster here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def wing_loss(r: torch.Tensor, w: float, eps: float) -> torch.Tensor:
@@ -213,6 +202,7 @@ def fit_landmarks(model: FaceModel, corr: Correspondence, points: np.ndarray, in
         ([{"params": [aa], "lr": 0.005}, {"params": [t], "lr": 0.25}, {"params": [alpha], "lr": 0.05},
           {"params": [beta], "lr": 0.02}], settings.full_steps),
     ]
+    # The loop is thousands of tiny ops: one CPU thread avoids OpenMP hand-off costs (3-8x faster here).
     with torch_threads(1 if dev.type == "cpu" else torch.get_num_threads()):
         losses = _optimise(stages, loss_fn, beta, cancel_check, progress)
 

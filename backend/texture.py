@@ -27,9 +27,7 @@ Method:
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -42,6 +40,7 @@ from scipy.spatial import cKDTree
 from . import camera
 from .facemodel import NARROW_FACE_LAST_VERTEX, PART_NAMES, VERTEX_RANGES, FaceModel
 from .raster import rasterize, uv_screen
+from .threads import idle_cpu_threads, torch_threads
 
 TILES = (1001, 1002)
 # Specular placeholder. Skin's specular reflectance at normal incidence is about F0 = 0.028 (IOR ~1.4);
@@ -535,26 +534,6 @@ def _to_torch_image(photo: np.ndarray, dev: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.array(photo, dtype=np.uint8, copy=True)).to(dev).permute(2, 0, 1).float() / 255.0
 
 
-@contextlib.contextmanager
-def _cpu_threads(dev: torch.device):
-    """Torch CPU threads for this stage: no more than the cores that are idle (plus this one).
-
-    The stage is a few hundred vectorised ops of ~1-10 ms; when other processes keep the cores busy,
-    every OpenMP region waits for its threads to be scheduled, and 2 threads on 2 busy cores run
-    2-5x slower than 1 (measured). Idle cores are used as usual.
-    """
-    before = torch.get_num_threads()
-    n = before
-    if dev.type == "cpu" and hasattr(os, "getloadavg"):
-        idle = (os.cpu_count() or 1) - os.getloadavg()[0] + 1.0
-        n = int(max(1, min(before, math.floor(idle + 0.5))))
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def project_texture(photo_rgb: np.ndarray, model: FaceModel, vertices: torch.Tensor, rotation: torch.Tensor,
                     translation: torch.Tensor, intrinsics: camera.Intrinsics, size: int = 1024,
                     cancel_check: Callable[[], None] | None = None, *, _debug: dict | None = None) -> TextureMaps:
@@ -576,7 +555,8 @@ def project_texture(photo_rgb: np.ndarray, model: FaceModel, vertices: torch.Ten
             img = _texel_image(lay, values, S)
             _debug[f"{name}.{lay.tile}"] = (img.permute(1, 2, 0) if img.dim() == 3 else img).cpu().numpy()
 
-    with torch.no_grad(), _cpu_threads(dev):
+    # Vectorised ops of ~1-10 ms: on busy cores, fewer threads are faster (threads.idle_cpu_threads).
+    with torch.no_grad(), torch_threads(idle_cpu_threads() if dev.type == "cpu" else torch.get_num_threads()):
         verts = vertices.detach().float()
         cam_v = camera.to_camera(verts, rotation.detach().float().to(dev), translation.detach().float().to(dev))
         layouts, seams = _uv_layout(model, S, str(dev), check)
