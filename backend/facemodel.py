@@ -6,7 +6,7 @@ OBJ, so the bundle keeps ICT's quads and UDIM layout.
 """
 from __future__ import annotations
 
-import functools
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from .cache import BoundedCache
 from .paths import find_ict_dir
 
 # Inclusive vertex ranges of the asset README, in vertex order.
@@ -104,10 +105,35 @@ def parse_obj_topology(obj_path: Path, num_vertices: int) -> Topology:
                     fvi[triangle_corners].astype(np.int64), triangle_corners, triangle_polygon)
 
 
-def mirror_map(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each point the index of the point nearest its mirror image across x = 0, and that distance."""
-    dist, idx = cKDTree(points).query(points * np.array([-1.0, 1.0, 1.0], dtype=points.dtype))
-    return idx.astype(np.int64), dist.astype(np.float32)
+def vertex_parts(num_vertices: int) -> np.ndarray:
+    """(V,) int8 index into PART_NAMES of every vertex (from VERTEX_RANGES)."""
+    out = np.zeros(num_vertices, dtype=np.int8)
+    for name, (lo, hi) in VERTEX_RANGES.items():
+        out[lo:hi + 1] = PART_NAMES.index(_RANGE_TO_PART[name])
+    return out
+
+
+def mirror_map(points: np.ndarray, groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """For each point the index of the point nearest its mirror image across x = 0, and that distance;
+    with `groups` (one label per point), searched only among points of the same label (skin mirrors
+    onto skin, never onto a lash or an eye shell lying close to it)."""
+    mirrored = points * np.array([-1.0, 1.0, 1.0], dtype=points.dtype)
+    labels = np.zeros(len(points), np.int64) if groups is None else np.asarray(groups)
+    idx = np.empty(len(points), np.int64)
+    dist = np.empty(len(points), np.float32)
+    for g in np.unique(labels):
+        members = np.flatnonzero(labels == g)
+        d, i = cKDTree(points[members]).query(mirrored[members])
+        idx[members], dist[members] = members[i], d
+    return idx, dist
+
+
+def model_hash(ict_dir: Path) -> str:
+    """sha256 over the asset files the model is built from: names a model (and its cache) exactly."""
+    h = hashlib.sha256()
+    for name in ("shape_modes.npz", "generic_neutral_mesh.obj", "vertex_indices.json"):
+        h.update(name.encode() + b"\0" + hashlib.sha256((Path(ict_dir) / name).read_bytes()).digest())
+    return h.hexdigest()
 
 
 class FaceModel:
@@ -129,7 +155,9 @@ class FaceModel:
         self.expression = torch.from_numpy(data["expression"][exp_rows]).to(self.device)     # (53, V, 3)
         self.landmarks68 = np.asarray(indices["idx_to_landmark_verts"], dtype=np.int64)
         self.topology = parse_obj_topology(self.ict_dir / "generic_neutral_mesh.obj", self.num_vertices)
-        self.vertex_symmetry, self.symmetry_error_cm = mirror_map(neutral)
+        self.vertex_part = vertex_parts(self.num_vertices)
+        self.vertex_symmetry, self.symmetry_error_cm = mirror_map(neutral, self.vertex_part)
+        self.hash = model_hash(self.ict_dir)
 
     @property
     def num_identity(self) -> int:
@@ -170,11 +198,11 @@ class SurfaceBasis:
         return self.mean + (alpha @ self.identity + beta @ self.expression).reshape(-1, 3)
 
 
-@functools.lru_cache(maxsize=2)
-def _cached(ict_dir: str, device: str) -> FaceModel:
-    return FaceModel(Path(ict_dir), device)
+# A model on one device is about 55 MB (identity and expression modes): CPU and CUDA copies fit.
+_MODELS = BoundedCache(600 << 20)
 
 
 def load_face_model(ict_dir: str | Path | None = None, device: str = "cpu") -> FaceModel:
     """The model, loaded once per process for each (folder, device)."""
-    return _cached(str(find_ict_dir(ict_dir)), str(torch.device(device)))
+    folder, dev = str(find_ict_dir(ict_dir)), str(torch.device(device))
+    return _MODELS.get((folder, dev), lambda: FaceModel(Path(folder), dev))

@@ -46,7 +46,7 @@ class Raster:
     triangle: torch.Tensor   # (H, W) long, index of the visible triangle, -1 where empty
     bary: torch.Tensor       # (H, W, 3) float32, perspective-correct barycentrics of that triangle (0 where empty)
     depth: torch.Tensor      # (H, W) float32 depth (inf where empty)
-    triangles: torch.Tensor  # (T, 3) long, the index triangles that were drawn (for `interpolate`)
+    triangles: torch.Tensor  # (T, 3) long, the index triangles that were drawn (for render.fragments)
 
     @property
     def mask(self) -> torch.Tensor:
@@ -209,21 +209,6 @@ def _draw_spans(tri_key, length, pix0, v_first, dv, tid):
     val = v_first.index_select(0, sid) + dv.index_select(0, sid) * off
     key = (_sortable_bits(val) << _ID_BITS) | tid.index_select(0, sid)
     tri_key.scatter_reduce_(0, pix0.index_select(0, sid) + off, key, reduce="amin", include_self=True)
-
-
-def interpolate(raster: Raster, attributes: torch.Tensor) -> torch.Tensor:
-    """Per-vertex (V, C) or per-corner (T, 3, C) attributes at every pixel -> (H, W, C), 0 where empty."""
-    mask = raster.mask
-    t = raster.triangle[mask]
-    b = raster.bary[mask].to(attributes.dtype)
-    if attributes.dim() == 3:
-        vals = attributes[t]                         # (N, 3, C)
-    else:
-        vals = attributes[raster.triangles[t]]       # (N, 3, C)
-    out = torch.zeros((raster.height, raster.width, attributes.shape[-1]), dtype=attributes.dtype,
-                      device=attributes.device)
-    out[mask] = (vals * b[..., None]).sum(1)
-    return out
 
 
 def uv_screen(corner_uvs: torch.Tensor, tile: int, size: int) -> torch.Tensor:

@@ -1,29 +1,36 @@
-"""Photo -> UV textures of the fitted head (v0: projected from the photo).
+"""Texture strategy "projection": the photo projected onto the fitted head's UV tiles, in linear light.
 
-Stage interface: `project_texture(...) -> TextureMaps`. A later version (de-lighting, a generator for
-the unseen parts) replaces the body of this module and keeps that signature and dataclass.
+Stage interface (every texture strategy, see STRATEGIES): `(obs, fit, model, size, hooks) -> TextureResult`
+with float maps per UDIM tile (scene.TextureResult). Later strategies (de-lighting, a generator for the
+unseen parts) return the same type.
 
 Method:
 1. UV-rasterize the skin triangles of tiles 1001 (face) and 1002 (head, neck, eye sockets; the mouth
    socket in its corner gets a flat dark-red mouth colour). This depends only on the topology and is
-   cached per (model, size, device). Every texel gets a triangle and barycentrics -> a point and a
-   normal on the fitted mesh.
-2. Rasterize the whole head (skin, eyes, teeth, mouth; culling back faces) in the photo view at most
-   1024 px on the longest side: a z-buffer, and the distances to the silhouette and to occlusion edges.
-3. Direct view: project each texel into the photo and sample it (bilinear; area-filtered first when a
-   texel spans several photo pixels). Its weight = visible (percentage-closer z-buffer test) * viewing
-   angle (smoothstep of the cosine between normal and view ray) * fade near the silhouette (all texels)
-   and near occlusion edges (only texels behind the occluder) * inside the photo * a skin check where
-   something else often covers the skin (scalp, neck, ears, hairline, eyelid rims, under the chin, and
-   near the silhouette): chromaticity and brightness against the well-seen inner face, so hair,
-   clothes, background and eyeballs stay out. That weight is the visibility map.
+   cached per (model, size, device) in a cache bounded in bytes. Every texel gets a triangle and
+   barycentrics -> a point and a normal on the fitted mesh.
+2. The photo view (render.photo_view): a z-buffer of the whole head (skin, eyes, teeth, mouth; back
+   faces culled) at most 1024 px on the longest side, and the distances to its silhouette and
+   occlusion edges.
+3. Direct view: project each texel into the photo and sample it (bilinear, in linear light; area-
+   filtered first, in linear light, when a texel spans several photo pixels). Its weight = visible
+   (percentage-closer z-buffer test) * viewing angle * fade near the silhouette (all texels) and near
+   occlusion edges (only texels behind the occluder) * inside the photo (render.view_factors) * a skin
+   check where something else often covers the skin (scalp, neck, ears, hairline, eyelid rims, under the
+   chin, and near the silhouette): chromaticity and brightness against the well-seen inner face, so
+   hair, clothes, background and eyeballs stay out. That weight is the visibility map.
 4. Mirror: a texel on triangle t with barycentrics b has a mirror point with the same b on the mirrored
-   vertices (FaceModel.vertex_symmetry); its UV comes from the corners of the polygon holding them.
-   Weakly seen texels take the mirror's direct colour as far as that was seen; well seen texels keep
-   their own (the face is not symmetrised).
+   vertices (FaceModel.vertex_symmetry, within the same part); its UV comes from the corners of the
+   polygon holding them. Weakly seen texels take the mirror's direct colour as far as that was seen;
+   well seen texels keep their own (the face is not symmetrised).
 5. Fill: push-pull (a weighted pyramid) from the confidently seen texels fills everything else, tending
    to the median skin colour far from any data, and blends into the seen colour by weight. Tile 1002
    is done after 1001 and takes 1001's colours along their shared UV seams, so there is no step there.
+
+Every colour operation runs on linear values; only the skin check looks at sRGB-encoded colours (its
+thresholds are perceptual). The output is the same byte for byte whatever the thread count: no op
+whose result depends on how work is split between threads (F.interpolate does; push-pull upsamples
+with its own exact 2x filter).
 """
 from __future__ import annotations
 
@@ -37,23 +44,24 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial import cKDTree
 
-from . import camera
+from . import render
+from .cache import BoundedCache
+from .colour import SRGB8_TO_LINEAR, linear_to_srgb, srgb_to_linear
 from .facemodel import NARROW_FACE_LAST_VERTEX, PART_NAMES, VERTEX_RANGES, FaceModel
 from .raster import rasterize, uv_screen
+from .scene import Hooks, Observation, SceneFit, TextureResult
 from .threads import idle_cpu_threads, torch_threads
 
 TILES = (1001, 1002)
-# Specular placeholder. Skin's specular reflectance at normal incidence is about F0 = 0.028 (IOR ~1.4);
-# on Blender's classic specular scale (0.5 = F0 0.04, i.e. F0 = 0.08 * specular) that is 0.35 -> 89/255.
-SKIN_SPECULAR = 89
-FLAT_NORMAL = (128, 128, 255)  # tangent space +Z: no perturbation
+# The skin material's convention (docs/bundle.md, "Material"): the specular map holds Principled BSDF's
+# "Specular IOR Level" at IOR 1.4, skin's refractive index; level 0.5 gives that IOR's own reflectance,
+# F0 = ((1.4 - 1) / (1.4 + 1))^2 = 0.028, the value measured for skin (Weyrich et al. 2006 report
+# per-region F0 around it). F0 = 2 * level * 0.0278.
+SKIN_IOR = 1.4
+SKIN_SPECULAR_LEVEL = 0.5
+FLAT_NORMAL = (0.0, 0.0, 1.0)  # tangent space +Z: no perturbation
 
 PHOTO_VIEW_MAX_SIDE = 1024     # px, longest side of the photo-view z-buffer
-DEPTH_TOLERANCE_CM = 0.5       # a texel is visible if it is at most this far behind the z-buffer
-EDGE_JUMP_CM = 1.0             # a depth step larger than this between neighbour pixels is an occlusion edge
-EDGE_FADE = 0.02               # fade width near silhouettes / occlusion edges, as a fraction of the head's size
-GRAZING_COS = (0.15, 0.55)     # viewing-angle weight: 0 below the first cosine, 1 above the second
-BORDER_FADE_PX = 4.0           # fade towards the photo's border (photo px)
 BLEND_WEIGHT = (0.05, 0.5)     # (direct + mirror) weight: below, the fill only; above, the texel's own colour
 FILL_TRUST = (0.25, 0.5)       # (direct + mirror) weight from which a texel feeds the fill of the holes
 # Skin likelihood, checked on the scalp, neck, ears, forehead top (see _outer_field) and near the silhouette,
@@ -63,23 +71,15 @@ SKIN_CHROMA_SPREAD = (0.008, 0.02)  # chromaticity spread of the reference skin 
 SKIN_CHROMA_TOL = (1.5, 3.5)   # chromaticity distance (in spreads): weight 1 below, 0 above
 SKIN_DARKER_TOL = (0.5, 1.0)   # log(skin brightness / brightness): shadows keep weight, dark hair loses it
 SKIN_BRIGHTER_TOL = (0.3, 0.6)  # log(brightness / skin brightness): white clothes and walls lose it
-SKIN_CHECK_NEAR_EDGE = 4.0     # ... and within this many fade widths of the silhouette (where the fit may be off)
 FOREHEAD_MARGIN_CM = (1.0, 2.5)  # skin check ramps in from this far above the brows (neutral head)
 CHIN_MARGIN_CM = (0.3, 1.2)    # ... from this far below the chin (neutral head)
 EYELID_CHECK_CM = (0.25, 0.5)  # ... and out from the eyelid rims over this distance
-DEFAULT_SKIN = (0.75, 0.6, 0.52)
+DEFAULT_SKIN_SRGB = (0.75, 0.6, 0.52)
 FILL_PRIOR_WEIGHT = 1e-4       # the median skin colour, everywhere: the fill far (> ~100 texels) from data
-MOUTH_TINT = (0.45, 0.22, 0.22)  # mouth socket colour = median skin colour * this (dark red)
+MOUTH_TINT_SRGB = (0.45, 0.22, 0.22)  # mouth socket colour = median skin colour * this, on sRGB values (dark red)
+LAYOUT_CACHE_BYTES = 512 << 20  # UV layouts kept per process (a 1024 layout is about 60 MB)
 
 _OCCLUDER_PARTS = ("skin", "eyes", "teeth", "mouth")  # not lashes or the thin transparent eye shells
-
-
-@dataclass
-class TextureMaps:
-    diffuse: dict[int, np.ndarray]     # tile -> (S, S, 3) uint8 sRGB, tiles 1001 and 1002
-    visibility: dict[int, np.ndarray]  # tile -> (S, S) uint8 0..255, weight of the direct view (before mirror fill)
-    specular: dict[int, np.ndarray]    # tile -> (S, S) uint8 flat placeholder (SKIN_SPECULAR)
-    normal: dict[int, np.ndarray]      # tile -> (S, S, 3) uint8 flat (128, 128, 255)
 
 
 @dataclass
@@ -93,18 +93,6 @@ class _TileLayout:
     mouth: torch.Tensor          # (N,) bool: mouth socket texels (flat mouth colour where not seen)
     right: torch.Tensor          # (N,) long position of the texel's right neighbour in this list, -1 if none
     mirror: dict[int, tuple[torch.Tensor, torch.Tensor]]  # tile -> (positions (M,), grid (M, 2) there)
-
-
-def _smoothstep(e0: float, e1: float, x: torch.Tensor) -> torch.Tensor:
-    t = ((x - e0) / (e1 - e0)).clamp(0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
-
-
-def _vertex_normals(vertices: torch.Tensor, triangles: torch.Tensor) -> torch.Tensor:
-    v = vertices[triangles]
-    fn = torch.linalg.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])  # area weighted
-    n = torch.zeros_like(vertices).index_add_(0, triangles.reshape(-1), fn.repeat_interleave(3, dim=0))
-    return F.normalize(n, dim=1, eps=1e-12)
 
 
 def _mirror_corners(model: FaceModel, tri_ids: np.ndarray) -> np.ndarray:
@@ -244,20 +232,15 @@ def _seam_samples(model: FaceModel, drawn: np.ndarray, tile: int, source: int, s
     return y * size + x, p_src
 
 
-_LAYOUTS: dict = {}
+_LAYOUTS = BoundedCache(LAYOUT_CACHE_BYTES)
 
 
 def _uv_layout(model: FaceModel, size: int, device: str,
                check: Callable[[], None] = lambda: None) -> tuple[tuple[_TileLayout, ...], _Seams]:
     """Per tile: the covered texels, their triangles, barycentrics and mirror UVs; and the seam texels of
-    tile 1002 with their places in tile 1001. Depends on the topology only, so it is cached per process.
-    The first computation for a size takes seconds: `check` lets a cancel stop it part-way."""
-    key = (id(model), size, device)
-    if key not in _LAYOUTS:
-        if len(_LAYOUTS) >= 4:
-            _LAYOUTS.pop(next(iter(_LAYOUTS)))
-        _LAYOUTS[key] = _compute_uv_layout(model, size, device, check)
-    return _LAYOUTS[key]
+    tile 1002 with their places in tile 1001. Depends on the topology only, so it is cached per process
+    (bounded in bytes). The first computation for a size takes seconds: `check` lets a cancel stop it."""
+    return _LAYOUTS.get((model.hash, size, device), lambda: _compute_uv_layout(model, size, device, check))
 
 
 def _compute_uv_layout(model: FaceModel, size: int, device: str,
@@ -290,7 +273,7 @@ def _compute_uv_layout(model: FaceModel, size: int, device: str,
         tri = ids_t.index_select(0, local)
         bary = r.bary.reshape(-1, 3).index_select(0, texel).T.contiguous()        # (3, N)
         vertex = tris_all.index_select(0, tri).T.contiguous()                    # (3, N)
-        outer = (outer_v.index_select(0, vertex.reshape(-1)).view(3, -1) * bary).sum(0)
+        outer = render.sum_rows(outer_v.index_select(0, vertex.reshape(-1)).view(3, -1) * bary)
         mouth = mouth_t.index_select(0, tri)
         pos = torch.full((size * size,), -1, dtype=torch.long, device=dev)
         pos[texel] = torch.arange(len(texel), device=dev)
@@ -318,127 +301,9 @@ def _compute_uv_layout(model: FaceModel, size: int, device: str,
     return tuple(layouts), seams
 
 
-@dataclass
-class _PhotoView:
-    scale: float              # z-buffer pixels per photo pixel
-    depth: torch.Tensor       # (h, w) z-buffer (inf where empty)
-    sil_fade: torch.Tensor    # (h, w) 0 at the silhouette, rising to 1 at fade_px inside
-    sil_near: torch.Tensor    # (h, w) 1 near the silhouette (within a few fade_px), 0 well inside
-    occ_dist: torch.Tensor    # (h, w) distance (px) to the nearest occluding edge pixel
-    occ_depth: torch.Tensor   # (h, w) depth of that occluding edge pixel
-    fade_px: float
-
-
-def _photo_view(model: FaceModel, cam_vertices: torch.Tensor, k: camera.Intrinsics) -> _PhotoView:
-    """Z-buffer of the head in the photo view (capped resolution) and the distances to its edges.
-
-    Silhouette edges (covered next to empty) fade every texel near them: the fitted outline never
-    matches the photo exactly, and beyond it lies background. Occlusion edges (a depth step between
-    neighbours) only fade texels *behind* the occluder near its outline (the cheek next to the nose),
-    not the occluder itself (the lips next to the mouth opening).
-    """
-    topo = model.topology
-    s = min(1.0, PHOTO_VIEW_MAX_SIDE / max(k.width, k.height))
-    ks = k.scaled(s)
-    parts = [PART_NAMES.index(p) for p in _OCCLUDER_PARTS]
-    occ = np.isin(topo.polygon_part[topo.triangle_polygon], parts)
-    tris = torch.from_numpy(topo.triangles[occ]).to(cam_vertices.device)
-    r = rasterize(camera.project(cam_vertices, ks), tris, ks.height, ks.width, cull_backfaces=True)
-    depth = r.depth.cpu().numpy()
-    covered = np.isfinite(depth)
-    sil = np.zeros_like(covered)
-    near = np.zeros_like(covered)
-    d = np.where(covered, depth, np.inf)
-    for axis in (0, 1):
-        a = [slice(None), slice(None)]
-        b = [slice(None), slice(None)]
-        a[axis], b[axis] = slice(1, None), slice(None, -1)
-        a, b = tuple(a), tuple(b)
-        diff_cov = covered[a] != covered[b]
-        sil[a] |= diff_cov & covered[a]
-        sil[b] |= diff_cov & covered[b]
-        with np.errstate(invalid="ignore"):
-            near[a] |= covered[b] & (d[b] - d[a] > EDGE_JUMP_CM)   # a is the occluder
-            near[b] |= covered[a] & (d[a] - d[b] > EDGE_JUMP_CM)
-    fade_px = max(1.5, EDGE_FADE * math.sqrt(max(int(covered.sum()), 1)))
-    sil_dist = cv2.distanceTransform((~sil).astype(np.uint8), cv2.DIST_L2, 5)
-    sil_fade = np.clip((sil_dist - 0.5) / fade_px, 0.0, 1.0)
-    if near.any():
-        occ_dist, labels = cv2.distanceTransformWithLabels((~near).astype(np.uint8), cv2.DIST_L2, 5,
-                                                           labelType=cv2.DIST_LABEL_PIXEL)
-        occ_depth = depth.ravel()[np.flatnonzero(near.ravel())][labels - 1]
-    else:
-        occ_dist = np.full(depth.shape, np.inf, dtype=np.float32)
-        occ_depth = np.full(depth.shape, np.inf, dtype=np.float32)
-    dev = cam_vertices.device
-    t = lambda x: torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)  # noqa: E731
-    near_sil = 1.0 - np.clip((sil_dist - fade_px) / ((SKIN_CHECK_NEAR_EDGE - 1.0) * fade_px), 0.0, 1.0)
-    return _PhotoView(s, r.depth, t(sil_fade * sil_fade * (3 - 2 * sil_fade)), t(near_sil), t(occ_dist),
-                      t(occ_depth), fade_px)
-
-
-def _bilinear_taps(x: torch.Tensor, y: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The 4 pixels around (x, y) in pixel coordinates (centres at +0.5): flat indices (4N,), weights (4, N)."""
-    fx, fy = x - 0.5, y - 0.5
-    x0, y0 = torch.floor(fx), torch.floor(fy)
-    ax, ay = fx - x0, fy - y0
-    x0, y0 = x0.long(), y0.long()
-    idx, wts = [], []
-    for dy, wy in ((0, 1.0 - ay), (1, ay)):
-        for dx, wx in ((0, 1.0 - ax), (1, ax)):
-            idx.append((y0 + dy).clamp(0, h - 1) * w + (x0 + dx).clamp(0, w - 1))
-            wts.append(wx * wy)
-    return torch.cat(idx), torch.stack(wts)
-
-
-def _taps(img: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Values of an (h, w) map at the flat tap indices of _bilinear_taps -> (4, N)."""
-    return img.reshape(-1).index_select(0, idx).view(4, -1)
-
-
-def _sample(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """Bilinear sample of a (C, H, W) image at (N, 2) grid coordinates in [-1, 1] -> (C, N)."""
-    out = F.grid_sample(image[None], grid[None, None], mode="bilinear", padding_mode="border", align_corners=False)
-    return out[0, :, 0]
-
-
-def _interp(attr_t: torch.Tensor, lay: _TileLayout) -> torch.Tensor:
-    """Component-major per-vertex attributes (C, V) at the texels -> (C, N)."""
-    out = None
-    for k in range(3):
-        term = attr_t.index_select(1, lay.vertex[k]) * lay.bary[k]
-        out = term if out is None else out + term
-    return out
-
-
-def _direct_weight(p: torch.Tensor, n: torch.Tensor, pv: _PhotoView,
-                   k: camera.Intrinsics) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Photo position (u, v, depth) (3, N) of camera-space texel points p (3, N) with normals n (3, N),
-    and the factors of how well each is seen."""
-    depth = (-p[2]).clamp_min(1e-6)  # camera.project, component-major
-    u = k.cx + k.focal_px * p[0] / depth
-    v = k.cy - k.focal_px * p[1] / depth
-    cos = -(n * p).sum(0) / p.square().sum(0).sqrt().clamp_min(1e-9)
-    angle = _smoothstep(GRAZING_COS[0], GRAZING_COS[1], cos)
-    h, w = pv.depth.shape
-    idx, wts = _bilinear_taps(u * pv.scale, v * pv.scale, h, w)
-    # Percentage-closer test: the share of the 4 nearest z-buffer pixels that do not hide the texel.
-    zb = _taps(pv.depth, idx)
-    visible = (wts * (depth <= zb + DEPTH_TOLERANCE_CM)).sum(0) * (p[2] < 0)  # inf (empty) never hides
-    sil_fade = (wts * _taps(pv.sil_fade, idx)).sum(0)
-    behind = depth > _taps(pv.occ_depth, idx) + 0.5 * EDGE_JUMP_CM
-    occ = torch.where(behind, _smoothstep(0.5, 0.5 + pv.fade_px, _taps(pv.occ_dist, idx)), 1.0)
-    occ_fade = (wts * occ).sum(0)
-    border = torch.minimum(torch.minimum(u, k.width - u), torch.minimum(v, k.height - v))
-    border = _smoothstep(0.0, BORDER_FADE_PX, border)
-    near_edge = (wts * _taps(pv.sil_near, idx)).sum(0)
-    return torch.stack([u, v, depth]), {"angle": angle, "visible": visible, "sil_fade": sil_fade,
-                                        "occ_fade": occ_fade, "border": border, "near_edge": near_edge}
-
-
 def _chroma_lum(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(3, N) colours -> chromaticity (2, N) (r, g) / (r + g + b) and brightness (N,)."""
-    total = c.sum(0, keepdim=True).clamp_min(1e-4)
+    total = render.sum_rows(c)[None].clamp_min(1e-4)
     return c[:2] / total, total[0] / 3.0
 
 
@@ -456,12 +321,13 @@ def _skin_weight(blurred: torch.Tensor, ref: torch.Tensor, sharp: torch.Tensor) 
     med_lum = ref_lum.median().clamp_min(1e-3)
     ch, lum = _chroma_lum(blurred)
     _, lum_sharp = _chroma_lum(sharp)
-    d_ch = ((ch - med_ch) / spread).square().sum(0).sqrt()
-    log_lum = torch.log(torch.minimum(lum, lum_sharp).clamp_min(1e-3) / med_lum)
-    log_lum_hi = torch.log(torch.maximum(lum, lum_sharp).clamp_min(1e-3) / med_lum)
-    return ((1.0 - _smoothstep(SKIN_CHROMA_TOL[0], SKIN_CHROMA_TOL[1], d_ch))
-            * (1.0 - _smoothstep(SKIN_DARKER_TOL[0], SKIN_DARKER_TOL[1], -log_lum))
-            * (1.0 - _smoothstep(SKIN_BRIGHTER_TOL[0], SKIN_BRIGHTER_TOL[1], log_lum_hi)))
+    d_ch = render.sum_rows(((ch - med_ch) / spread).square()).sqrt()
+    # log in float64, rounded back: float32 log may differ in the last bit between thread counts (colour.py).
+    log_lum = torch.log((torch.minimum(lum, lum_sharp).clamp_min(1e-3) / med_lum).double()).float()
+    log_lum_hi = torch.log((torch.maximum(lum, lum_sharp).clamp_min(1e-3) / med_lum).double()).float()
+    return ((1.0 - render.smoothstep(SKIN_CHROMA_TOL[0], SKIN_CHROMA_TOL[1], d_ch))
+            * (1.0 - render.smoothstep(SKIN_DARKER_TOL[0], SKIN_DARKER_TOL[1], -log_lum))
+            * (1.0 - render.smoothstep(SKIN_BRIGHTER_TOL[0], SKIN_BRIGHTER_TOL[1], log_lum_hi)))
 
 
 def push_pull(colour: torch.Tensor, weight: torch.Tensor, prior: torch.Tensor | None = None,
@@ -495,15 +361,24 @@ def push_pull(colour: torch.Tensor, weight: torch.Tensor, prior: torch.Tensor | 
         filled = torch.full_like(p, 0.5)
     for p_l, w_l in reversed(levels):
         h, wd = p_l.shape[-2:]
-        up = F.interpolate(filled[None], scale_factor=2, mode="bilinear", align_corners=False)[0][:, :h, :wd]
+        up = upsample2x(filled)[:, :h, :wd]
         a = w_l.clamp(max=1.0)
         filled = p_l / w_l.clamp_min(1e-12) * a + (1.0 - a) * up
     return filled
 
 
-def _downscale(photo: np.ndarray, factor: float) -> np.ndarray:
-    h, w = photo.shape[:2]
-    return cv2.resize(photo, (max(1, round(w / factor)), max(1, round(h / factor))), interpolation=cv2.INTER_AREA)
+
+
+def upsample2x(image: torch.Tensor) -> torch.Tensor:
+    """(C, h, w) -> (C, 2h, 2w) bilinear (align_corners=False, edges clamped), the same numbers as
+    F.interpolate but computed with plain elementwise ops, so the result never depends on the thread count."""
+    def axis(x: torch.Tensor, dim: int) -> torch.Tensor:
+        n = x.shape[dim]
+        prev = torch.cat([x.narrow(dim, 0, 1), x.narrow(dim, 0, n - 1)], dim)
+        nxt = torch.cat([x.narrow(dim, 1, n - 1), x.narrow(dim, n - 1, 1)], dim)
+        even, odd = 0.75 * x + 0.25 * prev, 0.75 * x + 0.25 * nxt
+        return torch.stack([even, odd], dim + 1).flatten(dim, dim + 1)
+    return axis(axis(image, 1), 2)
 
 
 def _photo_px_per_texel(lay: _TileLayout, uvd: torch.Tensor, w: torch.Tensor) -> float:
@@ -518,6 +393,42 @@ def _photo_px_per_texel(lay: _TileLayout, uvd: torch.Tensor, w: torch.Tensor) ->
     return float(step.median())
 
 
+def linear_resampled(photo_rgb: np.ndarray, factor: float, box: tuple[int, int, int, int]) -> tuple[np.ndarray, float]:
+    """The crop `box` (x0, y0, x1, y1, photo px) of an 8-bit sRGB photo in linear light, area-filtered
+    down by `factor` when that is above 1.5: (h, w, 3) float32 and the scale (output px per photo px).
+    Decoded in row strips so a large photo never exists as a whole float copy."""
+    x0, y0, x1, y1 = box
+    crop = photo_rgb[y0:y1, x0:x1]
+    if factor <= 1.5:
+        return SRGB8_TO_LINEAR[crop], 1.0
+    h, w = crop.shape[:2]
+    out_w, out_h = max(1, round(w / factor)), max(1, round(h / factor))
+    step = max(1, int(math.ceil(factor)) * 64)  # strips of whole output rows (approximately)
+    rows_out = []
+    scale_y = out_h / h
+    r0 = 0
+    while r0 < h:
+        r1 = min(h, r0 + step)
+        o0, o1 = round(r0 * scale_y), round(r1 * scale_y)
+        if o1 > o0:
+            strip = SRGB8_TO_LINEAR[crop[r0:r1]]
+            rows_out.append(cv2.resize(strip, (out_w, o1 - o0), interpolation=cv2.INTER_AREA))
+        r0 = r1
+    return np.concatenate(rows_out, axis=0), out_w / w
+
+
+def _head_box(uvds: list[torch.Tensor], weights: list[torch.Tensor], width: int, height: int,
+              margin: int) -> tuple[int, int, int, int]:
+    """Photo-pixel box (x0, y0, x1, y1) around every texel that is seen at all, plus a margin."""
+    pts = [uvd[:2, w > 0] for uvd, w in zip(uvds, weights)]
+    pts = torch.cat(pts, dim=1) if pts else torch.zeros(2, 0)
+    if pts.shape[1] == 0:
+        return 0, 0, width, height
+    lo, hi = pts.amin(1), pts.amax(1)
+    return (max(0, int(lo[0]) - margin), max(0, int(lo[1]) - margin),
+            min(width, int(hi[0]) + margin + 1), min(height, int(hi[1]) + margin + 1))
+
+
 def _texel_image(lay: _TileLayout, values: torch.Tensor, S: int) -> torch.Tensor:
     """Per-texel values (C, N) or (N,) -> (C, S, S) or (S, S) image, 0 where no texel."""
     flat = values.reshape(-1, values.shape[-1]).float()
@@ -526,29 +437,37 @@ def _texel_image(lay: _TileLayout, values: torch.Tensor, S: int) -> torch.Tensor
     return img.view(values.shape[:-1] + (S, S))
 
 
-def _to_u8(x: torch.Tensor) -> np.ndarray:
-    return (x.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+def _interp(attr_t: torch.Tensor, lay: _TileLayout) -> torch.Tensor:
+    """Component-major per-vertex attributes (C, V) at the texels -> (C, N)."""
+    out = None
+    for k in range(3):
+        term = attr_t.index_select(1, lay.vertex[k]) * lay.bary[k]
+        out = term if out is None else out + term
+    return out
 
 
-def _to_torch_image(photo: np.ndarray, dev: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.array(photo, dtype=np.uint8, copy=True)).to(dev).permute(2, 0, 1).float() / 255.0
+def constant_maps(size: int, tiles=TILES) -> dict[str, dict[int, np.ndarray]]:
+    """Specular and normal maps of one value (read-only views: no memory per texel)."""
+    spec = np.broadcast_to(np.float32(SKIN_SPECULAR_LEVEL), (size, size))
+    normal = np.broadcast_to(np.asarray(FLAT_NORMAL, np.float32), (size, size, 3))
+    return {"specular": {t: spec for t in tiles}, "normal": {t: normal for t in tiles}}
 
 
-def project_texture(photo_rgb: np.ndarray, model: FaceModel, vertices: torch.Tensor, rotation: torch.Tensor,
-                    translation: torch.Tensor, intrinsics: camera.Intrinsics, size: int = 1024,
-                    cancel_check: Callable[[], None] | None = None, *, _debug: dict | None = None) -> TextureMaps:
+def project_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int = 1024,
+                    hooks: Hooks | None = None, *, _debug: dict | None = None) -> TextureResult:
     """Project the photo onto the fitted head's UV tiles 1001 and 1002 (see the module docstring).
 
-    photo_rgb: (H, W, 3) uint8, the full-resolution photo that `intrinsics` describes; vertices: (V, 3)
-    fitted mesh in model space (cm); rotation, translation: model -> camera (camera.to_camera).
-    Runs on the device of `vertices`. `cancel_check()` is called between sub-steps (it raises to cancel).
-    `_debug`, if given, receives (S, S) float images of the weight's factors per tile (for scripts/).
+    Runs on the device of `fit.vertices`. `hooks.cancel_check()` is called between sub-steps (it raises
+    to cancel), `hooks.progress(fraction)` after each. `_debug`, if given, receives (S, S) float images
+    of the weight's factors per tile (for scripts/).
     """
-    check = cancel_check or (lambda: None)
-    dev = vertices.device
+    hooks = hooks or Hooks()
+    check = hooks.cancel_check
+    dev = fit.vertices.device
     S = int(size)
-    photo_rgb = np.asarray(photo_rgb)[..., :3]
-    H, W = intrinsics.height, intrinsics.width
+    k = obs.intrinsics
+    H, W = k.height, k.width
+    photo_rgb = np.asarray(obs.photo.rgb)[..., :3]
 
     def debug(name: str, lay: _TileLayout, values: torch.Tensor) -> None:
         if _debug is not None:
@@ -557,82 +476,95 @@ def project_texture(photo_rgb: np.ndarray, model: FaceModel, vertices: torch.Ten
 
     # Vectorised ops of ~1-10 ms: on busy cores, fewer threads are faster (threads.idle_cpu_threads).
     with torch.no_grad(), torch_threads(idle_cpu_threads() if dev.type == "cpu" else torch.get_num_threads()):
-        verts = vertices.detach().float()
-        cam_v = camera.to_camera(verts, rotation.detach().float().to(dev), translation.detach().float().to(dev))
+        cam_v = render.to_camera(fit.vertices.detach().float(), fit.rotation.detach().float().to(dev),
+                                 fit.translation.detach().float().to(dev))
         layouts, seams = _uv_layout(model, S, str(dev), check)
-        check()
-        pv = _photo_view(model, cam_v, intrinsics)
+        hooks.progress(0.2)
+        topo = model.topology
+        occ = np.isin(topo.polygon_part[topo.triangle_polygon], [PART_NAMES.index(p) for p in _OCCLUDER_PARTS])
+        view = render.photo_view(cam_v, torch.from_numpy(topo.triangles[occ]).to(dev), k, PHOTO_VIEW_MAX_SIDE)
         check()
 
         # Direct view: per texel its point and normal, its place in the photo and how well it is seen.
-        normals_t = _vertex_normals(cam_v, torch.from_numpy(model.topology.triangles).to(dev)).T.contiguous()
+        normals_t = render.vertex_normals(cam_v, torch.from_numpy(topo.triangles).to(dev)).T.contiguous()
         cam_t = cam_v.T.contiguous()
         direct = []  # per tile: (u, v, depth) (3, N), weight (N,), where to check for skin (N,)
         for lay in layouts:
             p = _interp(cam_t, lay)
             n = _interp(normals_t, lay)
-            n = n / n.square().sum(0).sqrt().clamp_min(1e-12)
-            uvd, f = _direct_weight(p, n, pv, intrinsics)
+            n = n / render.sum_rows(n.square()).sqrt().clamp_min(1e-12)
+            uvd, f = render.view_factors(p, n, view, k)
             w = f["angle"] * f["visible"] * f["sil_fade"] * f["occ_fade"] * f["border"]
             direct.append((uvd, w, torch.maximum(lay.outer, f["near_edge"])))
             for name, val in f.items():
                 debug(name, lay, val)
             debug("check_skin", lay, direct[-1][2])
         check()
+        hooks.progress(0.4)
 
-        # Photo: area-filtered first if a texel spans several photo pixels; a blurred copy for the
-        # skin check (smooth, and blind to JPEG blocks and single hairs).
+        # Photo, in linear light: area-filtered first if a texel spans several photo pixels, and a blurred
+        # copy for the skin check (smooth, and blind to JPEG blocks and single hairs). Only the head's box
+        # is decoded.
         px_per_texel = _photo_px_per_texel(layouts[0], direct[0][0], direct[0][1])
-        sharp = _to_torch_image(_downscale(photo_rgb, px_per_texel) if px_per_texel > 1.5 else photo_rgb, dev)
-        blurred = _to_torch_image(_downscale(photo_rgb, max(2.0, SKIN_BLUR_FRACTION * max(H, W))), dev)
-        grids = [torch.stack([uvd[0] / W * 2.0 - 1.0, uvd[1] / H * 2.0 - 1.0], dim=1) for uvd, _, _ in direct]
-        colours = [_sample(sharp, g) for g in grids]  # (3, N) each
+        blur_factor = max(2.0, SKIN_BLUR_FRACTION * max(H, W))
+        box = _head_box([d[0] for d in direct], [d[1] for d in direct], W, H, margin=int(4 * blur_factor) + 2)
+        sharp_np, s_sharp = linear_resampled(photo_rgb, px_per_texel, box)
+        blurred_np, s_blur = linear_resampled(photo_rgb, blur_factor, box)
+        to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev).permute(2, 0, 1)  # noqa: E731
+        sharp, blurred = to_t(sharp_np), to_t(blurred_np)
+        bw, bh = box[2] - box[0], box[3] - box[1]
+        grids = [render.pixel_grid(uvd[0] - box[0], uvd[1] - box[1], bw, bh) for uvd, _, _ in direct]
+        colours = [render.sample_image(sharp, g) for g in grids]  # (3, N) each, linear
         check()
+        hooks.progress(0.55)
 
         # Skin check on the scalp, neck, ears, forehead top and near the silhouette: keeps hair, clothes
-        # and background out. Reference: the well-seen inner face.
+        # and background out. Reference: the well-seen inner face. On sRGB-encoded colours: the
+        # thresholds are perceptual.
         w_face, check_face = direct[0][1], direct[0][2]
         ref_sel = torch.nonzero((w_face > 0.8) & (check_face < 0.05)).squeeze(1)
         if len(ref_sel) < 100:
             ref_sel = torch.nonzero(w_face > 0.3).squeeze(1)
         has_ref = len(ref_sel) >= 10
-        skin_colour = colours[0][:, ref_sel].median(1).values if has_ref else torch.tensor(DEFAULT_SKIN, device=dev)
-        skin_ref = _sample(blurred, grids[0][ref_sel]) if has_ref else None
+        default_skin = torch.as_tensor(srgb_to_linear(np.asarray(DEFAULT_SKIN_SRGB)), device=dev)
+        skin_colour = colours[0][:, ref_sel].median(1).values if has_ref else default_skin
+        skin_ref = linear_to_srgb(render.sample_image(blurred, grids[0][ref_sel])) if has_ref else None
         weights = []
         for lay, (_, w, check_skin), c, g in zip(layouts, direct, colours, grids):
             if skin_ref is not None:
-                wskin = _skin_weight(_sample(blurred, g), skin_ref, c)
+                wskin = _skin_weight(linear_to_srgb(render.sample_image(blurred, g)), skin_ref, linear_to_srgb(c))
                 w = w * (1.0 - (2.0 * check_skin).clamp(max=1.0) * (1.0 - wskin))
                 debug("skin", lay, wskin)
             weights.append(w)
         check()
+        hooks.progress(0.65)
 
         # First-pass textures (premultiplied colour, weight) for the mirror lookup.
         first = {lay.tile: _texel_image(lay, torch.cat([c * w, w[None]]), S)
                  for lay, w, c in zip(layouts, weights, colours)}
 
-        maps = TextureMaps({}, {}, {}, {})
-        final = {}
-        mouth_colour = (skin_colour * torch.tensor(MOUTH_TINT, device=dev)).clamp(0, 1)
-        for lay, w, c in zip(layouts, weights, colours):
+        diffuse, visibility, final = {}, {}, {}
+        tint = torch.as_tensor(MOUTH_TINT_SRGB, device=dev)
+        mouth_colour = srgb_to_linear(linear_to_srgb(skin_colour) * tint)
+        for i, (lay, w, c) in enumerate(zip(layouts, weights, colours)):
             check()
             # Mirror: weakly seen texels take their mirror image's colour, as far as that was seen.
             acc = torch.cat([c * w, w[None]])                           # (4, N) premultiplied
             for mt, (sel, grid) in lay.mirror.items():
-                m = _sample(first[mt], grid)                            # (4, M)
+                m = render.sample_image(first[mt], grid)                # (4, M)
                 acc[:, sel] += (1.0 - w[sel]) * m
             acc_w = acc[3]
             col = acc[:3] / acc_w.clamp_min(1e-6)
             # Only confidently seen texels drive the fill (faint ones would spread into the holes: the
             # pyramid trusts the nearest data, however weak); every texel then blends its own colour
             # with the fill by its weight, so seen and filled parts meet without a step.
-            alpha = _smoothstep(BLEND_WEIGHT[0], BLEND_WEIGHT[1], acc_w)
-            trust = torch.where(lay.mouth, 0.0, _smoothstep(FILL_TRUST[0], FILL_TRUST[1], acc_w))
+            alpha = render.smoothstep(BLEND_WEIGHT[0], BLEND_WEIGHT[1], acc_w)
+            trust = torch.where(lay.mouth, 0.0, render.smoothstep(FILL_TRUST[0], FILL_TRUST[1], acc_w))
             img = _texel_image(lay, torch.cat([col, trust[None], alpha[None]]), S).view(5, S * S)
             cimg, wimg, aimg = img[:3], img[3], img[4]
             if seams.tile == lay.tile and seams.source in final and len(seams.texel):
                 # Seams with a tile done before: the same 3D points there, so no colour step across the seam.
-                sc = _sample(final[seams.source], seams.grid)           # (3, M)
+                sc = render.sample_image(final[seams.source], seams.grid)  # (3, M)
                 ssum = torch.zeros((4, S * S), device=dev).index_add_(
                     1, seams.texel, torch.cat([sc, torch.ones_like(sc[:1])]))
                 on = torch.nonzero(ssum[3]).squeeze(1)
@@ -650,10 +582,14 @@ def project_texture(photo_rgb: np.ndarray, model: FaceModel, vertices: torch.Ten
                 a = alpha[mt]
                 out[:, lay.texel[mt]] = col[:, mt] * a + mouth_colour[:, None] * (1.0 - a)
             final[lay.tile] = out.view(3, S, S)
-            maps.diffuse[lay.tile] = _to_u8(out.view(3, S, S).permute(1, 2, 0))
-            maps.visibility[lay.tile] = _to_u8(_texel_image(lay, w, S))
-            maps.specular[lay.tile] = np.full((S, S), SKIN_SPECULAR, dtype=np.uint8)
-            maps.normal[lay.tile] = np.empty((S, S, 3), dtype=np.uint8)
-            maps.normal[lay.tile][:] = FLAT_NORMAL
+            diffuse[lay.tile] = out.view(3, S, S).permute(1, 2, 0).clamp(0.0, 1.0).cpu().numpy()
+            visibility[lay.tile] = _texel_image(lay, w, S).clamp(0.0, 1.0).cpu().numpy()
+            hooks.progress(0.65 + 0.35 * (i + 1) / len(layouts))
         check()
-    return maps
+    info = {"photo_px_per_texel": px_per_texel, "skin_colour_linear": [float(x) for x in skin_colour],
+            "skin_reference_texels": int(len(ref_sel))}
+    return TextureResult("projection", S, {"diffuse": diffuse, "visibility": visibility, **constant_maps(S)}, info)
+
+
+# The texture stage's strategies, by the name of Options.texture.
+STRATEGIES: dict[str, Callable[..., TextureResult]] = {"projection": project_texture}

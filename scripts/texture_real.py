@@ -20,6 +20,9 @@ from PIL import Image
 
 from backend import camera
 from backend.facemodel import load_face_model
+from backend.bundle import load_bundle
+from backend.colour import encode_srgb8, to_unorm8
+from backend.scene import known_scene
 from backend.texture import project_texture
 
 # iBUG-68 index -> Face Research Lab .tem point (see ../shared/data/faces/README.md).
@@ -54,26 +57,25 @@ def main() -> None:
     k = camera.Intrinsics.for_image(photo.shape[1], photo.shape[0])
     verts = model.neutral
     if a.bundle:
-        import json
-
-        res = json.loads((Path(a.bundle) / "result.json").read_text())
+        b = load_bundle(Path(a.bundle))
+        res = b.result
         cam = res["camera"]
         k = camera.Intrinsics(cam["focal_px"], cam["cx"], cam["cy"], cam["width"], cam["height"])
         rot = torch.tensor(res["pose"]["rotation"], dtype=torch.float32)
         trans = torch.tensor(res["pose"]["translation_cm"], dtype=torch.float32)
-        verts = torch.from_numpy(np.load(Path(a.bundle) / "mesh.npz")["vertices"])
+        verts = torch.from_numpy(b.vertices)
     else:
         rot, trans = rough_pose(model, Path(a.photo).with_suffix(".tem"), k)
     print("yaw/pitch/roll", [round(x, 1) for x in camera.yaw_pitch_roll_deg(rot)])
     debug = {}
+    obs, fit = known_scene(photo, k, rot, trans, verts, Path(a.photo).name)
     for rep in range(2):
         t0 = time.perf_counter()
-        maps = project_texture(photo, model, verts, rot, trans, k, size=a.size,
-                               _debug=debug if rep else None)
+        maps = project_texture(obs, fit, model, a.size, _debug=debug if rep else None).maps
         print(f"project_texture run {rep}: {time.perf_counter() - t0:.2f} s")
-    for t in maps.diffuse:
-        Image.fromarray(maps.diffuse[t]).save(out / f"diffuse.{t}.png")
-        Image.fromarray(maps.visibility[t]).save(out / f"visibility.{t}.png")
+    for t in maps["diffuse"]:
+        Image.fromarray(encode_srgb8(maps["diffuse"][t])).save(out / f"diffuse.{t}.png")
+        Image.fromarray(to_unorm8(maps["visibility"][t])).save(out / f"visibility.{t}.png")
     for name, img in debug.items():
         Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(out / f"debug.{name}.png")
     scr = camera.project(camera.to_camera(verts, rot, trans), k).numpy()

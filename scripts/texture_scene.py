@@ -13,6 +13,8 @@ import numpy as np
 from PIL import Image
 
 from backend.facemodel import load_face_model
+from backend.colour import encode_srgb8, to_unorm8
+from backend.scene import known_scene
 from backend.texture import project_texture
 from tests.test_texture import known_texture, render_textured, scene_camera
 
@@ -34,21 +36,23 @@ def main() -> None:
         tex[1001] = np.asarray(Image.open(a.photo).convert("RGB").resize((a.size, a.size))) / 255.0
     render = render_textured(model, model.neutral, rot, trans, k, tex)
     Image.fromarray(render).save(out / "render.png")
+    obs, fit = known_scene(render, k, rot, trans, model.neutral)
     for rep in range(2):
         t0 = time.perf_counter()
-        maps = project_texture(render, model, model.neutral, rot, trans, k, size=a.size)
+        maps = project_texture(obs, fit, model, a.size).maps
         print(f"project_texture run {rep}: {time.perf_counter() - t0:.2f} s")
     debug = {}
-    project_texture(render, model, model.neutral, rot, trans, k, size=a.size, _debug=debug)
+    project_texture(obs, fit, model, a.size, _debug=debug)
     for name, img in debug.items():
         Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(out / f"debug.{name}.png")
-    for t in maps.diffuse:
-        Image.fromarray(maps.diffuse[t]).save(out / f"diffuse.{t}.png")
-        Image.fromarray(maps.visibility[t]).save(out / f"visibility.{t}.png")
+    for t in maps["diffuse"]:
+        diffuse = encode_srgb8(maps["diffuse"][t])
+        Image.fromarray(diffuse).save(out / f"diffuse.{t}.png")
+        Image.fromarray(to_unorm8(maps["visibility"][t])).save(out / f"visibility.{t}.png")
         Image.fromarray((tex[t] * 255).astype(np.uint8)).save(out / f"known.{t}.png")
-        vis = maps.visibility[t] > 127
+        vis = maps["visibility"][t] > 0.5
         if vis.any():
-            err = np.abs(maps.diffuse[t].astype(float) / 255 - tex[t])[vis].mean()
+            err = np.abs(diffuse.astype(float) / 255 - tex[t])[vis].mean()
             print(f"tile {t}: seen (> 0.5) {vis.mean():.3f} of the tile, mean abs error there {err:.4f}")
 
 

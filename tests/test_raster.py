@@ -7,9 +7,16 @@ import torch
 
 from backend import camera
 from backend.facemodel import PART_NAMES, load_face_model
-from backend.raster import interpolate, rasterize, uv_screen
+from backend.raster import rasterize, uv_screen
+from backend.render import fragments, interpolate as interpolate_fragments, to_image
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def interpolate(r, attributes):
+    """Attributes interpolated at every pixel of raster r -> (H, W, C), 0 where empty."""
+    frags = fragments(r)
+    return to_image(frags, interpolate_fragments(frags, attributes))
 
 
 def _brute_force(screen, tris, H, W, perspective):

@@ -13,9 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from backend import camera
+from backend.colour import linear_to_srgb
 from backend.facemodel import PART_NAMES, FaceModel, load_face_model
 from backend.raster import rasterize
-from backend.texture import FLAT_NORMAL, SKIN_SPECULAR, TextureMaps, _seam_samples, project_texture, push_pull
+from backend.scene import Hooks, TextureResult, known_scene
+from backend.texture import (FLAT_NORMAL, SKIN_SPECULAR_LEVEL, _seam_samples, project_texture, push_pull,
+                             upsample2x)
 
 BACKGROUND = (0.1, 0.8, 0.2)  # green: background bleeding into the texture is easy to find
 SIZE = 512                     # texture tiles in these tests (the stage's default is 1024)
@@ -84,7 +87,8 @@ def textures():
 def _scene(model, textures, yaw, width=900):
     k, rot, trans = scene_camera(width, width, yaw_deg=yaw)
     photo = render_textured(model, model.neutral, rot, trans, k, textures)
-    return photo, project_texture(photo, model, model.neutral, rot, trans, k, size=SIZE)
+    obs, fit = known_scene(photo, k, rot, trans, model.neutral)
+    return photo, project_texture(obs, fit, model, SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -97,21 +101,29 @@ def yawed(model, textures):
     return _scene(model, textures, 35.0)
 
 
-def _vis(maps: TextureMaps, tile: int) -> np.ndarray:
-    return maps.visibility[tile].astype(np.float32) / 255.0
+def _vis(tex: TextureResult, tile: int) -> np.ndarray:
+    return tex.maps["visibility"][tile]
 
 
-def _err(maps: TextureMaps, textures, tile: int) -> np.ndarray:
-    return np.abs(maps.diffuse[tile].astype(np.float32) / 255.0 - textures[tile]).mean(-1)
+def _srgb(tex: TextureResult, tile: int) -> np.ndarray:
+    """The diffuse tile as the sRGB values the scene's texture holds (the stage works in linear light)."""
+    return linear_to_srgb(tex.maps["diffuse"][tile])
+
+
+def _err(tex: TextureResult, textures, tile: int) -> np.ndarray:
+    return np.abs(_srgb(tex, tile) - textures[tile]).mean(-1)
 
 
 def test_outputs_have_the_bundle_layout(frontal):
-    _, maps = frontal
+    _, tex = frontal
+    assert tex.strategy == "projection" and tex.size == SIZE
     for tile in (1001, 1002):
-        assert maps.diffuse[tile].shape == (SIZE, SIZE, 3) and maps.diffuse[tile].dtype == np.uint8
-        assert maps.visibility[tile].shape == (SIZE, SIZE) and maps.visibility[tile].dtype == np.uint8
-        assert (maps.specular[tile] == SKIN_SPECULAR).all() and maps.specular[tile].shape == (SIZE, SIZE)
-        assert (maps.normal[tile] == np.array(FLAT_NORMAL, dtype=np.uint8)).all()
+        m = {role: tex.maps[role][tile] for role in ("diffuse", "visibility", "specular", "normal")}
+        assert m["diffuse"].shape == (SIZE, SIZE, 3) and m["diffuse"].dtype == np.float32
+        assert 0.0 <= m["diffuse"].min() and m["diffuse"].max() <= 1.0
+        assert m["visibility"].shape == (SIZE, SIZE) and 0.0 <= m["visibility"].min() <= m["visibility"].max() <= 1.0
+        assert (m["specular"] == SKIN_SPECULAR_LEVEL).all() and m["specular"].shape == (SIZE, SIZE)
+        assert (m["normal"] == np.array(FLAT_NORMAL, dtype=np.float32)).all() and m["normal"].shape == (SIZE, SIZE, 3)
 
 
 @pytest.mark.parametrize("scene", ["frontal", "yawed"])
@@ -153,7 +165,7 @@ def test_mirror_fills_the_hidden_cheek(yawed, textures):
 def test_no_holes_and_no_background(scene, request):
     _, maps = request.getfixturevalue(scene)
     for tile in (1001, 1002):
-        img = maps.diffuse[tile].astype(np.float32) / 255.0
+        img = _srgb(maps, tile)
         lum = img.mean(-1)
         assert lum.min() > 0.25 * np.median(lum), f"dark texels in tile {tile}"
         greenish = img[..., 1] - np.maximum(img[..., 0], img[..., 2])
@@ -164,10 +176,10 @@ def test_no_step_across_the_seam_between_tiles(model, frontal):
     _, maps = frontal
     texel, src = _seam_samples(model, model.topology.polygon_part[model.topology.triangle_polygon] == 0,
                                1002, 1001, SIZE)
-    a = maps.diffuse[1002].reshape(-1, 3)[texel].astype(np.float32) / 255.0
+    a = _srgb(maps, 1002).reshape(-1, 3)[texel]
     x = np.clip((src[:, 0] * SIZE).astype(int), 0, SIZE - 1)
     y = np.clip(((1 - src[:, 1]) * SIZE).astype(int), 0, SIZE - 1)
-    b = maps.diffuse[1001][y, x].astype(np.float32) / 255.0
+    b = _srgb(maps, 1001)[y, x]
     assert len(texel) > 500
     assert np.abs(a - b).mean() < 0.03
 
@@ -175,13 +187,15 @@ def test_no_step_across_the_seam_between_tiles(model, frontal):
 def test_cancel_check_is_called_and_stops_the_stage(model, frontal):
     photo, _ = frontal
     k, rot, trans = scene_camera(900, 900)
-    calls = []
+    obs, fit = known_scene(photo, k, rot, trans, model.neutral)
+    calls, fractions = [], []
 
     def count():
         calls.append(1)
 
-    project_texture(photo, model, model.neutral, rot, trans, k, size=SIZE, cancel_check=count)
+    project_texture(obs, fit, model, SIZE, Hooks(cancel_check=count, progress=fractions.append))
     assert len(calls) >= 6
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) >= 5
 
     class Cancelled(Exception):
         pass
@@ -193,7 +207,7 @@ def test_cancel_check_is_called_and_stops_the_stage(model, frontal):
 
     calls.clear()
     with pytest.raises(Cancelled):
-        project_texture(photo, model, model.neutral, rot, trans, k, size=SIZE, cancel_check=cancel_at_third)
+        project_texture(obs, fit, model, SIZE, Hooks(cancel_check=cancel_at_third))
 
 
 def test_push_pull_keeps_data_and_fills_smoothly():
@@ -214,3 +228,39 @@ def test_push_pull_keeps_data_and_fills_smoothly():
     out = push_pull(colour, weight, prior, 1e-2)
     assert torch.allclose(out[:, 0, 63], prior, atol=0.05)
     assert torch.allclose(out[:, weight > 0], colour[:, weight > 0], atol=0.02)
+
+
+def test_output_does_not_depend_on_the_thread_count(model, textures, monkeypatch):
+    """The same bytes whatever the thread count (the stage picks it from the load average)."""
+    import backend.texture as texture_module
+    from backend.colour import encode_srgb8
+    k, rot, trans = scene_camera(900, 900, yaw_deg=30.0)
+    obs, fit = known_scene(render_textured(model, model.neutral, rot, trans, k, textures), k, rot, trans, model.neutral)
+    out = []
+    for n in (1, 2, 3):
+        monkeypatch.setattr(texture_module, "idle_cpu_threads", lambda n=n: n)
+        tex = project_texture(obs, fit, model, SIZE)
+        out.append({t: (encode_srgb8(tex.maps["diffuse"][t]), tex.maps["visibility"][t]) for t in (1001, 1002)})
+    for other in out[1:]:
+        for t in (1001, 1002):
+            assert np.array_equal(out[0][t][0], other[t][0]) and np.array_equal(out[0][t][1], other[t][1])
+
+
+def test_upsample2x_is_bilinear_and_exact():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 17, 10, generator=g)
+    ref = F.interpolate(x[None], scale_factor=2, mode="bilinear", align_corners=False)[0]
+    assert upsample2x(x).shape == (3, 34, 20)
+    assert torch.allclose(upsample2x(x), ref, atol=1e-6)
+
+
+def test_mirror_map_stays_within_each_part(model):
+    """Skin mirrors onto skin (not onto lashes or eye shells lying close to it), and nearly every skin
+    triangle finds its mirrored polygon, so the mirror fill reaches it."""
+    from backend.texture import _mirror_corners
+    part = model.vertex_part
+    assert (part[model.vertex_symmetry] == part).all()
+    topo = model.topology
+    skin = np.flatnonzero(topo.polygon_part[topo.triangle_polygon] == PART_NAMES.index("skin"))
+    found = (_mirror_corners(model, skin) >= 0).all(1)
+    assert found.mean() > 0.995, f"{1 - found.mean():.2%} of skin triangles have no mirror"
