@@ -1,7 +1,17 @@
-"""Result bundle v1 (docs/bundle.md): written into a temporary sibling folder, renamed at the end.
+"""The result bundle, backend side: the one module that writes it and reads it (docs/bundle.md, schema 2).
 
-A folder that holds result.json is always complete; a failure or a cancel leaves nothing behind,
-and an existing bundle is replaced only after the new one is fully written.
+A bundle is one folder. It is written into a temporary sibling folder and renamed into place at the
+end, so a folder that holds result.json is always complete and a failure or a cancel leaves nothing
+behind. What counts as "our bundle" is decided here and nowhere else: the marker file
+`.likeness-bundle.json` that we write, listing the files we wrote (v1 bundles, which predate it, are
+recognised by their result.json and only the files it lists count as ours). Nothing that we did not
+write is ever deleted or replaced: an existing bundle is replaced only when asked (overwrite), and
+files a user put inside it are carried over into the new one.
+
+Per photo the bundle stores only what differs per photo: fitted vertices (mesh.npz, about 0.6 MB),
+the maps, the preview and result.json. Topology, UVs, parts and expression deltas are the face
+model's: result.json names the model by hash, and the model file (`<hash16>.npz`, about 10 MB) is
+written once per model into the per-user cache (or into the bundle with `embed_model`).
 """
 from __future__ import annotations
 
@@ -9,68 +19,441 @@ import contextlib
 import json
 import os
 import shutil
+import socket
+import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
+import torch
 
+from . import __version__
+from .colour import encode_srgb8, to_unorm8
 from .errors import LikenessError
+from .facemodel import PART_NAMES, VERTEX_RANGES, FaceModel
+from .paths import USER_CACHE
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 RESULT_NAME = "result.json"
+MARKER_NAME = ".likeness-bundle.json"
+TEMP_MARKER = ".likeness-temp.json"
+MARKER_FORMAT = "likeness-bundle"
+MODEL_CACHE_DIR = USER_CACHE / "models"
+MODEL_FILE_FORMAT = "likeness-face-model"
+STALE_FOREIGN_HOST_S = 24 * 3600  # a temp folder of another machine (network drive) is stale after a day
+
+# Per map role: how the float map is encoded into 8 bits, and the colour space Blender must read it in.
+MAP_ENCODING = {
+    "diffuse": (encode_srgb8, "sRGB"),
+    "specular": (to_unorm8, "Non-Color"),
+    "normal": (lambda n: to_unorm8(np.asarray(n) * 0.5 + 0.5), "Non-Color"),
+    "visibility": (to_unorm8, "Non-Color"),
+}
 
 
-def is_bundle(path: Path) -> bool:
-    return (Path(path) / RESULT_NAME).is_file()
+# ---------------------------------------------------------------------------------------------
+# What is ours
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def owned_files(folder: Path) -> set[str] | None:
+    """The names of the files in `folder` that we wrote, if it is one of our bundles; else None."""
+    folder = Path(folder)
+    marker = _read_json(folder / MARKER_NAME)
+    if isinstance(marker, dict) and marker.get("format") == MARKER_FORMAT and isinstance(marker.get("files"), list):
+        return {str(f) for f in marker["files"] if isinstance(f, str)} | {MARKER_NAME}
+    legacy = _read_json(folder / RESULT_NAME)  # schema 1: no marker; its result.json lists what it wrote
+    if (isinstance(legacy, dict) and legacy.get("schema_version") == 1
+            and (legacy.get("software") or {}).get("name") == "likeness" and isinstance(legacy.get("files"), list)):
+        return {str(f.get("path")) for f in legacy["files"] if isinstance(f, dict)} | {RESULT_NAME}
+    return None
+
+
+def is_bundle(folder: Path) -> bool:
+    """A complete bundle of ours (the marker and result.json are the last files written)."""
+    folder = Path(folder)
+    return folder.is_dir() and owned_files(folder) is not None and (folder / RESULT_NAME).is_file()
 
 
 def check_output(out_dir: Path, overwrite: bool) -> None:
-    """Refuse early, before any work, to replace what is there."""
+    """Refuse early, before any work, to touch what is there. An empty folder may be used; an existing
+    bundle of ours only with overwrite; anything else never."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise LikenessError("OUTPUT_EXISTS", f"{out_dir} already exists; choose another folder or allow overwrite")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise LikenessError("OUTPUT_EXISTS", f"{out_dir} exists and is not a folder")
-    if out_dir.exists() and any(out_dir.iterdir()) and not is_bundle(out_dir):
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if out_dir.is_symlink() or not out_dir.is_dir():
+        raise LikenessError("OUTPUT_EXISTS", f"{out_dir} exists and is not a folder; choose another output")
+    if not any(out_dir.iterdir()):
+        return
+    if not is_bundle(out_dir):
         raise LikenessError("OUTPUT_EXISTS", f"{out_dir} holds files that are not a Likeness bundle; not touching them")
+    if not overwrite:
+        raise LikenessError("OUTPUT_EXISTS", f"{out_dir} already holds a bundle; choose another folder or allow overwrite")
+
+
+# ---------------------------------------------------------------------------------------------
+# Staged writing
+
+
+def _temp_marker() -> dict:
+    return {"format": "likeness-temp", "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def sweep_stale(parent: Path) -> list[str]:
+    """Remove temporary and set-aside folders that a killed job left in `parent`: only folders with our
+    temp marker whose process is gone (same machine) or that are a day old (another machine), and only
+    the files we wrote in them. Returns the names removed."""
+    removed = []
+    try:
+        entries = list(Path(parent).iterdir())
+    except OSError:
+        return removed
+    host = socket.gethostname()
+    for d in entries:
+        if not (d.name.startswith(".") and (".tmp-" in d.name or ".old-" in d.name)) or not d.is_dir():
+            continue
+        m = _read_json(d / TEMP_MARKER)
+        if not (isinstance(m, dict) and m.get("format") == "likeness-temp"):
+            continue
+        same_host = m.get("host") == host
+        stale = (not _pid_alive(int(m.get("pid", -1)))) if same_host else \
+            time.time() - float(m.get("time", 0)) > STALE_FOREIGN_HOST_S
+        if stale and _remove_ours(d, allow_unlisted=".tmp-" in d.name):
+            removed.append(d.name)
+    return removed
+
+
+def _remove_ours(folder: Path, allow_unlisted: bool = False) -> bool:
+    """Delete the files we wrote in `folder` and the folder if that empties it. A temp folder holds only
+    what we wrote (allow_unlisted); a set-aside old bundle keeps anything not listed as ours."""
+    ours = owned_files(folder) or set()
+    for p in list(folder.iterdir()):
+        if p.name in ours or p.name == TEMP_MARKER or (allow_unlisted and p.is_file()):
+            with contextlib.suppress(OSError):
+                p.unlink()
+    try:
+        folder.rmdir()
+        return True
+    except OSError:
+        return False
+
+
+def _rename_no_replace(src: Path, dst: Path) -> None:
+    """Rename folder src to dst, never replacing anything at dst but an empty folder."""
+    if dst.exists() or dst.is_symlink():
+        if dst.is_symlink() or not dst.is_dir():
+            raise LikenessError("OUTPUT_EXISTS", f"{dst} appeared while the bundle was written; the result was not kept")
+        try:
+            dst.rmdir()  # an empty folder is taken over; a non-empty one raises
+        except OSError:
+            raise LikenessError("OUTPUT_EXISTS", f"{dst} was filled while the bundle was written; "
+                                "the new result was not kept") from None
+    try:
+        os.rename(src, dst)  # POSIX replaces at most an empty folder created since; never a non-empty one
+    except OSError as exc:
+        raise LikenessError("OUTPUT_EXISTS", f"could not put the bundle at {dst} ({exc.strerror or exc}); "
+                            "something else was created there") from exc
+
+
+def _commit(tmp: Path, out_dir: Path, overwrite: bool) -> list[str]:
+    """Move the finished temp folder into place. Returns warnings (files of the user kept elsewhere)."""
+    warnings: list[str] = []
+    if not (out_dir.exists() and any(out_dir.iterdir())):
+        _rename_no_replace(tmp, out_dir)
+        return warnings
+    ours = owned_files(out_dir)
+    if ours is None or not overwrite:  # it changed since check_output: never touch it
+        raise LikenessError("OUTPUT_EXISTS", f"{out_dir} was changed while the bundle was written; "
+                            "the new result was not kept")
+    old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(out_dir, old)
+    (old / TEMP_MARKER).write_text(json.dumps(_temp_marker()), encoding="utf-8")
+    try:
+        _rename_no_replace(tmp, out_dir)
+    except BaseException:
+        os.rename(old, out_dir)  # put the old bundle back as it was
+        with contextlib.suppress(OSError):
+            (out_dir / TEMP_MARKER).unlink()
+        raise
+    # Carry the user's own files (anything we did not write) into the new bundle.
+    for p in list(old.iterdir()):
+        if p.name in ours or p.name == TEMP_MARKER:
+            continue
+        if (out_dir / p.name).exists():
+            warnings.append(f"kept your {p.name} in {old}: the new bundle has a file of that name")
+            continue
+        os.rename(p, out_dir / p.name)
+    if not _remove_ours(old):
+        warnings.append(f"kept {old}: it holds files that are not ours")
+    return warnings
 
 
 @contextlib.contextmanager
 def staged_bundle(out_dir: Path, overwrite: bool = False):
-    """Yield a temporary folder next to out_dir; on success it becomes out_dir, else it is removed."""
+    """Yield a temporary folder next to out_dir; on success it becomes out_dir, else it is removed.
+    The yielded object's `warnings` list receives what the commit had to say."""
     out_dir = Path(out_dir).absolute()
     check_output(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     try:
-        yield tmp
-        if out_dir.exists():  # overwrite: move the old one aside first so a failed rename loses nothing
-            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale(out_dir.parent)
+        tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        (tmp / TEMP_MARKER).write_text(json.dumps(_temp_marker()), encoding="utf-8")
+    except OSError as exc:
+        raise _write_error(out_dir, exc) from exc
+    stage = _Stage(tmp)
+    try:
+        yield stage
+        (tmp / TEMP_MARKER).unlink()
+        stage.warnings += _commit(tmp, out_dir, overwrite)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(out_dir, exc) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
+class _Stage:
+    def __init__(self, path: Path):
+        self.path = path
+        self.warnings: list[str] = []
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+
+def _write_error(out_dir: Path, exc: OSError) -> LikenessError:
+    return LikenessError("WRITE_FAILED", f"cannot write the bundle at {out_dir}: {exc.strerror or exc} "
+                         "(is the folder writable and the disk not full?)")
+
+
 def write_png(path: Path, image: np.ndarray) -> None:
-    """8-bit PNG from an (H, W) or (H, W, 3) RGB uint8 array; fast compression (these are big)."""
-    img = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(str(path), img, [cv2.IMWRITE_PNG_COMPRESSION, 3]):
-        raise OSError(f"could not write {path}")
+    """PNG from an (H, W) or (H, W, 3) RGB uint8 or uint16 array; fast compression (these are big)."""
+    img = image if image.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:
+        raise OSError(f"could not encode {path.name}")
+    with open(path, "wb") as fh:  # OSError (ENOSPC, EACCES) propagates: the stage turns it into WRITE_FAILED
+        fh.write(buf.tobytes())
 
 
-def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n", encoding="utf-8")
+def write_json(path: Path, data) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(data, indent=1, sort_keys=False) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# The face model file (topology, UVs, parts, expression deltas): once per model, not per photo
+
+
+def model_file_name(model_hash: str) -> str:
+    return f"{model_hash[:16]}.npz"
+
+
+def model_file_arrays(model: FaceModel) -> dict[str, np.ndarray]:
+    topo = model.topology
+    return {
+        "format": np.array(MODEL_FILE_FORMAT), "model_hash": np.array(model.hash),
+        "num_vertices": np.array(model.num_vertices, dtype=np.int64),
+        "face_sizes": topo.face_sizes.astype(np.int32),
+        "face_vertex_indices": topo.face_vertex_indices.astype(np.int32),
+        "corner_uvs": topo.corner_uvs.astype(np.float32),
+        "face_part": topo.polygon_part.astype(np.int8),
+        "part_names": np.array(PART_NAMES),
+        "part_vertex_ranges": np.array(list(VERTEX_RANGES.values()), dtype=np.int32),
+        "part_range_names": np.array(list(VERTEX_RANGES)),
+        "expression_deltas": model.expression.cpu().numpy().astype(np.float16),
+        "expression_names": np.array(model.expression_names),
+    }
+
+
+def _write_npz_atomic(path: Path, arrays: dict[str, np.ndarray], compressed: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as fh:
+            (np.savez_compressed if compressed else np.savez)(fh, **arrays)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def ensure_model_file(model: FaceModel, cache_dir: Path | None = None) -> Path:
+    """The model file in the per-user cache, written once (atomically) per model hash."""
+    path = Path(cache_dir or MODEL_CACHE_DIR) / model_file_name(model.hash)
+    if not path.is_file():
+        _write_npz_atomic(path, model_file_arrays(model), compressed=True)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing a bundle
+
+
+def write_bundle(out_dir: Path, obs, fit, tex, model: FaceModel, extra: dict, hooks, *, overwrite: bool = False,
+                 embed_model: bool = False, preview: np.ndarray | None = None,
+                 timings: Callable[[], dict] = dict) -> dict:
+    """Write the bundle of one reconstruction (scene.Observation, scene.SceneFit, scene.TextureResult);
+    `extra` holds result.json's sections that the pipeline knows (options, warnings, provenance), and
+    `timings()` is called just before result.json is written (so the write stage's own time is in it).
+    Returns the result.json content. The model file is ensured in the user cache first."""
+    try:
+        model_path = ensure_model_file(model)
+    except OSError as exc:
+        raise LikenessError("WRITE_FAILED", f"cannot write the face model file in {MODEL_CACHE_DIR}: "
+                            f"{exc.strerror or exc}") from exc
+    with staged_bundle(out_dir, overwrite) as stage:
+        files = []
+        for role, (encode, colorspace) in MAP_ENCODING.items():
+            for tile in sorted(tex.maps.get(role, {})):
+                name = f"{role}.{tile}.png"
+                write_png(stage / name, encode(tex.maps[role][tile]))
+                files.append({"path": name, "role": role, "tile": tile, "colorspace": colorspace})
+                hooks.cancel_check()
+        np.savez(stage / "mesh.npz", vertices=fit.vertices.detach().cpu().numpy().astype(np.float32),
+                 basis_vertices=fit.basis_vertices.detach().cpu().numpy().astype(np.float32))
+        files.insert(0, {"path": "mesh.npz", "role": "mesh"})
+        if embed_model:
+            shutil.copyfile(model_path, stage / model_file_name(model.hash))
+            files.append({"path": model_file_name(model.hash), "role": "model"})
+        if preview is not None:
+            write_png(stage / "preview.png", preview)
+            files.append({"path": "preview.png", "role": "preview", "colorspace": "sRGB"})
+        hooks.cancel_check()
+        result = result_json(obs, fit, tex, model, files, extra)
+        result["timings_s"] = timings()
+        write_json(stage / RESULT_NAME, result)
+        marker = {"format": MARKER_FORMAT, "schema_version": SCHEMA_VERSION, "id": uuid.uuid4().hex,
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": [f["path"] for f in files] + [RESULT_NAME]}
+        write_json(stage / MARKER_NAME, marker)
+        hooks.cancel_check()
+    result["warnings"] = list(result["warnings"]) + stage.warnings
+    return result
+
+
+def _rounded(a, digits: int = 3) -> list:
+    return np.round(np.asarray(a, dtype=np.float64), digits).tolist()
+
+
+def result_json(obs, fit, tex, model: FaceModel, files: list[dict], extra: dict) -> dict:
+    from .camera import yaw_pitch_roll_deg
+    photo, det, k = obs.photo, obs.detection, fit.intrinsics
+    rot = fit.rotation.detach().cpu().numpy()
+    yaw, pitch, roll = yaw_pitch_roll_deg(rot)
+    lighting = None
+    if fit.lighting is not None:
+        lighting = {"model": "sh2-shading", "coefficients": _rounded(fit.lighting.detach().cpu().numpy(), 5),
+                    "convention": "render.py: S(n) = sh_basis(n) @ coefficients (9, 3), camera-space normals"}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "software": {"name": "likeness", "version": __version__, "torch": torch.__version__},
+        "input": {"name": photo.name, "sha256": photo.sha256, "width": photo.width, "height": photo.height},
+        "files": files,
+        "model": {"name": "ICT-FaceKit Light", "hash": model.hash, "file": model_file_name(model.hash),
+                  "num_vertices": model.num_vertices},
+        "camera": {"model": "perspective", "width": k.width, "height": k.height, "focal_px": k.focal_px,
+                   "cx": k.cx, "cy": k.cy, "focal_source": "exif" if photo.focal_35mm else "default",
+                   "convention": "Xc = R @ X + t; camera looks down -Z, +Y up; "
+                                 "u = cx + f*Xc.x/-Xc.z, v = cy - f*Xc.y/-Xc.z (pixels, origin top-left)"},
+        "pose": {"rotation": rot.tolist(), "translation_cm": fit.translation.detach().cpu().numpy().tolist(),
+                 "yaw_deg": yaw, "pitch_deg": pitch, "roll_deg": roll},
+        "identity": {"names": model.identity_names, "coefficients": fit.identity.cpu().numpy().tolist()},
+        "expression": {"names": model.expression_names, "coefficients": fit.expression.cpu().numpy().tolist()},
+        "lighting": lighting,
+        "material": {"skin": {"ior": extra.get("skin_ior", 1.4), "specular_map": "Principled Specular IOR Level",
+                              "normal_map": "tangent space, OpenGL (+Y up)"}},
+        "detection": {"num_faces": det.num_faces, "face_box": [float(x) for x in det.box], "source": det.source,
+                      "blendshapes": {k_: float(v) for k_, v in det.blendshapes.items()},
+                      "landmarks_px": _rounded(det.points, 2)},
+        "fit": {"settings": fit.settings, "terms": fit.terms, "correspondence_sha256": extra.get("correspondence_sha256")},
+        "texture": {"strategy": tex.strategy, "size": tex.size, "info": tex.info},
+        "options": extra.get("options", {}),
+        "metrics": fit.metrics,
+        "timings_s": {},
+        "warnings": list(extra.get("warnings", [])),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading (the bench, tests, scripts; the Blender side has its own reader, bundle_format.py)
 
 
 def read_result(bundle_dir: Path) -> dict:
-    data = json.loads((Path(bundle_dir) / RESULT_NAME).read_text(encoding="utf-8"))
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"unsupported bundle schema {data.get('schema_version')}")
+    data = _read_json(Path(bundle_dir) / RESULT_NAME)
+    if not isinstance(data, dict):
+        raise LikenessError("BAD_REQUEST", f"{bundle_dir}: result.json is missing or not a JSON object")
+    if data.get("schema_version") not in READABLE_SCHEMAS:
+        raise LikenessError("BAD_REQUEST", f"{bundle_dir}: unsupported bundle schema {data.get('schema_version')!r}")
     return data
+
+
+@dataclass
+class BundleData:
+    """A bundle as arrays: per-photo data plus the model's topology (from the model file or, schema 1,
+    from mesh.npz)."""
+    folder: Path
+    result: dict
+    vertices: np.ndarray           # (V, 3) float32 cm
+    basis_vertices: np.ndarray     # (V, 3)
+    topology: dict[str, np.ndarray]  # face_sizes, face_vertex_indices, corner_uvs, face_part, part_names, ...
+
+    def files(self, role: str) -> list[dict]:
+        return [f for f in self.result.get("files", []) if f.get("role") == role]
+
+    def tiles(self, role: str) -> dict[int, np.ndarray]:
+        """The role's UDIM images as uint8 arrays (RGB or grey), by tile."""
+        out = {}
+        for f in self.files(role):
+            img = cv2.imread(str(self.folder / f["path"]), cv2.IMREAD_UNCHANGED)
+            if img is not None:
+                out[int(f["tile"])] = cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if img.ndim == 3 else img
+        return out
+
+
+def model_file_candidates(folder: Path, name: str) -> list[Path]:
+    return [Path(folder) / name, MODEL_CACHE_DIR / name]
+
+
+def load_bundle(bundle_dir: Path) -> BundleData:
+    folder = Path(bundle_dir)
+    result = read_result(folder)
+    with np.load(folder / "mesh.npz", allow_pickle=False) as m:
+        mesh = {k: m[k] for k in m.files}
+    if result["schema_version"] == 1:
+        topo = {k: mesh[k] for k in ("face_sizes", "face_vertex_indices", "corner_uvs", "face_part", "part_names",
+                                     "part_vertex_ranges", "part_range_names", "expression_deltas", "expression_names")
+                if k in mesh}
+    else:
+        name = model_file_name(result["model"]["hash"])
+        path = next((p for p in model_file_candidates(folder, name) if p.is_file()), None)
+        if path is None:
+            raise LikenessError("ASSETS_MISSING", f"the face model file {name} of {folder} is not in the bundle or "
+                                f"in {MODEL_CACHE_DIR}; run `python -m backend setup` on this machine")
+        with np.load(path, allow_pickle=False) as m:
+            topo = {k: m[k] for k in m.files}
+        if str(topo.get("model_hash")) != result["model"]["hash"]:
+            raise LikenessError("ASSETS_MISSING", f"{path} is not the model of {folder}")
+    return BundleData(folder, result, mesh["vertices"], mesh.get("basis_vertices", mesh["vertices"]), topo)

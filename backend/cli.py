@@ -14,9 +14,10 @@ DEMO_DIR = Path("out/demo")
 
 
 def _options(args):
-    from .pipeline import Options
-    return Options(device=args.device, texture_size=args.texture_size, overwrite=getattr(args, "overwrite", False),
-                   ict_dir=args.ict_dir)
+    from .pipeline import Options, validate
+    return validate(Options(device=args.device, texture_size=args.texture_size, texture=args.texture,
+                            overwrite=getattr(args, "overwrite", False),
+                            embed_model=getattr(args, "embed_model", False), ict_dir=args.ict_dir))
 
 
 def _summary(result: dict) -> str:
@@ -96,7 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p, out=True):
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-        p.add_argument("--texture-size", type=int, default=1024)
+        p.add_argument("--texture-size", type=int, default=1024, help="UDIM tile size: 512, 1024 or 2048")
+        p.add_argument("--texture", default="projection", help="texture strategy (projection)")
+        p.add_argument("--embed-model", action="store_true",
+                       help="copy the face model file (10 MB) into the bundle, to import it on another machine")
         p.add_argument("--ict-dir", default=None, help="folder of the packed ICT-FaceKit files")
 
     p = sub.add_parser("reconstruct", help="one photo -> one bundle folder")

@@ -21,6 +21,7 @@ CODES = {
     "NO_FACE": "no face was found in the image",
     "ASSETS_MISSING": "ICT-FaceKit or the MediaPipe model is not installed",
     "OUTPUT_EXISTS": "the output folder exists and would be overwritten",
+    "WRITE_FAILED": "the bundle could not be written (folder not writable, disk full)",
     "CANCELLED": "the request was cancelled",
     "BAD_REQUEST": "a worker request that is not valid JSON or lacks fields",
     "BUSY": "the worker is already running a request",

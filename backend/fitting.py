@@ -1,17 +1,29 @@
-"""Fitting v0: camera pose, identity and expression of ICT-FaceKit from 2D landmarks.
+"""Fitting: camera pose, identity and expression of ICT-FaceKit as a list of weighted loss terms.
 
+The fit is made of three parts that are each replaceable:
+- Parameters (`Param`), each with its own constraint applied after every step: the rigid pose (axis-
+  angle rotation, translation in cm), identity coefficients (N(0, 1) prior, unconstrained), expression
+  weights (kept in [0, 1]); later stages add lighting and albedo.
+- Loss terms (`Term`): a name, a weight and a function of the step's `FitContext` (what the
+  parameters make: landmark points on the surface, their projection, ...). The landmark Wing term is
+  one term; the priors are terms; a photometric term renders through backend/render.py.
+- Stages: which parameters move, at which learning rate, for how many Adam steps (cosine decay).
+
+v1's terms: a Wing loss on the reprojection of MediaPipe's landmarks through a fixed landmark-to-surface
+correspondence (weights/), with contour (face-oval) landmarks at a low weight because they slide along
+the silhouette on a real face; an N(0, 1) identity prior; L2 and L1 (sparse) expression priors.
 Perspective camera with a fixed focal length (EXIF or a 50 mm-equivalent default), rigid pose
-initialised by PnP, identity with an N(0,1) prior, expression weights kept in [0, 1] and
-initialised from MediaPipe's blendshape scores. The loss is a Wing loss on the reprojection of
-MediaPipe's landmarks through a fixed landmark-to-surface correspondence (weights/). Contour
-(face-oval) landmarks slide along the silhouette on a real face, so they get a low weight.
-Only the ~1.4k vertices under the landmarks are evaluated inside the loop, so a fit takes a
-fraction of a second on a CPU. No randomness: the same input gives the same fit.
+initialised by PnP, expression initialised from MediaPipe's blendshape scores. Only the ~1.4k
+vertices under the landmarks are evaluated inside the loop, so a fit takes a fraction of a second
+on a CPU. No randomness: the same input gives the same fit.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -20,8 +32,9 @@ import numpy as np
 import torch
 
 from .camera import Intrinsics, axis_angle_to_matrix, project, to_camera
-from .facemodel import FaceModel
+from .facemodel import FaceModel, SurfaceBasis
 from .paths import WEIGHTS_DIR
+from .scene import Hooks, SceneFit
 from .threads import torch_threads
 
 CORRESPONDENCE_PATH = WEIGHTS_DIR / "mediapipe_to_ict.npz"
@@ -36,12 +49,14 @@ class Correspondence:
     bary: np.ndarray        # (L, 3) float32
     weight: np.ndarray      # (L,) float32: 0 = not used in fitting
     contour: np.ndarray     # (L,) bool: face-oval landmark (slides along the silhouette)
+    sha256: str = ""        # of the file it was loaded from (provenance in result.json)
 
     @classmethod
     def load(cls, path: Path = CORRESPONDENCE_PATH) -> "Correspondence":
-        d = np.load(path)
+        data = Path(path).read_bytes()
+        d = np.load(io.BytesIO(data))
         return cls(d["vertex_ids"].astype(np.int64), d["bary"].astype(np.float32),
-                   d["weight"].astype(np.float32), d["contour"].astype(bool))
+                   d["weight"].astype(np.float32), d["contour"].astype(bool), hashlib.sha256(data).hexdigest())
 
 
 @dataclass
@@ -59,41 +74,106 @@ class FitSettings:
     contour_weight: float = 0.3
     wing_w: float = 10.0             # Wing loss, in units where the inter-ocular distance is 64
     wing_eps: float = 2.0
+    # Learning rates: (rigid stage, full stage) for rotation (rad) and translation (cm); identity and
+    # expression move in the full stage only.
+    lr_rotation: tuple[float, float] = (0.01, 0.005)
+    lr_translation: tuple[float, float] = (0.5, 0.25)
+    lr_identity: float = 0.05
+    lr_expression: float = 0.02
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters, context, terms
 
 
 @dataclass
-class FitResult:
-    rotation: torch.Tensor      # (3, 3) model -> camera
-    translation: torch.Tensor   # (3,) cm
-    identity: torch.Tensor      # (K_id,)
-    expression: torch.Tensor    # (K_exp,) in [0, 1]
-    intrinsics: Intrinsics
-    projected: np.ndarray       # (L, 2) the model's landmarks in full-resolution pixels
-    error_px: float             # mean distance over the landmarks with weight > 0
-    error_iod: float            # error_px / inter-ocular distance
-    landmarks_used: int
-    losses: list = field(default_factory=list)
+class Param:
+    """One optimised tensor and the constraint that keeps it valid (applied in place after each step)."""
+    value: torch.Tensor
+    constrain: Callable[[torch.Tensor], None] | None = None
+
+
+def clamp_unit(x: torch.Tensor) -> None:
+    x.clamp_(0.0, 1.0)
+
+
+class FitContext:
+    """What the loss terms see at one step: the parameters and, computed once and shared, what they make."""
+
+    def __init__(self, params: dict[str, Param], basis: SurfaceBasis, intrinsics: Intrinsics):
+        self.params = params
+        self.basis = basis
+        self.intrinsics = intrinsics
+        self._memo: dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.params[name].value
+
+    def _once(self, key: str, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
+    def rotation(self) -> torch.Tensor:
+        return self._once("rotation", lambda: axis_angle_to_matrix(self["rotation"]))
+
+    def landmarks_model(self) -> torch.Tensor:
+        """(L, 3) the landmark surface points in model space (cm)."""
+        return self._once("landmarks", lambda: self.basis.points(self["identity"], self["expression"]))
+
+    def landmarks_px(self) -> torch.Tensor:
+        """(L, 2) the landmark surface points projected into the photo (full-resolution px)."""
+        return self._once("landmarks_px", lambda: project(
+            to_camera(self.landmarks_model(), self.rotation(), self["translation"]), self.intrinsics)[:, :2])
+
+
+@dataclass
+class Term:
+    """A weighted loss term: weight * value(context)."""
+    name: str
+    weight: float
+    value: Callable[[FitContext], torch.Tensor]
 
 
 def wing_loss(r: torch.Tensor, w: float, eps: float) -> torch.Tensor:
-    """Feng et al. 2018: log-shaped near zero (small errors matter), L1 for outliers."""
+    """Feng et al. 2018: log-shaped near zero (small errors matter), L1 for outliers; continuous at |r| = w."""
     c = w - w * math.log(1 + w / eps)
     a = r.abs()
     return torch.where(a < w, w * torch.log1p(a / eps), a - c)
 
 
-def expression_init(model: FaceModel, blendshapes: dict[str, float]) -> np.ndarray:
-    """MediaPipe's ARKit-style scores (e.g. eyeBlinkLeft, cheekPuff) -> ICT's names (eyeBlink_L, cheekPuff_L)."""
-    out = np.zeros(model.num_expression, dtype=np.float32)
-    for i, name in enumerate(model.expression_names):
-        stem, side = (name[:-2], {"_L": "Left", "_R": "Right"}[name[-2:]]) if name[-2:] in ("_L", "_R") else (name, "")
-        out[i] = blendshapes.get(stem + side, blendshapes.get(stem, 0.0))
-    return np.clip(out, 0.0, 1.0)
+def landmark_wing_term(target_px: torch.Tensor, weight: torch.Tensor, iod_px: float, w: float, eps: float,
+                       term_weight: float = 1.0) -> Term:
+    """Wing loss of the landmark reprojection error, in units where the inter-ocular distance is 64
+    (whatever the photo's resolution), weighted per landmark, averaged over the landmarks used."""
+    scale = 64.0 / max(iod_px, 1e-3)
+    n_used = float(weight.gt(0).sum().clamp_min(1))
+
+    def value(ctx: FitContext) -> torch.Tensor:
+        r = (ctx.landmarks_px() - target_px).norm(dim=-1) * scale
+        return (wing_loss(r, w, eps) * weight).sum() / n_used
+    return Term("landmarks", term_weight, value)
 
 
-def inter_ocular_px(points: np.ndarray) -> float:
-    a, b = OUTER_EYE_CORNERS
-    return float(np.linalg.norm(points[a] - points[b]))
+def mean_square_term(name: str, param: str, weight: float) -> Term:
+    """mean(x^2) of a parameter: the N(0, 1) prior of identity coefficients, an L2 prior elsewhere."""
+    return Term(name, weight, lambda ctx: ctx[param].square().mean())
+
+
+def mean_term(name: str, param: str, weight: float) -> Term:
+    """mean(x) of a non-negative parameter: an L1 (sparsity) prior."""
+    return Term(name, weight, lambda ctx: ctx[param].mean())
+
+
+@dataclass
+class Stage:
+    name: str
+    steps: int
+    lrs: dict[str, float]   # parameter name -> learning rate; parameters not named stay fixed
+
+
+# ---------------------------------------------------------------------------------------------
+# The optimiser
 
 
 class Adam:
@@ -123,38 +203,86 @@ class Adam:
                 p.grad = None
 
 
-def _optimise(stages, loss_fn, beta, cancel_check, progress) -> list[float]:
-    """Adam with a cosine learning-rate decay (to 0.1%) per stage; expression weights projected into [0, 1]."""
-    total, done, losses = sum(n for _, n in stages), 0, []
-    for groups, steps in stages:
-        opt = Adam(groups)
-        for i in range(steps):
+def cosine_lr(i: int, steps: int) -> float:
+    """Learning-rate scale of step i (0-based) of `steps`: cosine decay to 0.1%."""
+    return 0.001 + 0.999 * 0.5 * (1 + math.cos(math.pi * (i + 1) / steps))
+
+
+def optimise(params: dict[str, Param], terms: list[Term], stages: list[Stage],
+             context: Callable[[], FitContext], hooks: Hooks) -> list[float]:
+    """Run the stages: per step, the weighted sum of the terms, one Adam step on the stage's parameters,
+    then each parameter's constraint. Returns the total loss per step."""
+    total, done, losses = sum(s.steps for s in stages), 0, []
+    for stage in stages:
+        opt = Adam([{"params": [params[name].value], "lr": lr} for name, lr in stage.lrs.items()])
+        for i in range(stage.steps):
             opt.zero_grad()
-            loss, _ = loss_fn()
+            ctx = context()
+            loss = sum(t.weight * t.value(ctx) for t in terms)
             loss.backward()
-            opt.step(0.001 + 0.999 * 0.5 * (1 + math.cos(math.pi * (i + 1) / steps)))
+            opt.step(cosine_lr(i, stage.steps))
             with torch.no_grad():
-                beta.clamp_(0.0, 1.0)
+                for p in params.values():
+                    if p.constrain is not None:
+                        p.constrain(p.value)
             losses.append(loss.item())
             done += 1
             if done % 25 == 0:
-                if cancel_check:
-                    cancel_check()
-                if progress:
-                    progress(done / total)
+                hooks.cancel_check()
+                hooks.progress(done / max(total, 1))
     return losses
+
+
+def term_values(terms: list[Term], ctx: FitContext) -> dict[str, dict[str, float]]:
+    with torch.no_grad():
+        return {t.name: {"weight": t.weight, "value": float(t.value(ctx))} for t in terms}
+
+
+# ---------------------------------------------------------------------------------------------
+# Initialisation
+
+
+def expression_init(model: FaceModel, blendshapes: dict[str, float]) -> np.ndarray:
+    """MediaPipe's ARKit-style scores (e.g. eyeBlinkLeft, cheekPuff) -> ICT's names (eyeBlink_L, cheekPuff_L)."""
+    out = np.zeros(model.num_expression, dtype=np.float32)
+    for i, name in enumerate(model.expression_names):
+        stem, side = (name[:-2], {"_L": "Left", "_R": "Right"}[name[-2:]]) if name[-2:] in ("_L", "_R") else (name, "")
+        out[i] = blendshapes.get(stem + side, blendshapes.get(stem, 0.0))
+    return np.clip(out, 0.0, 1.0)
+
+
+def inter_ocular_px(points: np.ndarray) -> float:
+    a, b = OUTER_EYE_CORNERS
+    return float(np.linalg.norm(points[a] - points[b]))
+
+
+_CV_TO_OURS = np.diag([1.0, -1.0, -1.0])  # OpenCV camera (y down, z forward) <-> ours (y up, looking down -Z)
+
+
+def facing_pose(object_points: np.ndarray, image_points: np.ndarray, k: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
+    """A pose that faces the camera, upright (R = I: the model's face looks down +Z, at our camera), at
+    the distance where the points' spread matches, centred on the image points: PnP's fallback."""
+    extent_model = float(np.ptp(object_points[:, :2], axis=0).max())
+    extent_image = float(np.ptp(image_points, axis=0).max())
+    depth = k.focal_px * extent_model / max(extent_image, 1e-6)
+    cu, cv_ = image_points.mean(0)
+    centre = object_points.mean(0)
+    target = np.array([(cu - k.cx) * depth / k.focal_px, -(cv_ - k.cy) * depth / k.focal_px, -depth])
+    return np.eye(3), target - centre
 
 
 def solve_pnp(object_points: np.ndarray, image_points: np.ndarray, k: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
     """Rigid pose from 3D-2D pairs, returned in our camera convention (looking down -Z, +Y up)."""
     cam = np.array([[k.focal_px, 0, k.cx], [0, k.focal_px, k.cy], [0, 0, 1]], dtype=np.float64)
-    ok, rvec, tvec = cv2.solvePnP(object_points.astype(np.float64), image_points.astype(np.float64),
-                                  cam, None, flags=cv2.SOLVEPNP_SQPNP)
-    if not ok:
-        rvec, tvec = np.zeros(3), np.array([0.0, 0.0, 100.0])
+    try:
+        ok, rvec, tvec = cv2.solvePnP(object_points.astype(np.float64), image_points.astype(np.float64),
+                                      cam, None, flags=cv2.SOLVEPNP_SQPNP)
+    except cv2.error:
+        ok = False
+    if not ok or not (np.isfinite(rvec).all() and np.isfinite(tvec).all()):
+        return facing_pose(object_points, image_points, k)
     r_cv, _ = cv2.Rodrigues(rvec)
-    flip = np.diag([1.0, -1.0, -1.0])  # OpenCV camera (y down, z forward) -> ours
-    return flip @ r_cv, flip @ tvec.reshape(3)
+    return _CV_TO_OURS @ r_cv, _CV_TO_OURS @ tvec.reshape(3)
 
 
 def matrix_to_axis_angle(r: np.ndarray) -> np.ndarray:
@@ -162,19 +290,39 @@ def matrix_to_axis_angle(r: np.ndarray) -> np.ndarray:
     return rvec.reshape(3)
 
 
+# ---------------------------------------------------------------------------------------------
+# The landmark fit
+
+
+def landmark_terms(corr: Correspondence, points: np.ndarray, iod_px: float, settings: FitSettings,
+                   device) -> list[Term]:
+    target = torch.as_tensor(points, dtype=torch.float32, device=device)
+    weight = torch.as_tensor(np.where(corr.contour, settings.contour_weight, 1.0) * corr.weight,
+                             dtype=torch.float32, device=device)
+    return [landmark_wing_term(target, weight, iod_px, settings.wing_w, settings.wing_eps),
+            mean_square_term("identity_prior", "identity", settings.identity_prior),
+            mean_square_term("expression_prior", "expression", settings.expression_prior),
+            mean_term("expression_sparsity", "expression", settings.expression_l1)]
+
+
+def landmark_stages(settings: FitSettings) -> list[Stage]:
+    return [Stage("rigid", settings.rigid_steps, {"rotation": settings.lr_rotation[0],
+                                                  "translation": settings.lr_translation[0]}),
+            Stage("full", settings.full_steps, {"rotation": settings.lr_rotation[1],
+                                                "translation": settings.lr_translation[1],
+                                                "identity": settings.lr_identity,
+                                                "expression": settings.lr_expression})]
+
+
 def fit_landmarks(model: FaceModel, corr: Correspondence, points: np.ndarray, intrinsics: Intrinsics,
                   blendshapes: dict[str, float] | None = None, settings: FitSettings = FitSettings(),
-                  cancel_check: Callable[[], None] | None = None,
-                  progress: Callable[[float], None] | None = None, iod_px: float | None = None) -> FitResult:
+                  hooks: Hooks | None = None, iod_px: float | None = None) -> SceneFit:
     """Fit pose, identity and expression to 2D landmarks `points` (L, 2) in full-res pixels.
     `iod_px` (the inter-ocular distance) defaults to that of MediaPipe's 478 points."""
+    hooks = hooks or Hooks()
     dev = model.device
     used = corr.weight > 0
-    target = torch.as_tensor(points, dtype=torch.float32, device=dev)
-    weight = torch.as_tensor(np.where(corr.contour, settings.contour_weight, 1.0) * corr.weight,
-                             dtype=torch.float32, device=dev)
     iod_px = max(iod_px or inter_ocular_px(points), 1e-3)
-    scale = 64.0 / iod_px  # residuals in "IOD = 64" units, whatever the photo's resolution
 
     # Rigid initialisation: PnP of the mean face's landmarks (non-contour ones) against the detections.
     basis = model.surface_basis(corr.vertex_ids, corr.bary)
@@ -184,32 +332,31 @@ def fit_landmarks(model: FaceModel, corr: Correspondence, points: np.ndarray, in
     sel = used & ~corr.contour
     r0, t0 = solve_pnp(mean_pts[sel], points[sel], intrinsics)
 
-    aa = torch.tensor(matrix_to_axis_angle(r0), dtype=torch.float32, device=dev, requires_grad=True)
-    t = torch.tensor(t0, dtype=torch.float32, device=dev, requires_grad=True)
-    alpha = alpha0.clone().requires_grad_(True)
-    beta = torch.tensor(beta0, device=dev, requires_grad=True)
-    n_used = float(weight.gt(0).sum())
+    def leaf(x) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(x), dtype=torch.float32, device=dev).clone().requires_grad_(True)
+    params = {"rotation": Param(leaf(matrix_to_axis_angle(r0))), "translation": Param(leaf(t0)),
+              "identity": Param(leaf(alpha0.cpu().numpy())), "expression": Param(leaf(beta0), clamp_unit)}
+    terms = landmark_terms(corr, points, iod_px, settings, dev)
+    stages = landmark_stages(settings)
 
-    def loss_fn():
-        uv = project(to_camera(basis.points(alpha, beta), axis_angle_to_matrix(aa), t), intrinsics)[:, :2]
-        r = (uv - target).norm(dim=-1) * scale
-        data = (wing_loss(r, settings.wing_w, settings.wing_eps) * weight).sum() / n_used
-        prior = settings.identity_prior * (alpha ** 2).mean() + settings.expression_prior * (beta ** 2).mean() + settings.expression_l1 * beta.mean()
-        return data + prior, uv
+    def context() -> FitContext:
+        return FitContext(params, basis, intrinsics)
 
-    stages = [
-        ([{"params": [aa], "lr": 0.01}, {"params": [t], "lr": 0.5}], settings.rigid_steps),
-        ([{"params": [aa], "lr": 0.005}, {"params": [t], "lr": 0.25}, {"params": [alpha], "lr": 0.05},
-          {"params": [beta], "lr": 0.02}], settings.full_steps),
-    ]
     # The loop is thousands of tiny ops: one CPU thread avoids OpenMP hand-off costs (3-8x faster here).
     with torch_threads(1 if dev.type == "cpu" else torch.get_num_threads()):
-        losses = _optimise(stages, loss_fn, beta, cancel_check, progress)
+        losses = optimise(params, terms, stages, context, hooks)
 
+    ctx = context()
     with torch.no_grad():
-        _, uv = loss_fn()
-        uv = uv.cpu().numpy()
+        uv = ctx.landmarks_px().cpu().numpy()
+        identity, expression = ctx["identity"].detach(), ctx["expression"].detach()
+        basis_vertices = model.vertices(identity)
+        vertices = model.vertices(identity, expression)
     err = np.linalg.norm(uv - points, axis=1)
     error_px = float(err[used].mean())
-    return FitResult(axis_angle_to_matrix(aa.detach()), t.detach(), alpha.detach(), beta.detach(), intrinsics,
-                     uv, error_px, error_px / iod_px, int(used.sum()), losses)
+    metrics = {"landmark_error_px": error_px, "landmark_error_iod": error_px / iod_px,
+               "landmarks_used": int(used.sum()), "final_loss": losses[-1] if losses else None}
+    recorded = {"method": "landmarks", **dataclasses.asdict(settings),
+                "stages": [dataclasses.asdict(s) for s in stages]}
+    return SceneFit(intrinsics, ctx.rotation().detach(), ctx["translation"].detach(), identity, expression,
+                    vertices, basis_vertices, uv, metrics, recorded, term_values(terms, ctx))

@@ -72,8 +72,10 @@ class Photo:
         return int(self.rgb.shape[0])
 
 
-def load_photo(path) -> Photo:
-    """Read an image file into a Photo, or raise LikenessError with one of the image error codes."""
+def load_photo(path, cancel_check=None) -> Photo:
+    """Read an image file into a Photo, or raise LikenessError with one of the image error codes.
+    `cancel_check()`, if given, is called between the steps (it raises to cancel)."""
+    check = cancel_check or (lambda: None)
     path = Path(path)
     name = path.name
     if not path.exists():
@@ -108,6 +110,7 @@ def load_photo(path) -> Photo:
         if min(width, height) < MIN_SIDE:
             raise _too_small(name, width, height)
 
+        check()
         try:
             im.load()
         except Image.DecompressionBombError as exc:
@@ -117,6 +120,7 @@ def load_photo(path) -> Photo:
         except Exception as exc:  # noqa: BLE001 - OSError (truncated), SyntaxError/zlib/struct errors (damaged)
             raise _corrupt(name, exc) from exc
 
+    check()
     focal = focal_35mm_from_exif(im)
     try:
         ImageOps.exif_transpose(im, in_place=True)

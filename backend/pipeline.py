@@ -1,37 +1,110 @@
 """One photo -> result bundle: load, detect, fit, texture, write (each stage timed and cancellable)."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import cv2
 import numpy as np
 import torch
 
-from . import __version__
-from .bundle import SCHEMA_VERSION, check_output, staged_bundle, write_json, write_png
+from .bundle import check_output, write_bundle
 from .camera import Intrinsics, yaw_pitch_roll_deg
 from .errors import LikenessError
-from .facemodel import PART_NAMES, VERTEX_RANGES, FaceModel, load_face_model
-from .fitting import Correspondence, FitResult, fit_landmarks
+from .facemodel import load_face_model
+from .fitting import Correspondence, fit_landmarks
 from .imageio import Photo, load_photo
-from .landmarks import FaceDetection, get_analyzer
+from .landmarks import FaceAnalyzer, get_analyzer
 from .preview import draw_preview
-from .texture import TextureMaps, project_texture
+from .scene import Hooks, Observation, SceneFit
+from .texture import SKIN_IOR, STRATEGIES
 
-# Share of the whole request's progress that each stage ends at (worker progress events).
-STAGE_END = {"load": 0.05, "detect": 0.12, "fit": 0.45, "texture": 0.9, "write": 1.0}
-STAGE_START = dict(zip(STAGE_END, [0.0] + list(STAGE_END.values())[:-1]))
+# The stages, in order: name, what it does (for people), and the share of the whole request's
+# progress at its end. The worker announces this list in its `ready` event; every client uses it.
+STAGES = (
+    ("load", "loading the photo and the face model", 0.05),
+    ("detect", "finding the face", 0.12),
+    ("fit", "fitting the 3D head", 0.45),
+    ("texture", "making the UV textures", 0.9),
+    ("write", "writing the result bundle", 1.0),
+)
+STAGE_NAMES = tuple(s[0] for s in STAGES)
+STAGE_MESSAGES = {name: message for name, message, _ in STAGES}
+_STAGE_SPAN = {name: (start, end) for (name, _, end), start in zip(STAGES, [0.0] + [s[2] for s in STAGES[:-1]])}
+
+TEXTURE_SIZES = (512, 1024, 2048, 4096)
+DEVICES = ("auto", "cpu", "cuda")
+MEMORY_TARGET_MB = 3072
+PREVIEW_EVENT_SIDE = 256
 
 
-@dataclass
+def estimated_peak_mb(texture_size: int) -> float:
+    """Peak resident memory of a reconstruct on the CPU for a texture size: a fixed part (Python, torch,
+    MediaPipe, the face model) plus per-texel costs, fitted to `bench` peaks measured at 512, 1024 and
+    2048 (docs/bench.md). Used to refuse sizes that cannot meet the memory target before any work."""
+    return 1150.0 + 290.0 * (texture_size / 1024.0) ** 2
+
+
+@dataclass(frozen=True)
 class Options:
     device: str = "auto"          # auto | cpu | cuda
-    texture_size: int = 1024
-    overwrite: bool = False
+    texture_size: int = 1024      # one of TEXTURE_SIZES, within the memory target
+    texture: str = "projection"   # a texture strategy: texture.STRATEGIES
+    overwrite: bool = False       # replace an existing bundle of ours at the output
+    embed_model: bool = False     # copy the face model file into the bundle (for another machine)
     ict_dir: str | None = None
     landmarker: str | None = None
+
+
+_OPTION_TYPES = {"device": str, "texture_size": int, "texture": str, "overwrite": bool, "embed_model": bool,
+                 "ict_dir": (str, type(None)), "landmarker": (str, type(None))}
+
+
+def parse_options(values: dict | None) -> Options:
+    """Options from a JSON object (worker requests, bench runner): strict types, known keys only, then
+    `validate`. "overwrite": "no" is refused, not read as true."""
+    values = values or {}
+    if not isinstance(values, dict):
+        raise LikenessError("BAD_REQUEST", "options must be a JSON object")
+    unknown = sorted(set(values) - set(_OPTION_TYPES))
+    if unknown:
+        raise LikenessError("BAD_REQUEST", f"unknown option(s) {', '.join(unknown)}; known: {', '.join(_OPTION_TYPES)}")
+    for key, value in values.items():
+        want = _OPTION_TYPES[key]
+        bad_int = want is int and isinstance(value, bool)  # JSON true is not a size
+        if bad_int or not isinstance(value, want):
+            kind = {bool: "true or false", int: "an integer", str: "a string"}.get(want, "a string or null")
+            raise LikenessError("BAD_REQUEST", f"option {key!r} must be {kind}, got {json_repr(value)}")
+    return validate(Options(**values))
+
+
+def json_repr(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def validate(options: Options) -> Options:
+    """Check every option before any work; LikenessError BAD_REQUEST with what is allowed."""
+    if options.device not in DEVICES:
+        raise LikenessError("BAD_REQUEST", f"unknown device {options.device!r} (auto, cpu or cuda)")
+    if options.texture not in STRATEGIES:
+        raise LikenessError("BAD_REQUEST", f"unknown texture strategy {options.texture!r} ({', '.join(STRATEGIES)})")
+    size = options.texture_size
+    if isinstance(size, bool) or size not in TEXTURE_SIZES:
+        raise LikenessError("BAD_REQUEST", f"texture size {size!r} is not one of {', '.join(map(str, TEXTURE_SIZES))}")
+    if estimated_peak_mb(size) > MEMORY_TARGET_MB:
+        allowed = [s for s in TEXTURE_SIZES if estimated_peak_mb(s) <= MEMORY_TARGET_MB]
+        raise LikenessError("BAD_REQUEST", f"texture size {size} needs about {estimated_peak_mb(size) / 1024:.1f} GB, "
+                            f"over the {MEMORY_TARGET_MB / 1024:.0f} GB memory target; use {max(allowed)} or less")
+    return options
+
+
+def allowed_texture_sizes() -> list[int]:
+    return [s for s in TEXTURE_SIZES if estimated_peak_mb(s) <= MEMORY_TARGET_MB]
 
 
 def resolve_device(name: str) -> str:
@@ -44,148 +117,122 @@ def resolve_device(name: str) -> str:
     return name
 
 
-class Reporter:
-    """Times the stages and turns in-stage fractions into whole-request progress."""
+_CORRESPONDENCE: list[Correspondence] = []
 
-    def __init__(self, progress: Callable[[str, float], None] | None, cancel_check: Callable[[], None] | None):
-        self.progress = progress
+
+def load_correspondence() -> Correspondence:
+    if not _CORRESPONDENCE:
+        _CORRESPONDENCE.append(Correspondence.load())
+    return _CORRESPONDENCE[0]
+
+
+def warm_up(options: Options = Options()) -> None:
+    """Load what the first request would otherwise load (slow and uncancellable): the face model,
+    the landmark correspondence and MediaPipe's landmarker."""
+    load_face_model(options.ict_dir, resolve_device(options.device))
+    load_correspondence()
+    get_analyzer(options.landmarker)
+
+
+class Run:
+    """Times the stages, turns in-stage fractions into whole-request progress, and hands each stage
+    its Hooks (cancel, progress, preview)."""
+
+    def __init__(self, progress: Callable[[str, float], None] | None, cancel_check: Callable[[], None] | None,
+                 preview: Callable[[str, str, np.ndarray], None] | None = None):
+        self._progress = progress
         self.cancel_check = cancel_check or (lambda: None)
+        self._preview = preview
         self.timings: dict[str, float] = {}
-        self._stage, self._t0 = None, 0.0
+        self._t_start = time.perf_counter()
+        self._open: tuple[str, float] | None = None
 
-    def start(self, stage: str) -> None:
+    def _report(self, stage: str, fraction: float) -> None:
+        if self._progress:
+            a, b = _STAGE_SPAN[stage]
+            self._progress(stage, a + (b - a) * min(max(fraction, 0.0), 1.0))
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
         self.cancel_check()
-        self._stage, self._t0 = stage, time.perf_counter()
-        self.within(0.0)
+        self._open = (name, time.perf_counter())
+        self._report(name, 0.0)
+        preview = (lambda key, img: self._preview(name, key, img)) if self._preview else (lambda key, img: None)
+        yield Hooks(self.cancel_check, lambda f: self._report(name, f), preview)
+        self._close()
 
-    def within(self, fraction: float) -> None:
-        if self.progress:
-            a, b = STAGE_START[self._stage], STAGE_END[self._stage]
-            self.progress(self._stage, a + (b - a) * min(max(fraction, 0.0), 1.0))
+    def _close(self) -> None:
+        if self._open is not None:
+            name, t0 = self._open
+            self.timings[name] = round(time.perf_counter() - t0, 4)
+            self._open = None
+            self._report(name, 1.0)
 
-    def end(self) -> None:
-        self.timings[self._stage] = round(time.perf_counter() - self._t0, 4)
-        self.within(1.0)
+    def finish(self) -> dict:
+        """Close the open stage now; the timings with the total (what result.json records)."""
+        self._close()
+        return {**self.timings, "total": round(time.perf_counter() - self._t_start, 4)}
+
+
+def observe(photo: Photo, analyzer: FaceAnalyzer) -> Observation:
+    det = analyzer.detect(photo)
+    return Observation(photo, det, Intrinsics.for_image(photo.width, photo.height, photo.focal_35mm))
 
 
 def reconstruct(photo: str | Path | Photo, out_dir: str | Path, options: Options = Options(),
                 progress: Callable[[str, float], None] | None = None,
-                cancel_check: Callable[[], None] | None = None) -> dict:
+                cancel_check: Callable[[], None] | None = None,
+                preview: Callable[[str, str, np.ndarray], None] | None = None) -> dict:
     """Run the whole pipeline; returns the bundle's result.json content. Raises LikenessError."""
-    t_start = time.perf_counter()
+    options = validate(options)
     out_dir = Path(out_dir)
     check_output(out_dir, options.overwrite)
-    rep = Reporter(progress, cancel_check)
+    run = Run(progress, cancel_check, preview)
 
-    rep.start("load")
-    device = resolve_device(options.device)
-    if not isinstance(photo, Photo):
-        photo = load_photo(photo)
-    model = load_face_model(options.ict_dir, device)
-    corr = Correspondence.load()
-    analyzer = get_analyzer(options.landmarker)
-    rep.end()
+    with run.stage("load") as hooks:
+        device = resolve_device(options.device)
+        if not isinstance(photo, Photo):
+            photo = load_photo(photo, hooks.cancel_check)
+        model = load_face_model(options.ict_dir, device)
+        corr = load_correspondence()
+        analyzer = get_analyzer(options.landmarker)
 
-    rep.start("detect")
-    det = analyzer.detect(photo)
-    rep.end()
+    with run.stage("detect"):
+        obs = observe(photo, analyzer)
 
-    rep.start("fit")
-    k = Intrinsics.for_image(photo.width, photo.height, photo.focal_35mm)
-    fit = fit_landmarks(model, corr, det.points, k, det.blendshapes, cancel_check=rep.cancel_check,
-                        progress=rep.within)
-    with torch.no_grad():
-        basis = model.vertices(fit.identity)
-        vertices = model.vertices(fit.identity, fit.expression)
-    rep.end()
+    with run.stage("fit") as hooks:
+        det = obs.detection
+        fit = fit_landmarks(model, corr, det.points, obs.intrinsics, det.blendshapes, hooks=hooks)
+        overlay = draw_preview(photo.rgb, model, fit.vertices, fit, det)
+        hooks.preview("fit", small(overlay, PREVIEW_EVENT_SIDE))
 
-    rep.start("texture")
-    maps = project_texture(photo.rgb, model, vertices, fit.rotation, fit.translation, k,
-                           size=options.texture_size, cancel_check=rep.cancel_check)
-    rep.end()
+    with run.stage("texture") as hooks:
+        tex = STRATEGIES[options.texture](obs, fit, model, options.texture_size, hooks)
 
-    rep.start("write")
-    warnings = collect_warnings(photo, det, fit)
-    with staged_bundle(out_dir, options.overwrite) as tmp:
-        files = write_maps(tmp, maps)
-        write_mesh(tmp / "mesh.npz", model, vertices, basis)
-        rep.cancel_check()
-        write_png(tmp / "preview.png", draw_preview(photo.rgb, model, vertices, fit, det))
-        files = [{"path": "mesh.npz", "role": "mesh"}] + files + [
-            {"path": "preview.png", "role": "preview", "colorspace": "sRGB"}]
-        result = result_json(photo, det, fit, model, files, rep.timings, warnings)
-        rep.end()  # the write stage's time is known once the last image is written
-        result["timings_s"] = {**rep.timings, "total": round(time.perf_counter() - t_start, 4)}
-        write_json(tmp / "result.json", result)
-        rep.cancel_check()
-    return result
+    with run.stage("write") as hooks:
+        sections = {"options": dataclasses.asdict(options), "warnings": collect_warnings(obs, fit),
+                    "correspondence_sha256": corr.sha256, "skin_ior": SKIN_IOR}
+        return write_bundle(out_dir, obs, fit, tex, model, sections, hooks, overwrite=options.overwrite,
+                            embed_model=options.embed_model, preview=overlay, timings=run.finish)
 
 
-def write_maps(folder: Path, maps: TextureMaps) -> list[dict]:
-    files = []
-    for role, images, colorspace in (("diffuse", maps.diffuse, "sRGB"), ("specular", maps.specular, "Non-Color"),
-                                     ("normal", maps.normal, "Non-Color"), ("visibility", maps.visibility, "Non-Color")):
-        for tile in sorted(images):
-            name = f"{role}.{tile}.png"
-            write_png(folder / name, images[tile])
-            files.append({"path": name, "role": role, "tile": tile, "colorspace": colorspace})
-    return files
+def small(image: np.ndarray, side: int) -> np.ndarray:
+    s = side / max(image.shape[:2])
+    if s >= 1:
+        return image
+    return cv2.resize(image, (max(1, round(image.shape[1] * s)), max(1, round(image.shape[0] * s))),
+                      interpolation=cv2.INTER_AREA)
 
 
-def write_mesh(path: Path, model: FaceModel, vertices: torch.Tensor, basis: torch.Tensor) -> None:
-    topo = model.topology
-    np.savez(
-        path,
-        vertices=vertices.cpu().numpy().astype(np.float32),
-        basis_vertices=basis.cpu().numpy().astype(np.float32),
-        expression_deltas=model.expression.cpu().numpy().astype(np.float16),
-        expression_names=np.array(model.expression_names),
-        face_sizes=topo.face_sizes,
-        face_vertex_indices=topo.face_vertex_indices,
-        corner_uvs=topo.corner_uvs,
-        face_part=topo.polygon_part,
-        part_names=np.array(PART_NAMES),
-        part_vertex_ranges=np.array(list(VERTEX_RANGES.values()), dtype=np.int32),
-        part_range_names=np.array(list(VERTEX_RANGES)),
-    )
-
-
-def collect_warnings(photo: Photo, det: FaceDetection, fit: FitResult) -> list[str]:
+def collect_warnings(obs: Observation, fit: SceneFit) -> list[str]:
     out = []
-    if det.num_faces > 1:
-        out.append(f"{det.num_faces} faces found; reconstructed the largest")
-    if photo.focal_35mm is None:
+    if obs.detection.num_faces > 1:
+        out.append(f"{obs.detection.num_faces} faces found; reconstructed the largest")
+    if obs.photo.focal_35mm is None:
         out.append("no focal length in EXIF; assumed a 50 mm-equivalent lens")
-    if fit.error_iod > 0.05:
-        out.append(f"landmark fit error is high ({fit.error_iod:.1%} of the inter-ocular distance)")
+    if fit.metrics["landmark_error_iod"] > 0.05:
+        out.append(f"landmark fit error is high ({fit.metrics['landmark_error_iod']:.1%} of the inter-ocular distance)")
     yaw, pitch, _ = yaw_pitch_roll_deg(fit.rotation.cpu().numpy())
     if abs(yaw) > 45:
         out.append(f"the head is turned {yaw:.0f} degrees: the far side of the texture is mirrored or filled")
     return out
-
-
-def result_json(photo: Photo, det: FaceDetection, fit: FitResult, model: FaceModel, files: list[dict],
-                timings: dict, warnings: list[str]) -> dict:
-    k = fit.intrinsics
-    rot = fit.rotation.cpu().numpy()
-    yaw, pitch, roll = yaw_pitch_roll_deg(rot)
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "software": {"name": "likeness", "version": __version__, "torch": torch.__version__},
-        "input": {"name": photo.name, "sha256": photo.sha256, "width": photo.width, "height": photo.height},
-        "files": files,
-        "camera": {"model": "perspective", "width": k.width, "height": k.height, "focal_px": k.focal_px,
-                   "cx": k.cx, "cy": k.cy, "focal_source": "exif" if photo.focal_35mm else "default",
-                   "convention": "Xc = R @ X + t; camera looks down -Z, +Y up; "
-                                 "u = cx + f*Xc.x/-Xc.z, v = cy - f*Xc.y/-Xc.z (pixels, origin top-left)"},
-        "pose": {"rotation": rot.tolist(), "translation_cm": fit.translation.cpu().numpy().tolist(),
-                 "yaw_deg": yaw, "pitch_deg": pitch, "roll_deg": roll},
-        "identity": {"names": model.identity_names, "coefficients": fit.identity.cpu().numpy().tolist()},
-        "expression": {"names": model.expression_names, "coefficients": fit.expression.cpu().numpy().tolist()},
-        "detection": {"num_faces": det.num_faces, "face_box": [float(x) for x in det.box],
-                      "blendshapes": {k_: float(v) for k_, v in det.blendshapes.items()}},
-        "metrics": {"landmark_error_px": fit.error_px, "landmark_error_iod": fit.error_iod,
-                    "landmarks_used": fit.landmarks_used},
-        "timings_s": dict(timings),
-        "warnings": warnings,
-    }

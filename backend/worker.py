@@ -1,25 +1,25 @@
 """`python -m backend worker`: JSON lines on stdin/stdout for the Blender side (docs/worker-protocol.md)."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sys
 import threading
 import traceback
 
+import cv2
+import numpy as np
+
 from . import __version__
 from .errors import LikenessError
 
-STAGE_MESSAGES = {
-    "load": "loading the photo and the face model",
-    "detect": "finding the face",
-    "fit": "fitting the 3D head",
-    "texture": "projecting the photo into UV textures",
-    "write": "writing the result bundle",
-}
+# The protocol's version: a client refuses a worker whose `ready.protocol` it does not know.
+PROTOCOL_VERSION = 2
 # While a request runs, its last progress event is repeated at least this often, so a client can
 # tell a slow stage from a hung worker.
 HEARTBEAT_S = 2.0
+MAX_LINE_BYTES = 1 << 20   # a request line longer than this is refused unread (a request is < 1 kB)
 
 
 def protocol_stream():
@@ -30,6 +30,36 @@ def protocol_stream():
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     return out
+
+
+def capabilities() -> dict:
+    """What this worker can do: announced in `ready`, so the client needs no knowledge of its own."""
+    import torch
+    from .pipeline import DEVICES, STAGES, allowed_texture_sizes
+    from .bundle import SCHEMA_VERSION
+    from .texture import STRATEGIES
+    return {"stages": [{"name": n, "message": m} for n, m, _ in STAGES], "texture_strategies": list(STRATEGIES),
+            "texture_sizes": allowed_texture_sizes(), "devices": list(DEVICES), "cuda": bool(torch.cuda.is_available()),
+            "bundle_schema": SCHEMA_VERSION, "events": ["ready", "progress", "preview", "result", "error", "pong"]}
+
+
+def parse_request(line: str) -> dict:
+    """One request line -> a dict with a string 'op'; ValueError (with a reason) for anything else,
+    including nesting too deep for the parser (RecursionError) and lines that are too long."""
+    if len(line) > MAX_LINE_BYTES:
+        raise ValueError(f"a request line is at most {MAX_LINE_BYTES} bytes")
+    try:
+        req = json.loads(line)
+    except RecursionError:
+        raise ValueError("the request is nested too deeply to be a request") from None
+    if not isinstance(req, dict) or not isinstance(req.get("op"), str):
+        raise ValueError("a request is a JSON object with an 'op'")
+    return req
+
+
+def png_data(image: np.ndarray) -> str:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR))
+    return base64.b64encode(buf.tobytes()).decode("ascii") if ok else ""
 
 
 class Worker:
@@ -49,13 +79,14 @@ class Worker:
     def handle(self, line: str) -> bool:
         """Handle one request line; False when the worker should stop."""
         try:
-            req = json.loads(line)
-            if not isinstance(req, dict) or not isinstance(req.get("op"), str):
-                raise ValueError("a request is a JSON object with an 'op'")
+            req = parse_request(line)
         except ValueError as err:
             self.emit({"event": "error", "id": None, "code": "BAD_REQUEST", "message": str(err)})
             return True
         op, rid = req["op"], req.get("id")
+        if not isinstance(rid, (str, int, type(None))) or isinstance(rid, bool):
+            self.emit({"event": "error", "id": None, "code": "BAD_REQUEST", "message": "'id' must be a string"})
+            return True
         if op == "ping":
             self.emit({"event": "pong"})
         elif op == "shutdown":
@@ -75,7 +106,7 @@ class Worker:
                 self.job = (rid, thread, cancel)
                 thread.start()
         else:
-            self.emit({"event": "error", "id": rid, "code": "BAD_REQUEST", "message": f"unknown op {op!r}"})
+            self.emit({"event": "error", "id": rid, "code": "BAD_REQUEST", "message": f"unknown op {op!r}"[:200]})
         return True
 
     def run(self, rid, req: dict, cancel: threading.Event) -> None:
@@ -84,7 +115,7 @@ class Worker:
         self.emit(final)
 
     def reconstruct(self, rid, req: dict, cancel: threading.Event) -> dict:
-        from .pipeline import Options, reconstruct
+        from .pipeline import STAGE_MESSAGES, parse_options, reconstruct
 
         def cancel_check():
             if cancel.is_set():
@@ -96,6 +127,10 @@ class Worker:
             last.update(stage=stage, fraction=round(fraction, 4), message=STAGE_MESSAGES[stage])
             self.emit(dict(last))
 
+        def preview(stage: str, name: str, image: np.ndarray):
+            self.emit({"event": "preview", "id": rid, "stage": stage, "name": name, "width": int(image.shape[1]),
+                       "height": int(image.shape[0]), "png_base64": png_data(image)})
+
         def heartbeat(done: threading.Event):
             while not done.wait(HEARTBEAT_S):
                 self.emit(dict(last))
@@ -103,14 +138,14 @@ class Worker:
         done = threading.Event()
         threading.Thread(target=heartbeat, args=(done,), daemon=True).start()
         try:
-            opts = req.get("options") or {}
-            options = Options(device=str(opts.get("device", "auto")), texture_size=int(opts.get("texture_size", 1024)),
-                              overwrite=bool(opts.get("overwrite", False)))
-            result = reconstruct(req["photo"], req["out"], options, progress, cancel_check)
+            options = parse_options(req.get("options"))
+            result = reconstruct(req["photo"], req["out"], options, progress, cancel_check, preview)
             return {"event": "result", "id": rid, "bundle": os.path.abspath(req["out"]),
                     "metrics": result["metrics"], "timings_s": result["timings_s"], "warnings": result["warnings"]}
         except LikenessError as err:
             return {"event": "error", "id": rid, "code": err.code, "message": err.message}
+        except MemoryError:
+            return {"event": "error", "id": rid, "code": "INTERNAL", "message": "out of memory"}
         except Exception as err:  # a bug: report it, keep serving
             traceback.print_exc()
             return {"event": "error", "id": rid, "code": "INTERNAL", "message": f"{type(err).__name__}: {err}"}
@@ -127,16 +162,14 @@ class Worker:
 def main() -> int:
     out = protocol_stream()
     worker = Worker(out)
-    import torch  # noqa: F401  (imported before 'ready' so the first request starts at once)
-    from .facemodel import load_face_model
-    from .landmarks import get_analyzer
+    import torch
+    from .pipeline import warm_up
     try:  # warm up: the first request then needs no slow, uncancellable loading
-        load_face_model()
-        get_analyzer()
+        warm_up()
     except LikenessError as err:
         print(f"warm-up failed: {err}", file=sys.stderr)
-    worker.emit({"event": "ready", "version": __version__, "torch": torch.__version__,
-                 "cuda": bool(torch.cuda.is_available())})
+    worker.emit({"event": "ready", "protocol": PROTOCOL_VERSION, "version": __version__, "torch": torch.__version__,
+                 "cuda": bool(torch.cuda.is_available()), "capabilities": capabilities()})
     for line in sys.stdin:
         if line.strip() and not worker.handle(line):
             break

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
-from backend.bundle import read_result
+import bundle_format
+from backend.bundle import MARKER_NAME, load_bundle, read_result
 from backend.errors import LikenessError
 from backend.pipeline import Options, reconstruct
 
@@ -35,7 +36,7 @@ def test_result_json_schema(bundle):
     out, result, _ = bundle
     on_disk = read_result(out)
     assert on_disk == json.loads(json.dumps(result))
-    assert on_disk["schema_version"] == 1
+    assert on_disk["schema_version"] == 2
     assert on_disk["input"]["name"] == "001_03.jpg" and len(on_disk["input"]["sha256"]) == 64
     assert (on_disk["input"]["width"], on_disk["input"]["height"]) == (1350, 1350)
     assert len(on_disk["identity"]["names"]) == len(on_disk["identity"]["coefficients"]) == 100
@@ -46,6 +47,12 @@ def test_result_json_schema(bundle):
     assert set(on_disk["timings_s"]) >= {"load", "detect", "fit", "texture", "write", "total"}
     assert on_disk["metrics"]["landmark_error_iod"] < 0.05
     assert on_disk["detection"]["num_faces"] == 1
+    # Provenance: what was detected, which model and correspondence, with which settings.
+    assert np.asarray(on_disk["detection"]["landmarks_px"]).shape == (478, 2)
+    assert len(on_disk["model"]["hash"]) == 64 and len(on_disk["fit"]["correspondence_sha256"]) == 64
+    assert on_disk["fit"]["settings"]["identity_prior"] > 0 and "landmarks" in on_disk["fit"]["terms"]
+    assert on_disk["texture"]["strategy"] == "projection" and on_disk["options"]["texture_size"] == 1024
+    assert on_disk["material"]["skin"]["ior"] == 1.4
 
 
 def test_every_listed_file_exists_with_its_format(bundle):
@@ -78,18 +85,44 @@ def test_diffuse_has_no_holes_and_skin_colour(bundle):
 
 
 def test_mesh_npz_matches_the_contract(bundle):
+    """Per photo only the fitted vertices; topology, UVs and expression deltas come from the model file."""
     out, result, _ = bundle
     m = np.load(out / "mesh.npz")
-    v, basis, deltas = m["vertices"], m["basis_vertices"], m["expression_deltas"].astype(np.float32)
+    assert sorted(m.files) == ["basis_vertices", "vertices"]
+    b = load_bundle(out)
+    t = b.topology
+    v, basis, deltas = b.vertices, b.basis_vertices, t["expression_deltas"].astype(np.float32)
     assert v.shape == basis.shape == (26719, 3) and deltas.shape == (53, 26719, 3)
     w = np.asarray(result["expression"]["coefficients"], dtype=np.float32)
     assert np.abs(basis + np.einsum("k,kvc->vc", w, deltas) - v).max() < 0.01  # cm; float16 deltas
-    assert list(m["expression_names"]) == result["expression"]["names"]
-    assert m["face_sizes"].sum() == len(m["face_vertex_indices"]) == len(m["corner_uvs"])
-    assert m["face_vertex_indices"].max() == 26718 and set(np.unique(m["face_sizes"])) == {3, 4}
-    assert len(m["face_part"]) == len(m["face_sizes"]) and m["face_part"].max() < len(m["part_names"])
-    assert set(m["part_names"]) >= {"skin", "eyes", "teeth", "lashes"}
-    assert np.floor(m["corner_uvs"][:, 0]).min() == 0 and m["corner_uvs"][:, 1].min() >= 0
+    assert list(t["expression_names"]) == result["expression"]["names"]
+    assert t["face_sizes"].sum() == len(t["face_vertex_indices"]) == len(t["corner_uvs"])
+    assert t["face_vertex_indices"].max() == 26718 and set(np.unique(t["face_sizes"])) == {3, 4}
+    assert len(t["face_part"]) == len(t["face_sizes"]) and t["face_part"].max() < len(t["part_names"])
+    assert set(t["part_names"]) >= {"skin", "eyes", "teeth", "lashes"}
+    assert np.floor(t["corner_uvs"][:, 0]).min() == 0 and t["corner_uvs"][:, 1].min() >= 0
+
+
+def test_non_image_files_are_at_most_1_mb(bundle):
+    out, _, _ = bundle
+    sizes = {p.name: p.stat().st_size for p in out.iterdir() if p.suffix != ".png"}
+    assert set(sizes) == {"mesh.npz", "result.json", MARKER_NAME}
+    assert sum(sizes.values()) <= 1_000_000, sizes
+
+
+def test_both_readers_read_the_same_bundle(bundle):
+    """The backend's reader (bench) and the Blender side's (bundle_format) agree on every array."""
+    out, _, _ = bundle
+    b, e = load_bundle(out), bundle_format.read_bundle(out, want_deltas=True)
+    assert np.array_equal(b.vertices, e.mesh.vertices) and np.array_equal(b.basis_vertices, e.mesh.basis_vertices)
+    for key in ("face_sizes", "face_vertex_indices", "corner_uvs", "face_part", "expression_deltas"):
+        ours = {"face_sizes": e.mesh.face_sizes, "face_vertex_indices": e.mesh.face_vertex_indices,
+                "corner_uvs": e.mesh.corner_uvs, "face_part": e.mesh.face_part,
+                "expression_deltas": e.mesh.expression_deltas}[key]
+        assert np.array_equal(np.asarray(b.topology[key]), ours), key
+    assert [str(x) for x in b.topology["part_names"]] == e.mesh.part_names
+    assert {t: p.name for t, p in e.tiles("diffuse").items()} == {1001: "diffuse.1001.png", 1002: "diffuse.1002.png"}
+    assert e.skin_ior == 1.4 and e.specular_level_scale == 1.0
 
 
 def test_progress_is_monotonic_and_named(bundle):

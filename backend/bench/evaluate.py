@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 
 from . import metrics
-from .render import camera_of, load_mesh, render_bundle, screen_points
+from ..bundle import load_bundle
+from .render import camera_of, render_bundle, screen_points
 
 CROP_SIDE = 256      # image metrics are computed on the face crop resized to this longest side
 CELL = 256           # contact-sheet cell size (px)
@@ -18,11 +19,11 @@ class Evaluator:
     """Holds the networks and tables every photo needs (loaded once)."""
 
     def __init__(self, appearance: bool = True, identity: bool = True, device: str = "cpu"):
-        from ..fitting import Correspondence
         from ..paths import find_ict_dir
+        from ..pipeline import load_correspondence
         self.corr = None
         try:
-            self.corr = Correspondence.load()
+            self.corr = load_correspondence()
         except (OSError, KeyError) as err:
             print(f"bench: no landmark correspondence ({err}); fitted-point errors use ICT's 68 vertices only")
         idx = json.loads((find_ict_dir() / "vertex_indices.json").read_text())
@@ -35,14 +36,14 @@ class Evaluator:
         fitted model's points (the same MediaPipe points through the landmark correspondence, so
         both rows mean the same thing) and ICT's own 68-landmark vertices."""
         from ..landmarks import IBUG68_FROM_MEDIAPIPE
-        mesh = load_mesh(bundle / "mesh.npz")
+        vertices = load_bundle(bundle).vertices
         k, rot, trans = camera_of(result)
-        scr = screen_points(mesh.vertices, k, rot, trans).numpy()[:, :2]
+        scr = screen_points(vertices, k, rot, trans).numpy()[:, :2]
         out = {}
         if det_points is not None:
             out["mediapipe"] = metrics.frl_nme(np.asarray(det_points)[IBUG68_FROM_MEDIAPIPE], tem_points).tolist()
         if self.corr is not None:
-            v = mesh.vertices[self.corr.vertex_ids]                          # (478, 3, 3)
+            v = vertices[self.corr.vertex_ids]                          # (478, 3, 3)
             lm = (v * self.corr.bary[..., None]).sum(1)
             lm2 = screen_points(lm, k, rot, trans).numpy()[:, :2]
             out["fit"] = metrics.frl_nme(lm2[IBUG68_FROM_MEDIAPIPE], tem_points).tolist()

@@ -1,11 +1,11 @@
 """Draw a result bundle back into its photo, and draw synthetic heads (SH lighting, UV textures).
 
-Both use the project's rasterizer (backend/raster.py) and the bundle's own data: the camera and
-pose of result.json, the vertices, polygons and corner UVs of mesh.npz, the diffuse UDIM tiles.
+Both draw with the project's render module (backend/render.py) in linear light, and read bundles with
+the backend's bundle reader (backend/bundle.py): the camera and pose of result.json, the fitted
+vertices, the model's polygons and corner UVs, the diffuse UDIM tiles.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,9 +13,11 @@ import cv2
 import numpy as np
 import torch
 
-from ..camera import Intrinsics, project, to_camera
+from .. import render
+from ..bundle import BundleData, load_bundle
+from ..camera import Intrinsics
+from ..colour import decode_srgb8, encode_srgb8, srgb_to_linear
 from ..facemodel import NARROW_FACE_LAST_VERTEX, PART_NAMES
-from ..raster import interpolate, rasterize
 
 # Thin transparent shells: never drawn (they would hide the eyes behind flat colour).
 HIDDEN_PARTS = ("lashes", "eye_wet")
@@ -23,7 +25,7 @@ HIDDEN_PARTS = ("lashes", "eye_wet")
 
 @dataclass
 class Mesh:
-    """A bundle's mesh, triangulated the way facemodel.py does it (quads split along a-c)."""
+    """A mesh of the ICT topology, triangulated the way facemodel.py does it (quads split along a-c)."""
     vertices: np.ndarray          # (V, 3) float32 cm, model space
     basis_vertices: np.ndarray    # (V, 3) identity only
     triangles: np.ndarray         # (T, 3) int64 vertex ids
@@ -44,19 +46,15 @@ def triangulate(face_sizes: np.ndarray, fvi: np.ndarray) -> tuple[np.ndarray, np
     return corners, polygon
 
 
-def mesh_from_arrays(d, vertices: np.ndarray | None = None) -> Mesh:
-    corners, polygon = triangulate(np.asarray(d["face_sizes"]), np.asarray(d["face_vertex_indices"]))
-    fvi = np.asarray(d["face_vertex_indices"]).astype(np.int64)
-    tris = fvi[corners]
-    verts = np.asarray(d["vertices"] if vertices is None else vertices, np.float32)
-    return Mesh(verts, np.asarray(d.get("basis_vertices", verts), np.float32), tris, np.asarray(d["corner_uvs"], np.float32)[corners],
-                np.asarray(d["face_part"]).astype(np.int64)[polygon], [str(p) for p in d["part_names"]],
-                (tris <= NARROW_FACE_LAST_VERTEX).all(axis=1))
-
-
-def load_mesh(path: Path) -> Mesh:
-    with np.load(path) as d:
-        return mesh_from_arrays({k: d[k] for k in d.files})
+def mesh_of(bundle: BundleData, vertices: np.ndarray | None = None) -> Mesh:
+    """The bundle's fitted mesh (or other `vertices` of the same topology)."""
+    t = bundle.topology
+    corners, polygon = triangulate(np.asarray(t["face_sizes"]), np.asarray(t["face_vertex_indices"]))
+    tris = np.asarray(t["face_vertex_indices"]).astype(np.int64)[corners]
+    verts = np.asarray(bundle.vertices if vertices is None else vertices, np.float32)
+    return Mesh(verts, np.asarray(bundle.basis_vertices, np.float32), tris,
+                np.asarray(t["corner_uvs"], np.float32)[corners], np.asarray(t["face_part"]).astype(np.int64)[polygon],
+                [str(p) for p in t["part_names"]], (tris <= NARROW_FACE_LAST_VERTEX).all(axis=1))
 
 
 def mesh_from_model(model, vertices: np.ndarray) -> Mesh:
@@ -77,22 +75,18 @@ def camera_of(result: dict) -> tuple[Intrinsics, np.ndarray, np.ndarray]:
 
 def screen_points(vertices: np.ndarray, k: Intrinsics, rot: np.ndarray, trans: np.ndarray) -> torch.Tensor:
     """(V, 3) pixel x, y and view depth."""
-    cam = to_camera(torch.from_numpy(np.asarray(vertices, np.float64)),
-                    torch.from_numpy(np.asarray(rot, np.float64)), torch.from_numpy(np.asarray(trans, np.float64)))
-    return project(cam, k).float()
+    cam = render.to_camera(torch.from_numpy(np.asarray(vertices, np.float64)),
+                           torch.from_numpy(np.asarray(rot, np.float64)), torch.from_numpy(np.asarray(trans, np.float64)))
+    return render.project(cam, k).float()
 
 
-def load_tiles(bundle: Path, role: str = "diffuse") -> dict[int, np.ndarray]:
-    result = json.loads((bundle / "result.json").read_text())
-    tiles = {}
-    for f in result["files"]:
-        if f.get("role") == role and "tile" in f:
-            tiles[int(f["tile"])] = cv2.cvtColor(cv2.imread(str(bundle / f["path"]), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    return tiles
+def linear_tiles(bundle: BundleData, role: str = "diffuse") -> dict[int, np.ndarray]:
+    """The role's sRGB tiles decoded to linear float32 (H, W, 3)."""
+    return {t: decode_srgb8(img) for t, img in bundle.tiles(role).items()}
 
 
 def sample_tiles(uv: np.ndarray, tile_of: np.ndarray, tiles: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Bilinear colour (N, 3) float32 at UDIM uv (N, 2) from the tile each pixel's triangle uses;
+    """Bilinear values (N, 3) float32 at UDIM uv (N, 2) from the tile each pixel's triangle uses;
     and a (N,) bool of the pixels whose tile exists."""
     out = np.zeros((len(uv), 3), np.float32)
     ok = np.zeros(len(uv), bool)
@@ -132,67 +126,51 @@ class Rendering:
 
 
 def _raster(mesh: Mesh, k: Intrinsics, rot, trans, height: int, width: int):
+    """Rasterize the visible parts; returns the fragments (triangle = index into mesh.triangles) and coverage."""
     keep = ~np.isin(mesh.triangle_part, [mesh.part_names.index(p) for p in HIDDEN_PARTS if p in mesh.part_names])
-    tri_ids = np.flatnonzero(keep)
+    tri_ids = torch.from_numpy(np.flatnonzero(keep))
     scr = screen_points(mesh.vertices, k, rot, trans)
-    r = rasterize(scr, torch.from_numpy(mesh.triangles[tri_ids]), height, width, cull_backfaces=True)
-    tri = r.triangle.numpy()
-    covered = tri >= 0
-    full_tri = np.full(tri.shape, -1, np.int64)
-    full_tri[covered] = tri_ids[tri[covered]]
-    return r, full_tri, covered
+    r = render.rasterize(scr, torch.from_numpy(mesh.triangles)[tri_ids], height, width, cull_backfaces=True)
+    frags = render.fragments(r)
+    frags.triangle = tri_ids[frags.triangle]
+    return frags, r.mask.numpy()
 
 
-def render_bundle(bundle: Path, photo_rgb: np.ndarray) -> Rendering:
+def _skin_uv(mesh: Mesh, frags: render.Fragments, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    t = frags.triangle.numpy()[sel]
+    bary = frags.bary.numpy()[sel]
+    uv = (mesh.triangle_uvs[t] * bary[..., None]).sum(1)
+    return uv, np.floor(mesh.triangle_uvs[t, :, 0].min(1)).astype(np.int64) + 1001
+
+
+def render_bundle(bundle_dir: Path, photo_rgb: np.ndarray) -> Rendering:
     """The fitted, textured head drawn into the photo with the bundle's camera: skin polygons get
-    the diffuse tiles (bilinear), every other pixel keeps the photo (v0 has no eye or mouth texture,
-    but eyes and mouth still hide the skin behind them)."""
-    bundle = Path(bundle)
-    result = json.loads((bundle / "result.json").read_text())
-    mesh = load_mesh(bundle / "mesh.npz")
-    tiles = load_tiles(bundle, "diffuse")
-    k, rot, trans = camera_of(result)
+    the diffuse tiles (bilinear, in linear light), every other pixel keeps the photo (eyes and mouth have
+    no texture, but they still hide the skin behind them)."""
+    bundle = load_bundle(Path(bundle_dir))
+    mesh = mesh_of(bundle)
+    tiles = linear_tiles(bundle)
+    k, rot, trans = camera_of(bundle.result)
     h, w = photo_rgb.shape[:2]
     if (k.width, k.height) != (w, h):
         k = k.scaled(w / k.width)
-    r, tri, covered = _raster(mesh, k, rot, trans, h, w)
-    skin = covered & (mesh.triangle_part[np.maximum(tri, 0)] == mesh.part_names.index("skin"))
-    face = skin & mesh.triangle_face[np.maximum(tri, 0)]
-    # Per-pixel UV from the corner UVs of the visible triangle and its barycentrics.
-    pix = np.flatnonzero(skin.ravel())
-    bary = r.bary.numpy().reshape(-1, 3)[pix]
-    t = tri.ravel()[pix]
-    uv = (mesh.triangle_uvs[t] * bary[..., None]).sum(1)
-    tile_of = np.floor(mesh.triangle_uvs[t, :, 0].min(1)).astype(np.int64) + 1001
+    frags, covered = _raster(mesh, k, rot, trans, h, w)
+    part = mesh.triangle_part[frags.triangle.numpy()]
+    skin = np.flatnonzero(part == mesh.part_names.index("skin"))
+    uv, tile_of = _skin_uv(mesh, frags, skin)
     colour, ok = sample_tiles(uv, tile_of, tiles)
+    pix = frags.pixel.numpy()[skin[ok]]
     image = photo_rgb.copy().reshape(-1, 3)
-    image[pix[ok]] = np.clip(np.rint(colour[ok]), 0, 255).astype(np.uint8)
+    image[pix] = encode_srgb8(colour[ok])
     drawn = np.zeros(h * w, bool)
-    drawn[pix[ok]] = True
-    return Rendering(image.reshape(h, w, 3), drawn.reshape(h, w), face & drawn.reshape(h, w), covered)
+    drawn[pix] = True
+    face = np.zeros(h * w, bool)
+    face[pix[mesh.triangle_face[frags.triangle.numpy()[skin[ok]]]]] = True
+    return Rendering(image.reshape(h, w, 3), drawn.reshape(h, w), face.reshape(h, w), covered)
 
 
 # ---------------------------------------------------------------------------------------------
 # Synthetic heads
-
-SH_CONST = np.array([0.282095, 0.488603, 0.488603, 0.488603, 1.092548, 1.092548, 0.315392, 1.092548, 0.546274])
-
-
-def sh_basis(n: np.ndarray) -> np.ndarray:
-    """(N, 9) real spherical harmonics up to band 2 of unit normals (N, 3) (x, y, z)."""
-    x, y, z = n[:, 0], n[:, 1], n[:, 2]
-    one = np.ones_like(x)
-    return np.stack([one, y, z, x, x * y, y * z, 3 * z * z - 1, x * z, x * x - y * y], axis=1) * SH_CONST
-
-
-def vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
-    """Area-weighted vertex normals, outward for counter-clockwise triangles."""
-    v = np.asarray(vertices, np.float64)
-    fn = np.cross(v[triangles[:, 1]] - v[triangles[:, 0]], v[triangles[:, 2]] - v[triangles[:, 0]])
-    n = np.zeros_like(v)
-    for c in range(3):
-        np.add.at(n, triangles[:, c], fn)
-    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
 
 
 def eye_colours(rest_vertices: np.ndarray, eyeball_ranges, iris_rgb) -> np.ndarray:
@@ -212,57 +190,52 @@ def eye_colours(rest_vertices: np.ndarray, eyeball_ranges, iris_rgb) -> np.ndarr
     return out
 
 
-PART_ALBEDO = {"teeth": (0.85, 0.82, 0.72), "mouth": (0.35, 0.10, 0.10), "eyes": (0.78, 0.74, 0.70)}
+PART_ALBEDO = {"teeth": (0.85, 0.82, 0.72), "mouth": (0.35, 0.10, 0.10), "eyes": (0.78, 0.74, 0.70)}  # sRGB
 
 
 def render_head(mesh: Mesh, k: Intrinsics, rot: np.ndarray, trans: np.ndarray, tiles: dict[int, np.ndarray],
                 sh: np.ndarray, background: np.ndarray, eye_albedo: np.ndarray | None = None,
                 supersample: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """A textured head lit by 2nd-order spherical harmonics (sh (9, 3), on camera-space normals,
-    linear light) over `background` (H, W, 3) uint8. Returns the image (uint8) and its coverage mask.
-    Skin albedo comes from the UDIM tiles (sRGB), other parts get plain colours (eyes per vertex)."""
+    """A textured head lit by 2nd-order spherical harmonics (render.sh_shading: sh (9, 3) on camera-space
+    normals) over `background` (H, W, 3) uint8, all in linear light. Returns the image (uint8 sRGB) and its
+    coverage mask. Skin albedo comes from the UDIM tiles (linear float, `linear_tiles`), other parts get
+    plain colours (eyes per vertex, sRGB values)."""
     h, w = background.shape[:2]
     kk = k.scaled(supersample)
     H, W = h * supersample, w * supersample
-    r, tri, covered = _raster(mesh, kk, rot, trans, H, W)
-    pix = np.flatnonzero(covered.ravel())
-    t = tri.ravel()[pix]
-    bary = r.bary.numpy().reshape(-1, 3)[pix]
+    frags, covered = _raster(mesh, kk, rot, trans, H, W)
+    t = frags.triangle.numpy()
+    bary = frags.bary.numpy()
     part = mesh.triangle_part[t]
 
-    # Albedo, linear.
-    albedo = np.zeros((len(pix), 3), np.float32)
-    skin = part == mesh.part_names.index("skin")
-    if skin.any():
-        uv = (mesh.triangle_uvs[t[skin]] * bary[skin, :, None]).sum(1)
-        tile_of = np.floor(mesh.triangle_uvs[t[skin], :, 0].min(1)).astype(np.int64) + 1001
+    albedo = np.zeros((len(t), 3), np.float32)
+    skin = np.flatnonzero(part == mesh.part_names.index("skin"))
+    if len(skin):
+        uv, tile_of = _skin_uv(mesh, frags, skin)
         col, ok = sample_tiles(uv, tile_of, tiles)
-        col[~ok] = (180, 140, 120)
-        albedo[skin] = (col / 255.0) ** 2.2
+        col[~ok] = srgb_to_linear(np.array([180, 140, 120]) / 255.0)
+        albedo[skin] = col
     for name, rgb in PART_ALBEDO.items():
-        sel = part == mesh.part_names.index(name)
-        albedo[sel] = np.asarray(rgb, np.float32) ** 2.2
+        albedo[part == mesh.part_names.index(name)] = srgb_to_linear(np.asarray(rgb))
     eyes = part == mesh.part_names.index("eyes")
     if eye_albedo is not None and eyes.any():
         cols = np.asarray(eye_albedo)[mesh.triangles[t[eyes]]]          # (N, 3 corners, 3)
-        albedo[eyes] = ((cols * bary[eyes, :, None]).sum(1)) ** 2.2
+        albedo[eyes] = srgb_to_linear((cols * bary[eyes, :, None]).sum(1))
 
-    # Shading: SH irradiance on the interpolated camera-space normals.
-    nrm = vertex_normals(mesh.vertices, mesh.triangles) @ np.asarray(rot, np.float64).T
-    n_pix = (nrm[mesh.triangles[t]] * bary[..., None]).sum(1)
-    n_pix /= np.maximum(np.linalg.norm(n_pix, axis=1, keepdims=True), 1e-9)
-    shading = np.clip(sh_basis(n_pix) @ np.asarray(sh, np.float64), 0.0, None)
-    lin = np.clip(albedo * shading, 0.0, 1.0)
-    colour = (lin ** (1 / 2.2)) * 255.0
+    # Shading: SH on the interpolated camera-space normals.
+    v_cam = render.to_camera(torch.from_numpy(mesh.vertices).double(), torch.from_numpy(np.asarray(rot)).double(),
+                             torch.zeros(3, dtype=torch.float64))
+    nrm = render.vertex_normals(v_cam, torch.from_numpy(mesh.triangles))
+    n_pix = torch.nn.functional.normalize(render.interpolate(frags, nrm.float()), dim=1)
+    shading = render.sh_shading(n_pix, torch.as_tensor(np.asarray(sh), dtype=torch.float32)).clamp_min(0.0).numpy()
 
-    big_bg = cv2.resize(background, (W, H), interpolation=cv2.INTER_LINEAR).astype(np.float32)
-    img = big_bg.reshape(-1, 3)
-    img[pix] = colour
+    img = decode_srgb8(cv2.resize(background, (W, H), interpolation=cv2.INTER_LINEAR)).reshape(-1, 3)
+    img[frags.pixel.numpy()] = np.clip(albedo * shading, 0.0, 1.0)
     img = img.reshape(H, W, 3)
     if supersample > 1:
         img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
         covered = cv2.resize(covered.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0.5
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8), covered
+    return encode_srgb8(img), covered
 
 
 def render_vertex_colours(mesh: Mesh, colours: np.ndarray, size: int = 256, yaw_deg: float = 0.0,
@@ -271,8 +244,8 @@ def render_vertex_colours(mesh: Mesh, colours: np.ndarray, size: int = 256, yaw_
     v = mesh.vertices.astype(np.float64)
     keep = mesh.triangle_face if only_face else np.ones(len(mesh.triangles), bool)
     keep = keep & (mesh.triangle_part == mesh.part_names.index("skin"))
-    tris = mesh.triangles[keep]
-    used = np.unique(tris)
+    tris = torch.from_numpy(mesh.triangles[keep])
+    used = np.unique(mesh.triangles[keep])
     a = np.radians(yaw_deg)
     rot = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
     p = v @ rot.T
@@ -281,14 +254,11 @@ def render_vertex_colours(mesh: Mesh, colours: np.ndarray, size: int = 256, yaw_
     centre = (lo + hi) / 2
     scr = np.stack([(p[:, 0] - centre[0]) * scale + size / 2, size / 2 - (p[:, 1] - centre[1]) * scale,
                     -(p[:, 2] - hi[2]) + 1.0], axis=1)
-    r = rasterize(torch.from_numpy(scr).float(), torch.from_numpy(tris), size, size,
-                  perspective_correct=False, cull_backfaces=True)
-    img = interpolate(r, torch.from_numpy(np.asarray(colours, np.float32))).numpy()
+    r = render.rasterize(torch.from_numpy(scr).float(), tris, size, size, perspective_correct=False, cull_backfaces=True)
+    frags = render.fragments(r)
     # Simple head-light shading so the shape reads.
-    nrm = vertex_normals(v, mesh.triangles) @ rot.T
-    shade = interpolate(r, torch.from_numpy(np.clip(0.35 + 0.65 * nrm[:, 2:3], 0, 1).astype(np.float32))).numpy()
-    out = np.empty((size, size, 3), np.float32)
-    out[:] = background
-    m = r.mask.numpy()
-    out[m] = img[m] * shade[m]
+    nrm = render.vertex_normals(torch.from_numpy(p), torch.from_numpy(mesh.triangles))
+    shade = (0.35 + 0.65 * nrm[:, 2:3]).clamp(0, 1).float()
+    vals = render.interpolate(frags, torch.from_numpy(np.asarray(colours, np.float32))) * render.interpolate(frags, shade)
+    out = render.to_image(frags, vals, torch.tensor(background, dtype=torch.float32)).numpy()
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)

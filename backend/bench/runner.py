@@ -62,11 +62,12 @@ def handle(req: dict) -> dict:
     import numpy as np
     import torch
     from ..errors import LikenessError
-    from ..pipeline import Options, reconstruct, resolve_device
+    from ..pipeline import load_correspondence, parse_options, reconstruct, resolve_device
 
-    opts = req.get("options") or {}
-    options = Options(device=str(opts.get("device", "auto")), texture_size=int(opts.get("texture_size", 1024)),
-                      overwrite=bool(opts.get("overwrite", False)), ict_dir=opts.get("ict_dir"))
+    try:
+        options = parse_options(req.get("options"))
+    except LikenessError as err:
+        return {"event": "error", "code": err.code, "message": err.message}
     photo = req["photo"]
     try:
         if photo == "demo":
@@ -90,7 +91,7 @@ def handle(req: dict) -> dict:
     if req.get("detect") or req.get("landmark_fit"):
         from ..camera import Intrinsics
         from ..facemodel import load_face_model
-        from ..fitting import Correspondence, fit_landmarks
+        from ..fitting import fit_landmarks
         from ..imageio import Photo, load_photo
         from ..landmarks import get_analyzer
         if not isinstance(photo, Photo):
@@ -101,13 +102,11 @@ def handle(req: dict) -> dict:
             device = "cuda" if options.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
             model = load_face_model(options.ict_dir, device)
             k = Intrinsics.for_image(photo.width, photo.height, photo.focal_35mm)
-            fit = fit_landmarks(model, Correspondence.load(), det.points, k, det.blendshapes)
-            with torch.no_grad():
-                verts = model.vertices(fit.identity, fit.expression).cpu().numpy()
-            np.savez(req["landmark_fit"], vertices=verts.astype(np.float32),
+            fit = fit_landmarks(model, load_correspondence(), det.points, k, det.blendshapes)
+            np.savez(req["landmark_fit"], vertices=fit.vertices.cpu().numpy().astype(np.float32),
                      identity=fit.identity.cpu().numpy(), expression=fit.expression.cpu().numpy(),
                      rotation=fit.rotation.cpu().numpy(), translation=fit.translation.cpu().numpy(),
-                     error_px=fit.error_px)
+                     error_px=fit.metrics["landmark_error_px"])
     return out
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..pipeline import STAGE_NAMES as STAGES
 from . import metrics
 from .evaluate import Evaluator, photo_cells
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-STAGES = ("load", "detect", "fit", "texture", "write")
 SHEET_ROWS = 24
 
 
@@ -213,14 +213,14 @@ def shape_consistency(set_a: dict, set_b: dict) -> dict | None:
     """Neutral-expression (identity-only) shapes of photos with the same file-name prefix vs
     different prefixes: mean per-vertex distance over the narrow face region (mm), no alignment
     (all identity shapes live in the same model frame)."""
-    from .render import load_mesh
+    from ..bundle import load_bundle
     from .synthetic import FACE_IDS
 
     def shapes(s):
         out = {}
         for r in s["photos"]:
             if r.get("ok"):
-                out.setdefault(prefix_of(r["name"]), load_mesh(Path(r["bundle"]) / "mesh.npz").basis_vertices[FACE_IDS])
+                out.setdefault(prefix_of(r["name"]), load_bundle(Path(r["bundle"])).basis_vertices[FACE_IDS])
         return out
 
     a, b = shapes(set_a), shapes(set_b)
@@ -265,8 +265,8 @@ def run_synthetic(session: Session, n: int, seed: int, textures_dir: Path | None
     textures = texture_sources(session, tex_photos, cache)
     backgrounds = load_backgrounds(backgrounds_dir)
     mean_face = model.neutral.cpu().numpy()
-    from ..fitting import Correspondence
-    corr = Correspondence.load()
+    from ..pipeline import load_correspondence
+    corr = load_correspondence()
     samples = []
     errs = {"fit": [], "landmark_only": [], "true_landmarks": [], "mean_face": []}
     for i in range(n):
@@ -285,8 +285,8 @@ def run_synthetic(session: Session, n: int, seed: int, textures_dir: Path | None
             log(f"[synthetic {i + 1}/{n}] {s.name}: FAILED {ans.get('code')}: {ans.get('message')}")
             samples.append(rec)
             continue
-        from .render import load_mesh
-        fitted = load_mesh(bundle / "mesh.npz").vertices
+        from ..bundle import load_bundle
+        fitted = load_bundle(bundle).vertices
         e_fit = vertex_errors_mm(fitted, truth)
         e_lm = vertex_errors_mm(np.load(baseline_path)["vertices"], truth)
         true_uv = true_landmarks_px(s.truth, corr)
@@ -357,15 +357,12 @@ def true_landmarks_px(truth_path: Path, corr) -> np.ndarray:
 def fit_true_landmarks(model, corr, uv: np.ndarray, truth_path: Path) -> np.ndarray:
     """Landmark-only fitting on the true landmark positions: what the fitter recovers without any
     detector error (an upper bound for landmark-only fitting)."""
-    import torch
     from ..camera import Intrinsics
     from ..fitting import fit_landmarks
     t = np.load(truth_path)
     side = json.loads(str(t["params"])).get("side", 512)
     k = Intrinsics(float(t["focal_px"]), side / 2, side / 2, side, side)
-    fit = fit_landmarks(model, corr, uv.astype(np.float32), k, {})
-    with torch.no_grad():
-        return model.vertices(fit.identity, fit.expression).cpu().numpy()
+    return fit_landmarks(model, corr, uv.astype(np.float32), k, {}).vertices.cpu().numpy()
 
 
 def detector_nme(points, true_uv: np.ndarray, corr) -> float:

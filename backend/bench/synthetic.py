@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..camera import Intrinsics, focal_px_from_35mm
 from ..facemodel import NARROW_FACE_LAST_VERTEX, VERTEX_RANGES
-from .render import eye_colours, load_tiles, mesh_from_model, render_head
+from .render import eye_colours, linear_tiles, mesh_from_model, render_head
 
 IMAGE_SIDE = 512
 YAW_MAX, PITCH_MAX, ROLL_MAX = 60.0, 25.0, 10.0   # degrees
@@ -165,8 +165,8 @@ def make_sample(index: int, seed: int, model, textures: list[tuple[str, dict]], 
 
 
 def texture_sources(session, photos: list[Path], cache: Path) -> list[tuple[str, dict]]:
-    """Diffuse tiles made by the real pipeline from `photos`, cached as bundles under `cache`."""
-    from ..bundle import is_bundle
+    """Diffuse tiles (linear) made by the real pipeline from `photos`, cached as bundles under `cache`."""
+    from ..bundle import is_bundle, load_bundle
     out = []
     for p in photos:
         bundle = cache / p.stem
@@ -175,7 +175,7 @@ def texture_sources(session, photos: list[Path], cache: Path) -> list[tuple[str,
             if ans.get("event") != "result":
                 print(f"bench: texture photo {p.name} failed: {ans.get('code')} {ans.get('message')}")
                 continue
-        out.append((p.name, load_tiles(bundle, "diffuse")))
+        out.append((p.name, linear_tiles(load_bundle(bundle), "diffuse")))
     return out
 
 
