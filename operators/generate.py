@@ -27,11 +27,9 @@ from .worker_client import ReconstructJob, WorkerClient, WorkerError, run_check
 
 TICK_INTERVAL = 0.05  # s: the timer runs 20 times a second while a generation runs
 
-STAGE_LABELS = {
-    "start": "Starting the backend", "load": "Loading the photo", "detect": "Finding the face",
-    "fit": "Fitting the head", "texture": "Projecting the texture", "write": "Writing the result",
-    "import": "Importing into Blender", "cancel": "Cancelling",
-}
+# Labels of the client's own steps; the backend's stages come with their words in each progress event
+# (the worker announces its stage list in `ready`).
+CLIENT_STEPS = {"start": "Starting the backend", "import": "Importing into Blender", "cancel": "Cancelling"}
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".jp2")
 
@@ -142,6 +140,8 @@ class Generation:
         self.modal = False              # a modal operator reports the outcome
         self.reported = False
         self.timer_registered = False
+        self.preview_path = ""          # the latest backend preview, written for the panel
+        self.preview_serial = 0
         # for the benchmark: when each tick ran and how long it took
         self.tick_starts: list[float] = []
         self.tick_durations: list[float] = []
@@ -314,7 +314,11 @@ def _update_status(g: Generation, stage: str | None = None) -> None:
     js.state = g.state
     js.stage = stage or g.job.stage
     js.fraction = g.job.fraction
-    js.message = STAGE_LABELS.get(js.stage, js.stage) + (f": {g.job.message}" if g.job.message else "")
+    if js.stage in CLIENT_STEPS:
+        js.message = CLIENT_STEPS[js.stage]
+    else:
+        js.message = (g.job.message or js.stage).capitalize()
+    _store_preview(g)
     js.photo = g.photo
     js.error_code, js.error_message = g.error_code, g.error_message
     if g.state == "DONE":
@@ -330,6 +334,26 @@ def _update_status(g: Generation, stage: str | None = None) -> None:
         js.warnings = "; ".join(str(w) for w in (ev.get("warnings") or []))
     elif g.state in ("FAILED", "CANCELLED"):
         js.object_name = ""
+
+
+def _store_preview(g: Generation) -> None:
+    """The backend's latest preview image (the fit drawn over the photo, later texture steps) as a PNG
+    file the panel can show while the generation runs."""
+    if g.job.preview is None or g.preview_serial == g.job.preview_serial:
+        return
+    folder = Path(common.settings().results_dir) / "_previews"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{g.job.id}-{g.job.preview_serial}.png"
+        path.write_bytes(g.job.preview["png"])
+    except OSError:
+        return
+    old, g.preview_path, g.preview_serial = g.preview_path, str(path), g.job.preview_serial
+    if old and old != g.preview_path:
+        try:
+            os.remove(old)
+        except OSError:
+            pass
 
 
 def register_timer(g: Generation) -> None:

@@ -1,12 +1,13 @@
-"""Result bundle (docs/bundle.md, schema 1) -> one Blender object. Pure bpy + numpy, no torch.
+"""Result bundle (docs/bundle.md, schemas 1 and 2) -> one Blender object. bpy + numpy, no torch.
 
-Everything is built with vectorised `foreach_set`; nothing loops over vertices in Python.
-On any failure every datablock created so far is removed again, so nothing half-imported stays.
+The bundle is read and checked by `bundle_format` (pure, tested without Blender): this module only
+turns its arrays and files into datablocks. Everything is built with vectorised `foreach_set`; nothing
+loops over vertices in Python. On any failure every datablock created so far is removed again, so
+nothing half-imported stays.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -15,9 +16,9 @@ from pathlib import Path
 import bpy
 import numpy as np
 
+from ..bundle_format import Bundle, BundleError, MeshArrays, read_bundle
 from .worker_client import WorkerError
 
-SCHEMA_VERSION = 1
 UV_NAME = "UVMap"
 CM_TO_M = 0.01
 
@@ -44,54 +45,6 @@ def arkit_name(name: str) -> str:
     if name.endswith("_R"):
         return name[:-2] + "Right"
     return name
-
-
-# ------------------------------------------------------------------------------------------
-# bundle reading
-# ------------------------------------------------------------------------------------------
-
-class Bundle:
-    def __init__(self, path: str | os.PathLike):
-        self.dir = Path(path).resolve()  # images keep absolute paths (relative ones break on save)
-        rj = self.dir / "result.json"
-        if not rj.is_file():
-            raise WorkerError("BUNDLE_INVALID", f"no result.json in {self.dir}")
-        try:
-            self.result = json.loads(rj.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as ex:
-            raise WorkerError("BUNDLE_INVALID", f"cannot read {rj}: {ex}") from ex
-        ver = self.result.get("schema_version")
-        if ver != SCHEMA_VERSION:
-            raise WorkerError("BUNDLE_INVALID", f"unsupported bundle schema_version {ver!r} (expected 1)")
-        self.files = list(self.result.get("files") or [])
-
-    def by_role(self, role: str) -> list[dict]:
-        return [f for f in self.files if f.get("role") == role]
-
-    def path(self, entry: dict) -> Path:
-        return self.dir / entry["path"]
-
-    def mesh_path(self) -> Path:
-        ent = self.by_role("mesh")
-        p = self.path(ent[0]) if ent else self.dir / "mesh.npz"
-        if not p.is_file():
-            raise WorkerError("BUNDLE_INVALID", f"mesh file missing: {p}")
-        return p
-
-    def tiles(self, role: str) -> dict[int, Path]:
-        """tile number -> file, for the UDIM images of one role (only files that exist)."""
-        out = {}
-        for ent in self.by_role(role):
-            p = self.path(ent)
-            if p.is_file():
-                out[int(ent.get("tile", 1001))] = p
-        return out
-
-    def colorspace(self, role: str, default: str) -> str:
-        for ent in self.by_role(role):
-            if ent.get("colorspace"):
-                return ent["colorspace"]
-        return default
 
 
 # ------------------------------------------------------------------------------------------
@@ -139,13 +92,10 @@ def _remove_id(idb) -> None:
 # mesh
 # ------------------------------------------------------------------------------------------
 
-def _build_mesh(name: str, verts_bl: np.ndarray, face_sizes: np.ndarray, fvi: np.ndarray,
-                corner_uvs: np.ndarray, face_part: np.ndarray) -> bpy.types.Mesh:
-    nv, nf, nl = len(verts_bl), len(face_sizes), len(fvi)
-    if int(face_sizes.sum()) != nl or len(corner_uvs) != nl or len(face_part) != nf:
-        raise WorkerError("BUNDLE_INVALID", "mesh.npz arrays have inconsistent lengths")
-    if nl and (fvi.min() < 0 or fvi.max() >= nv):
-        raise WorkerError("BUNDLE_INVALID", "mesh.npz face_vertex_indices out of range")
+def _build_mesh(name: str, verts_bl: np.ndarray, mesh: MeshArrays) -> bpy.types.Mesh:
+    """A Blender mesh from arrays that bundle_format.validate_mesh has checked (sizes, ranges)."""
+    sizes, fvi = mesh.face_sizes, mesh.face_vertex_indices
+    nv, nf, nl = len(verts_bl), len(sizes), len(fvi)
     me = bpy.data.meshes.new(name)
     me.vertices.add(nv)
     me.vertices.foreach_set("co", np.ascontiguousarray(verts_bl, dtype=np.float32).ravel())
@@ -153,11 +103,11 @@ def _build_mesh(name: str, verts_bl: np.ndarray, face_sizes: np.ndarray, fvi: np
     me.loops.foreach_set("vertex_index", np.ascontiguousarray(fvi, dtype=np.int32))
     me.polygons.add(nf)
     starts = np.zeros(nf, dtype=np.int32)
-    np.cumsum(face_sizes[:-1], out=starts[1:])
+    np.cumsum(sizes[:-1], out=starts[1:])
     me.polygons.foreach_set("loop_start", starts)
-    me.polygons.foreach_set("material_index", np.ascontiguousarray(face_part, dtype=np.int32))
+    me.polygons.foreach_set("material_index", np.ascontiguousarray(mesh.face_part, dtype=np.int32))
     uv = me.uv_layers.new(name=UV_NAME)
-    uv.data.foreach_set("uv", np.ascontiguousarray(corner_uvs, dtype=np.float32).ravel())
+    uv.data.foreach_set("uv", np.ascontiguousarray(mesh.corner_uvs, dtype=np.float32).ravel())
     me.update()
     me.shade_smooth()
     return me
@@ -175,6 +125,8 @@ def _load_image(path: Path, name: str, colorspace: str, tiled: bool, created: _C
     if tiled:
         img.source = "TILED"
     img.colorspace_settings.name = colorspace
+    if tuple(img.size) == (0, 0):  # Blender's loader failed (bundle_format checked the file's structure)
+        raise WorkerError("BUNDLE_INVALID", f"Blender cannot read {path.name}")
     if pack:
         img.pack()
     return img
@@ -287,7 +239,9 @@ def _skin_material(name: str, bundle: Bundle, stem: str, created: _Created, pack
     bsdf.inputs["Subsurface Weight"].default_value = 0.1
     bsdf.inputs["Subsurface Radius"].default_value = (1.0, 0.35, 0.2)
     bsdf.inputs["Subsurface Scale"].default_value = 0.005  # metres
-    bsdf.inputs["IOR"].default_value = 1.4
+    # The one specular convention (docs/bundle.md, "Material"): IOR from the bundle (skin 1.4), and the
+    # specular map is Principled's Specular IOR Level at that IOR (0.5 = the IOR's own F0, 0.028).
+    bsdf.inputs["IOR"].default_value = bundle.skin_ior
 
     # Specular and normal maps exist for some tiles only (v0: 1001). Each is loaded as a tiled
     # image too; on tiles it lacks, a UV-tile mask blends in the neutral value (so Cycles never
@@ -296,11 +250,11 @@ def _skin_material(name: str, bundle: Bundle, stem: str, created: _Created, pack
     if 1001 in spec_tiles:
         stex = _udim_texture(nt, uvn.outputs["UV"], bundle, "specular", "Non-Color", spec_tiles, stem, created,
                              pack, (-100, 150))
-        # specular map (grey, 0..1) -> Specular IOR Level (0.5 = the default F0 for the IOR)
+        # specular map -> Specular IOR Level (schema 2: the map is the level; schema 1: a rescale)
         level = nodes.new("ShaderNodeMapRange")
         level.name = level.label = "Specular -> IOR Level"
         level.inputs["To Min"].default_value = 0.0
-        level.inputs["To Max"].default_value = 1.0
+        level.inputs["To Max"].default_value = bundle.specular_level_scale
         level.location = (200, 150)
         links.new(stex.outputs["Color"], level.inputs["Value"])
         spec_out = _on_mapped_tiles(nt, uvn.outputs["UV"], level.outputs["Result"], spec_tiles, skin_tiles,
@@ -438,36 +392,28 @@ def import_bundle(bundle_dir: str | os.PathLike, *, name: str | None = None, sce
     existing datablocks; on failure removes whatever it created and raises WorkerError.
     """
     t0 = time.perf_counter()
-    bundle = Bundle(bundle_dir)
-    res = bundle.result
-    stem = name or Path(str((res.get("input") or {}).get("name") or Path(bundle_dir).name)).stem
+    try:
+        bundle = read_bundle(bundle_dir, want_deltas=shape_keys)
+    except BundleError as ex:
+        raise WorkerError(ex.code, ex.message) from ex
+    res, mesh = bundle.result, bundle.mesh
+    stem = name or Path(str((res.get("input") or {}).get("name") or bundle.folder.name)).stem
     scene = scene or bpy.context.scene
     created = _Created()
     try:
-        try:
-            npz = np.load(bundle.mesh_path(), allow_pickle=False)
-            verts = npz["vertices"]
-            face_sizes = npz["face_sizes"].astype(np.int64)
-            fvi = npz["face_vertex_indices"]
-            corner_uvs = npz["corner_uvs"]
-            face_part = npz["face_part"]
-            part_names = [str(s) for s in npz["part_names"]]
-        except (KeyError, ValueError, OSError) as ex:
-            raise WorkerError("BUNDLE_INVALID", f"cannot read mesh.npz: {ex}") from ex
-
-        use_keys = bool(shape_keys) and "expression_deltas" in npz.files and "basis_vertices" in npz.files
-        base = npz["basis_vertices"] if use_keys else verts
-        me = created.add(_build_mesh(stem, ict_to_blender(base), face_sizes, fvi, corner_uvs, face_part))
+        use_keys = bool(shape_keys) and mesh.expression_deltas is not None
+        base = mesh.basis_vertices if use_keys else mesh.vertices
+        me = created.add(_build_mesh(stem, ict_to_blender(base), mesh))
 
         # UDIM tiles that the skin part uses (for the missing-tile masks).
         skin_tiles = [1001, 1002]
-        if "skin" in part_names:
-            loop_face = np.repeat(np.arange(len(face_sizes)), face_sizes)
-            skin_loops = face_part[loop_face] == part_names.index("skin")
+        if "skin" in mesh.part_names:
+            loop_face = np.repeat(np.arange(len(mesh.face_sizes)), mesh.face_sizes)
+            skin_loops = mesh.face_part[loop_face] == mesh.part_names.index("skin")
             if skin_loops.any():
-                skin_tiles = sorted(set((1001 + np.floor(corner_uvs[skin_loops, 0])).astype(int).tolist()))
+                skin_tiles = sorted(set((1001 + np.floor(mesh.corner_uvs[skin_loops, 0])).astype(int).tolist()))
 
-        for part in part_names:
+        for part in mesh.part_names:
             me.materials.append(_part_material(part, stem, bundle, created, pack_images, skin_tiles))
 
         obj = created.add(bpy.data.objects.new(stem, me))
@@ -475,25 +421,23 @@ def import_bundle(bundle_dir: str | os.PathLike, *, name: str | None = None, sce
         (parent_collection or scene.collection).children.link(coll)
         coll.objects.link(obj)
 
-        # Parts as vertex groups too (ICT vertex ranges, inclusive).
-        if "part_vertex_ranges" in npz.files and "part_range_names" in npz.files:
-            for (a, b), rname in zip(npz["part_vertex_ranges"], npz["part_range_names"]):
-                vg = obj.vertex_groups.new(name=str(rname))
-                vg.add(list(range(int(a), int(b) + 1)), 1.0, "REPLACE")
+        # Parts as vertex groups too (ICT vertex ranges, inclusive; checked to lie within the mesh).
+        for rname, first, last in mesh.part_ranges:
+            vg = obj.vertex_groups.new(name=rname)
+            vg.add(list(range(first, last + 1)), 1.0, "REPLACE")
 
         if use_keys:
-            _add_shape_keys(obj, npz, res)
+            _add_shape_keys(obj, mesh, res)
 
-        metrics = res.get("metrics") or {}
-        timings = res.get("timings_s") or {}
+        metrics = res.get("metrics") if isinstance(res.get("metrics"), dict) else {}
+        timings = res.get("timings_s") if isinstance(res.get("timings_s"), dict) else {}
         obj[PROP_HEAD] = True
-        obj["likeness_bundle"] = str(Path(bundle_dir).resolve())
+        obj["likeness_bundle"] = str(bundle.folder)
         obj["likeness_photo"] = str((res.get("input") or {}).get("name", ""))
-        if "landmark_error_px" in metrics:
-            obj["likeness_landmark_error_px"] = float(metrics["landmark_error_px"])
-        if "landmark_error_iod" in metrics:
-            obj["likeness_landmark_error_iod"] = float(metrics["landmark_error_iod"])
-        if "total" in timings:
+        for key in ("landmark_error_px", "landmark_error_iod"):
+            if isinstance(metrics.get(key), (int, float)):
+                obj[f"likeness_{key}"] = float(metrics[key])
+        if isinstance(timings.get("total"), (int, float)):
             obj["likeness_backend_s"] = float(timings["total"])
         obj["likeness_import_s"] = time.perf_counter() - t0
         return obj
@@ -505,17 +449,16 @@ def import_bundle(bundle_dir: str | os.PathLike, *, name: str | None = None, sce
         raise WorkerError("IMPORT_FAILED", f"{type(ex).__name__}: {ex}") from ex
 
 
-def _add_shape_keys(obj, npz, res) -> None:
-    basis = npz["basis_vertices"]
-    deltas = npz["expression_deltas"]
-    names = [str(s) for s in npz["expression_names"]]
-    expr = res.get("expression") or {}
+def _add_shape_keys(obj, mesh: MeshArrays, res) -> None:
+    basis = mesh.basis_vertices
+    names = mesh.expression_names
+    expr = res.get("expression") if isinstance(res.get("expression"), dict) else {}
     coeffs = dict(zip(expr.get("names") or names, expr.get("coefficients") or [0.0] * len(names)))
     kb = obj.shape_key_add(name="Basis", from_mix=False)
     kb.data.foreach_set("co", ict_to_blender(basis).ravel())
     for j, nm in enumerate(names):
         key = obj.shape_key_add(name=arkit_name(nm), from_mix=False)
-        co = ict_to_blender(basis.astype(np.float32) + deltas[j].astype(np.float32))
+        co = ict_to_blender(basis + mesh.expression_deltas[j].astype(np.float32))
         key.data.foreach_set("co", co.ravel())
         w = float(coeffs.get(nm, 0.0))
         key.slider_min = min(0.0, math.floor(w))

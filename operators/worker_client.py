@@ -9,6 +9,7 @@ in background mode) and never waits on the worker.
 
 from __future__ import annotations
 
+import base64
 import collections
 import json
 import os
@@ -28,12 +29,17 @@ CLIENT_CODES = {
     "WORKER_DIED": "the backend worker exited unexpectedly",
     "WORKER_TIMEOUT": "the backend worker sent no event for too long (hung)",
     "WORKER_PROTOCOL": "the backend worker wrote something that is not a protocol event",
+    "WORKER_INCOMPATIBLE": "the backend speaks another version of the worker protocol (update one of them)",
     "BUNDLE_INVALID": "the result bundle is missing, incomplete or of an unknown schema version",
+    "BUNDLE_UNSAFE": "the result bundle names files outside its own folder (refused)",
     "IMPORT_FAILED": "the result bundle could not be imported into Blender",
     "PHOTO_INVALID": "no photo was chosen or it cannot be read from Blender",
 }
 
-STAGES = ("load", "detect", "fit", "texture", "write")
+# Worker protocol versions this client speaks (the worker announces its own in `ready`).
+SUPPORTED_PROTOCOLS = (2,)
+# The temp marker the backend writes into a bundle's temporary folder (backend/bundle.py TEMP_MARKER).
+TEMP_MARKER = ".likeness-temp.json"
 
 
 class WorkerError(Exception):
@@ -232,14 +238,15 @@ class WorkerClient:
 
 
 def remove_partial_bundle(out: str) -> None:
-    """Remove what a killed worker may have left for `out`: the folder and `.<name>.tmp-*`."""
+    """Remove the temporary folders `.<name>.tmp-*` a killed worker left for `out`: only those that
+    hold the backend's temp marker (the backend never creates `out` itself before its final rename,
+    so whatever is at `out` is never touched)."""
     outp = Path(out)
-    if outp.is_dir() and not (outp / "result.json").is_file():
-        shutil.rmtree(outp, ignore_errors=True)
     parent = outp.parent
     if parent.is_dir():
         for tmp in parent.glob(f".{outp.name}.tmp-*"):
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp.is_dir() and not tmp.is_symlink() and (tmp / TEMP_MARKER).is_file():
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 class ReconstructJob:
@@ -264,6 +271,8 @@ class ReconstructJob:
         self.fraction = 0.0
         self.message = "starting the backend"
         self.result: dict | None = None
+        self.preview: dict | None = None   # the latest `preview` event: stage, name, png (bytes)
+        self.preview_serial = 0
         self.error_code = ""
         self.error_message = ""
         self.started = time.monotonic()
@@ -274,7 +283,7 @@ class ReconstructJob:
         self._last_own_activity = time.monotonic()
         self.events_seen = 0
         self._dead_since = 0.0
-        if client.ready is not None:
+        if client.ready is not None and self._compatible(client.ready):
             self._send_request()
 
     @property
@@ -365,6 +374,8 @@ class ReconstructJob:
             self._fail_and_kill("WORKER_DIED", self.client.death_message())
             return
         if kind == "ready":
+            if not self._compatible(ev):
+                return
             if not self._sent and not self._cancel_requested:
                 try:
                     self._send_request()
@@ -389,6 +400,14 @@ class ReconstructJob:
             except (TypeError, ValueError):
                 pass
             self.message = str(ev.get("message", ""))
+        elif kind == "preview":
+            try:
+                png = base64.b64decode(str(ev.get("png_base64", "")), validate=True)
+            except (ValueError, TypeError):
+                return
+            if png.startswith(b"\x89PNG"):
+                self.preview = {"stage": str(ev.get("stage", "")), "name": str(ev.get("name", "")), "png": png}
+                self.preview_serial += 1
         elif kind == "result":
             self.result = ev
             self.fraction = 1.0
@@ -402,6 +421,15 @@ class ReconstructJob:
             else:
                 self._finish("failed", code, msg)
         # other event kinds are ignored (fields may be added to the protocol)
+
+    def _compatible(self, ready: dict) -> bool:
+        """The capabilities handshake: a worker of another protocol version is refused (and stopped)."""
+        if ready.get("protocol") in SUPPORTED_PROTOCOLS:
+            return True
+        self._fail_and_kill("WORKER_INCOMPATIBLE", f"the backend ({ready.get('version', '?')}) speaks worker "
+                            f"protocol {ready.get('protocol')!r}; this add-on speaks {SUPPORTED_PROTOCOLS}: "
+                            "install matching versions of the add-on and the backend")
+        return False
 
     def _wait_briefly(self) -> None:
         try:

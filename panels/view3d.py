@@ -12,12 +12,16 @@ _previews = None
 
 def _photo_icon(layout, st) -> int:
     """Icon id of a thumbnail of the chosen photo (0 when there is none)."""
-    global _previews
     if st.photo_source == "IMAGE":
         return layout.icon(st.photo_image) if st.photo_image is not None else 0
     if not st.photo_path:
         return 0
-    path = os.path.abspath(bpy.path.abspath(st.photo_path))
+    return _file_icon(os.path.abspath(bpy.path.abspath(st.photo_path)))
+
+
+def _file_icon(path: str) -> int:
+    """Icon id of a thumbnail of an image file (0 when it is not there)."""
+    global _previews
     if not os.path.isfile(path):
         return 0
     if _previews is None:
@@ -65,6 +69,10 @@ class LIKENESS_PT_generate(bpy.types.Panel):
 
         if running:
             layout.progress(factor=js.fraction, type="BAR", text=js.message or "Working...")
+            g = generate.active()
+            icon = _file_icon(g.preview_path) if g is not None and g.preview_path else 0
+            if icon:
+                layout.template_icon(icon_value=icon, scale=7.0)
             layout.operator("likeness.cancel", icon="CANCEL")
         else:
             row = layout.row()

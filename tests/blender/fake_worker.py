@@ -20,7 +20,8 @@ if mode == "die_at_start":
     sys.stderr.flush()
     sys.exit(3)
 
-emit({"event": "ready", "version": "0.0-fake", "torch": "none", "cuda": False})
+emit({"event": "ready", "protocol": 1 if mode == "old_protocol" else 2, "version": "0.0-fake", "torch": "none",
+      "cuda": False, "capabilities": {}})
 for line in sys.stdin:
     req = json.loads(line)
     if req.get("op") == "shutdown":

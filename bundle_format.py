@@ -1,0 +1,279 @@
+"""Result bundle reader for the Blender side (docs/bundle.md, schemas 1 and 2): pure Python and numpy.
+
+No bpy and no torch here, so it is tested without Blender; the importer (operators/importer.py) turns
+what this returns into datablocks and does nothing else with the files. Everything a bundle says is
+checked before Blender sees it:
+- every path in result.json stays inside the bundle folder (no absolute paths, no `..`, no links out);
+- mesh arrays are consistent (polygon sizes, corner indices in range, parts, vertex ranges), so no
+  Blender call can be handed a mesh that crashes it or a range that costs gigabytes;
+- images are PNG files whose header and end chunk are present (a truncated file is refused).
+Schema 2 keeps the topology, UVs, parts and expression deltas in the face model file named by its
+hash: looked up inside the bundle, then in LIKENESS_MODEL_DIR, then in the per-user cache folder that
+the backend writes it to; never at a path the bundle names.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+READABLE_SCHEMAS = (1, 2)
+RESULT_NAME = "result.json"
+MAX_RESULT_BYTES = 16 << 20
+MAX_VERTICES = 2_000_000
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_HEX = set("0123456789abcdef")
+
+
+class BundleError(Exception):
+    """A bundle that cannot be imported: code BUNDLE_INVALID (damaged, incomplete, unknown schema),
+    BUNDLE_UNSAFE (it points outside itself) or ASSETS_MISSING (its face model file is not here)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def _invalid(message: str) -> BundleError:
+    return BundleError("BUNDLE_INVALID", message)
+
+
+def model_dirs() -> list[Path]:
+    """Where schema-2 face model files are looked for, after the bundle itself (the backend's cache)."""
+    out = []
+    if os.environ.get("LIKENESS_MODEL_DIR"):
+        out.append(Path(os.environ["LIKENESS_MODEL_DIR"]))
+    out.append(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "likeness" / "models")
+    return out
+
+
+@dataclass
+class FileEntry:
+    path: Path          # inside the bundle, resolved
+    role: str
+    tile: int | None
+    colorspace: str | None
+
+
+@dataclass
+class MeshArrays:
+    vertices: np.ndarray              # (V, 3) float32 cm, identity and expression applied
+    basis_vertices: np.ndarray        # (V, 3) float32 identity only
+    face_sizes: np.ndarray            # (P,) int64, each >= 3
+    face_vertex_indices: np.ndarray   # (C,) int64 in [0, V)
+    corner_uvs: np.ndarray            # (C, 2) float32
+    face_part: np.ndarray             # (P,) int64 in [0, len(part_names))
+    part_names: list[str]
+    part_ranges: list[tuple[str, int, int]]   # (name, first, last) inclusive, within [0, V)
+    expression_names: list[str]
+    expression_deltas: np.ndarray | None      # (E, V, 3) float16/32 or None
+
+
+@dataclass
+class Bundle:
+    folder: Path
+    result: dict
+    schema: int
+    entries: list[FileEntry]
+    mesh: MeshArrays
+
+    def files(self, role: str) -> list[FileEntry]:
+        return [e for e in self.entries if e.role == role]
+
+    def tiles(self, role: str) -> dict[int, Path]:
+        """UDIM tile -> image file of one role."""
+        return {e.tile if e.tile is not None else 1001: e.path for e in self.files(role)}
+
+    def colorspace(self, role: str, default: str) -> str:
+        return next((e.colorspace for e in self.files(role) if e.colorspace), default)
+
+    @property
+    def skin_ior(self) -> float:
+        return float(((self.result.get("material") or {}).get("skin") or {}).get("ior", 1.4))
+
+    @property
+    def specular_level_scale(self) -> float:
+        """Factor from the specular map's value to Principled's Specular IOR Level at skin_ior. Schema 1
+        maps hold Blender's classic specular (F0 = 0.08 * value): at IOR 1.4 (F0 0.0278 at level 0.5)
+        that is level = value * 0.08 / (2 * 0.0278) = 1.44 * value. Schema 2 maps hold the level."""
+        if self.schema >= 2:
+            return 1.0
+        f0 = ((self.skin_ior - 1.0) / (self.skin_ior + 1.0)) ** 2
+        return 0.08 / (2.0 * f0)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def inside(folder: Path, relative) -> Path:
+    """The bundle file `relative` as a resolved path; BUNDLE_UNSAFE if it is absolute, climbs out of
+    the bundle, or resolves (through links) to anything outside it."""
+    if not isinstance(relative, str) or not relative or "\x00" in relative:
+        raise _invalid(f"a file entry has no usable path ({relative!r})")
+    rel = Path(relative)
+    if rel.is_absolute() or rel.drive or ".." in rel.parts:
+        raise BundleError("BUNDLE_UNSAFE", f"the bundle names a file outside itself: {relative!r}")
+    full = (folder / rel).resolve()
+    if full != folder and folder not in full.parents:
+        raise BundleError("BUNDLE_UNSAFE", f"{relative!r} leads outside the bundle (a link?)")
+    return full
+
+
+def check_png(path: Path) -> tuple[int, int]:
+    """(width, height) of a PNG after checking its signature, header and that its end chunk is there."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(33)
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 12))
+            tail = fh.read(12)
+    except OSError as ex:
+        raise _invalid(f"cannot read {path.name}: {ex.strerror or ex}") from ex
+    if len(head) < 33 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+        raise _invalid(f"{path.name} is not a PNG image")
+    width, height = struct.unpack(">II", head[16:24])
+    if not (0 < width <= 65536 and 0 < height <= 65536):
+        raise _invalid(f"{path.name} has an impossible size {width}x{height}")
+    if tail[4:8] != b"IEND":
+        raise _invalid(f"{path.name} is truncated (no end chunk)")
+    return width, height
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as ex:
+        raise _invalid(f"cannot read {path.name}: {ex}") from ex
+
+
+def _strings(a) -> list[str]:
+    return [str(x) for x in np.asarray(a).reshape(-1)]
+
+
+def _model_arrays(folder: Path, result: dict, entries: list[FileEntry]) -> dict[str, np.ndarray]:
+    """Schema 2: the face model file, by hash, from the bundle or the model folders."""
+    model = result.get("model")
+    digest = model.get("hash") if isinstance(model, dict) else None
+    if not (isinstance(digest, str) and len(digest) == 64 and set(digest) <= _HEX):
+        raise _invalid("result.json names no face model hash")
+    name = f"{digest[:16]}.npz"
+    candidates = [e.path for e in entries if e.role == "model" and e.path.name == name]
+    candidates += [d / name for d in model_dirs()]
+    for path in candidates:
+        if path.is_file():
+            data = _load_npz(path)
+            if str(data.get("model_hash", "")) == digest:
+                return data
+    raise BundleError("ASSETS_MISSING", f"the face model file {name} of this bundle was not found (looked in the "
+                      f"bundle and {', '.join(str(d) for d in model_dirs())}); run the backend once on this "
+                      "machine, or make the bundle with --embed-model")
+
+
+def _int_array(d: dict, key: str) -> np.ndarray:
+    a = np.asarray(d[key])
+    if a.dtype.kind not in "iu":
+        raise _invalid(f"{key} is not an integer array")
+    return a.astype(np.int64)
+
+
+def validate_mesh(vertices, basis, topo: dict, want_deltas: bool) -> MeshArrays:
+    """Check every array a Blender mesh is built from; BUNDLE_INVALID on the first problem."""
+    try:
+        v = np.asarray(vertices, dtype=np.float32)
+        b = np.asarray(basis, dtype=np.float32)
+        if v.ndim != 2 or v.shape[1] != 3 or not 0 < len(v) <= MAX_VERTICES or b.shape != v.shape:
+            raise _invalid(f"vertices have shape {v.shape}, basis {b.shape}")
+        if not (np.isfinite(v).all() and np.isfinite(b).all()):
+            raise _invalid("vertices hold NaN or infinite values")
+        V = len(v)
+        sizes = _int_array(topo, "face_sizes")
+        fvi = _int_array(topo, "face_vertex_indices")
+        uvs = np.asarray(topo["corner_uvs"], dtype=np.float32)
+        part = _int_array(topo, "face_part")
+        names = _strings(topo["part_names"])
+        if sizes.ndim != 1 or len(sizes) == 0 or sizes.min() < 3 or sizes.max() > 64:
+            raise _invalid("face_sizes must be 3..64 corners per polygon")
+        if fvi.ndim != 1 or int(sizes.sum()) != len(fvi):
+            raise _invalid("face_sizes do not add up to the number of polygon corners")
+        if fvi.min() < 0 or fvi.max() >= V:
+            raise _invalid("face_vertex_indices point outside the vertices")
+        if uvs.shape != (len(fvi), 2) or not np.isfinite(uvs).all():
+            raise _invalid("corner_uvs do not match the polygon corners")
+        if part.shape != sizes.shape or part.min() < 0 or part.max() >= len(names):
+            raise _invalid("face_part does not index part_names")
+        ranges = []
+        if "part_vertex_ranges" in topo and "part_range_names" in topo:
+            r = _int_array(topo, "part_vertex_ranges")
+            rn = _strings(topo["part_range_names"])
+            if r.ndim != 2 or r.shape[1] != 2 or len(r) != len(rn) or len(r) > 256:
+                raise _invalid("part_vertex_ranges do not match part_range_names")
+            if len(r) and (r.min() < 0 or r.max() >= V or (r[:, 1] < r[:, 0]).any()):
+                raise _invalid("a part vertex range lies outside the vertices")
+            ranges = [(n, int(a), int(z)) for n, (a, z) in zip(rn, r)]
+        exp_names = _strings(topo["expression_names"]) if "expression_names" in topo else []
+        deltas = None
+        if want_deltas and "expression_deltas" in topo:
+            deltas = np.asarray(topo["expression_deltas"])
+            if deltas.shape != (len(exp_names), V, 3) or not np.isfinite(deltas).all():
+                raise _invalid(f"expression_deltas have shape {deltas.shape}")
+    except KeyError as ex:
+        raise _invalid(f"the mesh lacks the array {ex.args[0]!r}") from ex
+    return MeshArrays(v, b, sizes, fvi, uvs, part, names, ranges, exp_names, deltas)
+
+
+def read_bundle(path, want_deltas: bool = False) -> Bundle:
+    """Read and check a bundle folder; BundleError with a code when it cannot be imported as it is."""
+    folder = Path(path).resolve()
+    rj = folder / RESULT_NAME
+    if not rj.is_file():
+        raise _invalid(f"no {RESULT_NAME} in {folder}")
+    try:
+        if rj.stat().st_size > MAX_RESULT_BYTES:
+            raise _invalid(f"{RESULT_NAME} is too large to be a bundle's")
+        result = json.loads(rj.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as ex:
+        raise _invalid(f"cannot read {rj}: {ex}") from ex
+    if not isinstance(result, dict):
+        raise _invalid(f"{RESULT_NAME} is not a JSON object")
+    schema = result.get("schema_version")
+    if schema not in READABLE_SCHEMAS:
+        raise _invalid(f"unsupported bundle schema_version {schema!r} (this add-on reads {READABLE_SCHEMAS})")
+    files = result.get("files")
+    if not isinstance(files, list):
+        raise _invalid(f"{RESULT_NAME} has no file list")
+    entries = []
+    for f in files:
+        if not isinstance(f, dict) or not isinstance(f.get("role"), str):
+            raise _invalid(f"a file entry is not an object with a role: {str(f)[:80]}")
+        tile = f.get("tile")
+        if tile is not None and not (isinstance(tile, int) and not isinstance(tile, bool) and 1001 <= tile <= 1100):
+            raise _invalid(f"{f.get('path')!r} has an invalid UDIM tile {tile!r}")
+        cs = f.get("colorspace")
+        entries.append(FileEntry(inside(folder, f.get("path")), f["role"], tile, cs if isinstance(cs, str) else None))
+    for e in entries:
+        if e.path.suffix.lower() == ".png":
+            if not e.path.is_file():
+                raise _invalid(f"{e.path.name} is listed but missing")
+            check_png(e.path)
+    mesh_entry = next((e for e in entries if e.role == "mesh"), None)
+    mesh_path = mesh_entry.path if mesh_entry else inside(folder, "mesh.npz")
+    if not mesh_path.is_file():
+        raise _invalid(f"mesh file missing: {mesh_path.name}")
+    per_photo = _load_npz(mesh_path)
+    if "vertices" not in per_photo:
+        raise _invalid("mesh.npz has no vertices")
+    topo = per_photo if schema == 1 else _model_arrays(folder, result, entries)
+    if schema == 2:
+        nv = (result.get("model") or {}).get("num_vertices")
+        if isinstance(nv, int) and nv != len(per_photo["vertices"]):
+            raise _invalid("mesh.npz does not have the face model's vertex count")
+    mesh = validate_mesh(per_photo["vertices"], per_photo.get("basis_vertices", per_photo["vertices"]), topo, want_deltas)
+    return Bundle(folder, result, int(schema), entries, mesh)
