@@ -317,6 +317,7 @@ def pack_ict(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, progress: P
     # Write: everything under temporary names first; the renames are the only visible steps.
     check()
     report("write", _READ_SHARE)
+    created = not dst.exists()
     dst.mkdir(parents=True, exist_ok=True)
     temps: dict[str, Path] = {}
 
@@ -327,6 +328,7 @@ def pack_ict(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, progress: P
         temps[name] = Path(tmp)
         return temps[name]
 
+    ok = False
     try:
         arrays = {"neutral": neutral.astype(np.float32), "identity": stacks["identity"],
                   "expression": stacks["expression"], "identity_names": np.asarray(identity_stems),
@@ -361,31 +363,38 @@ def pack_ict(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, progress: P
             os.replace(temps[name], dst / name)
         for name in set(existing) - set(temps):  # e.g. a CREDITS.md the new source does not have
             (dst / name).unlink(missing_ok=True)
+        ok = True
     finally:
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)  # those already renamed are gone; the others must not stay
+        if not ok and created:
+            shutil.rmtree(dst, ignore_errors=True)  # only our temporaries were ever in it
     report("write", 1.0)
     return dst
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m backend.ict_pack", description=__doc__.split("\n\n")[0])
-    parser.add_argument("src", help=f"upstream {UPSTREAM_FOLDER}/ (or the unpacked repository that holds it)")
-    parser.add_argument("dst", help="folder for the pack (shape_modes.npz, ...); point LIKENESS_ICT_DIR at it")
+    parser = argparse.ArgumentParser(prog="python -m backend.ict_pack", description=__doc__.split("\n\n")[0],
+                                     usage="%(prog)s [--overwrite] [--partial] SRC DST\n       %(prog)s --verify DST")
+    parser.add_argument("paths", nargs="+", metavar="SRC DST",
+                        help=f"SRC: upstream {UPSTREAM_FOLDER}/ (or the unpacked repository that holds it); "
+                             "DST: folder for the pack (point LIKENESS_ICT_DIR at it)")
     parser.add_argument("--overwrite", action="store_true", help="replace a pack of another source in DST")
-    parser.add_argument("--partial", action="store_true", help="pack only the OBJs present (testing only)")
-    parser.add_argument("--verify", action="store_true", help="only re-check DST against its manifest")
+    parser.add_argument("--partial", action="store_true", help="pack only the OBJs present (for tests only)")
+    parser.add_argument("--verify", action="store_true", help="re-check DST against its manifest (exit 1 if not)")
     args = parser.parse_args(argv)
+    if len(args.paths) != (1 if args.verify else 2):
+        parser.error("--verify takes DST only" if args.verify else "give SRC and DST")
     try:
         if args.verify:
-            problems = verify_pack(args.dst)
+            problems = verify_pack(args.paths[0])
             for p in problems:
-                print(f"{args.dst}: {p}", file=sys.stderr)
+                print(f"{args.paths[0]}: {p}", file=sys.stderr)
             return 1 if problems else 0
 
         def progress(stage: str, fraction: float) -> None:
             print(f"\r{stage} {fraction:6.1%}", end="", file=sys.stderr, flush=True)
-        out = pack_ict(args.src, args.dst, progress, overwrite=args.overwrite, require_complete=not args.partial)
+        out = pack_ict(*args.paths, progress, overwrite=args.overwrite, require_complete=not args.partial)
         print(file=sys.stderr)
         print(out.absolute())
         return 0
