@@ -23,7 +23,7 @@ SOURCE_DIR = REPO.parent / "shared" / "assets" / "mediapipe-segmentation"
 # The forehead between the upper brow edges and the top of the face oval: brow tops image-left
 # -> image-right, then the oval back over the top (MediaPipe indices).
 FOREHEAD = (70, 63, 105, 66, 107, 336, 296, 334, 293, 300, 284, 332, 297, 338, 10, 109, 67, 103, 54)
-FRINGE = "003"                       # London neutral: a full fringe down to the brows
+FRINGES = ("003", "143")             # London neutral: fringes down to the brows
 NO_FRINGE = ("001", "012", "017")    # forehead clear (hair up or short)
 CHEEK_POINTS = (50, 280, 205, 425)   # MediaPipe points on the cheeks, both sides
 
@@ -217,13 +217,15 @@ def test_segmenter_is_created_once(prepared_dir, faces_dir):
     assert get_segmenter(prepared_dir) is get_segmenter(prepared_dir)
 
 
-def test_fringe_is_hair_not_skin(segment):
-    photo, face, masks = segment(LONDON_NEUTRAL / f"{FRINGE}_03.jpg")
+@pytest.mark.parametrize("stem", FRINGES)
+def test_fringe_is_hair_not_skin(segment, stem):
+    photo, face, masks = segment(LONDON_NEUTRAL / f"{stem}_03.jpg")
     forehead = _region(photo, face, FOREHEAD)
     assert forehead.sum() > 10_000
     hair, skin = masks.hair[forehead], masks.skin[forehead]
-    assert np.mean(hair > 0.5) > 0.75           # measured 0.85: a few gaps between the strands
-    assert np.mean(skin == 0.0) > 0.7           # measured 0.81
+    # measured 0.85 / 0.80 and 0.81 / 0.74: skin shows through a few gaps between the strands
+    assert np.mean(hair > 0.5) > 0.75
+    assert np.mean(skin == 0.0) > 0.7
     assert np.all(skin[hair > SURE] == 0.0)
 
 
