@@ -96,6 +96,7 @@ class Segmenter:
         from mediapipe.tasks.python.core.base_options import BaseOptions
 
         self.paths = {m.key: find_prepared(m, model_dir) for m in (HAIR, PERSON)}
+        self._lock = threading.Lock()
         self._nets = {}
         for key, path in self.paths.items():
             options = vision.ImageSegmenterOptions(
@@ -110,12 +111,12 @@ class Segmenter:
                 self.close()
                 raise LikenessError("ASSETS_MISSING", f"cannot load the segmentation model {path} ({exc}); "
                                     "run `python -m backend setup` to prepare it again.") from exc
-        self._lock = threading.Lock()
 
     def close(self) -> None:
-        for net in self._nets.values():
-            net.close()
-        self._nets.clear()
+        with self._lock:
+            for net in self._nets.values():
+                net.close()
+            self._nets.clear()
 
     # -- public ---------------------------------------------------------------------------------
 
