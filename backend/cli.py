@@ -82,7 +82,7 @@ def cmd_demo(args) -> int:
 
 def cmd_setup(args) -> int:
     from .setup_assets import setup
-    setup(args.ict_dir)
+    setup(args.ict_dir, args.segmentation_dir)
     return 0
 
 
@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("setup", help="fetch MediaPipe's model and find ICT-FaceKit (idempotent)")
     p.add_argument("--ict-dir", default=None)
+    p.add_argument("--segmentation-dir", default=None,
+                   help="folder of MediaPipe's hair_segmentation.tflite and selfie_segmentation.tflite")
     p.set_defaults(func=cmd_setup)
 
     p = sub.add_parser("worker", help="JSON-lines worker for Blender (docs/worker-protocol.md)")

