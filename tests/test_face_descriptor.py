@@ -170,7 +170,9 @@ def test_mediapipe_chips_give_dlibs_descriptors(net, photos):
             d = descriptor(p["image"], p["mp"], net).numpy()
         dist.append(np.linalg.norm(d - p["dlib_desc"]))
     dist = np.asarray(dist)
-    assert dist.mean() < 0.08 and dist.max() < 0.15, dist
+    # Measured: mean 0.054, max 0.071 here (all 172 London photos: mean 0.054, max 0.12); with
+    # dlib's template instead of the fitted one: mean 0.077, max 0.10.
+    assert dist.mean() < 0.065 and dist.max() < 0.1, dist
 
 
 def test_same_person_close_different_people_far(net, photos):
