@@ -203,3 +203,19 @@ def test_identity_distance_has_gradients_for_image_and_points(net, photos):
     assert (image.grad[:, :100, :100] == 0).all()
     moved = points.grad.abs().sum(1) > 0
     assert set(torch.nonzero(moved).ravel().tolist()) == set(face_chip.MEDIAPIPE_CHIP_POINTS)
+
+
+# ---------------------------------------------------------------------------------------------
+# The bench's identity metric (dlib finds the face and cuts the chip, the torch net describes it)
+
+
+def test_bench_face_descriptor_gives_dlibs_numbers(photos, dlib_ref):
+    import dlib
+    from backend.bench.metrics import FaceDescriptor
+    bench = FaceDescriptor()
+    sp68 = dlib.shape_predictor(str(find_model().parent / "shape_predictor_68_face_landmarks.dat"))
+    for key in (("001", "neutral"), ("002", "smiling")):
+        rgb = photos[key]["rgb"]
+        box = bench.find_box(rgb)
+        theirs = np.asarray(dlib_ref.rec.compute_face_descriptor(rgb, sp68(rgb, box)))
+        assert np.abs(bench(rgb, box) - theirs).max() < 1e-4
