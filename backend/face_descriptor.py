@@ -34,7 +34,7 @@ INPUT_SCALE = 256.0               # dlib's input_rgb_image: (pixel - mean) / 256
 class FaceDescriptorNet(nn.Module):
     """The layers of dlib's file as plain torch ops, run in the file's order.
 
-    Input: (B, 3, 150, 150) float RGB in 0..255 (dlib's chip as floats). Output: (B, 128)."""
+    Input: (B, 3, 150, 150) float32 RGB in 0..255 (dlib's chip as floats). Output: (B, 128)."""
 
     def __init__(self, network: dlib_dnn.Network):
         super().__init__()
@@ -42,11 +42,11 @@ class FaceDescriptorNet(nn.Module):
         if (inp.rows, inp.cols) != (CHIP_SIZE, CHIP_SIZE):
             raise dlib_dnn.DlibFormatError(f"input {inp.rows}x{inp.cols}, expected {CHIP_SIZE}x{CHIP_SIZE}")
         self.register_buffer("mean", torch.tensor(inp.mean_rgb, dtype=torch.float32).view(1, 3, 1, 1))
-        self.ops = dlib_dnn.face_descriptor_ops(network.layers)
-        # Parameters live in buffers (the net is not trained here) and in self.ops order.
+        # Weights are frozen Parameters in one list (so .to(device) and state_dict see them; the
+        # net is not trained here); each slot names an op and the indices of its weights.
         self._tensors = nn.ParameterList()
         self._slots: list[tuple] = []
-        for op in self.ops:
+        for op in dlib_dnn.face_descriptor_ops(network.layers):
             if isinstance(op, dlib_dnn.Conv):
                 self._slots.append(("conv", self._keep(op.weight), self._keep(op.bias), op.stride, op.padding))
             elif isinstance(op, dlib_dnn.Affine):
