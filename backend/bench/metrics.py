@@ -1,7 +1,8 @@
 """Measures of the bench: landmark error, image similarity, shape error, verification AUC, identity.
 
 Pure functions on numpy arrays (plus two lazily loaded networks: ST-LPIPS and dlib's face
-descriptor), so each one can be checked on hand-made cases (tests/test_metrics.py).
+descriptor, the latter run in torch by backend/face_descriptor.py), so each one can be checked on
+hand-made cases (tests/test_metrics.py).
 """
 from __future__ import annotations
 
@@ -136,10 +137,14 @@ class Lpips:
 
 class FaceDescriptor:
     """dlib's 128-D face descriptor (ResNet, models from the face-recognition-models wheel).
-    The package itself is not imported (its __init__ needs pkg_resources): only its files are used."""
+    The package itself is not imported (its __init__ needs pkg_resources): only its files are used.
+    dlib still finds the face (HOG box, 68-point shape) and cuts the chip; the network runs in
+    torch (backend/face_descriptor.py: the same numbers as dlib's to ~1e-7, and the same
+    network as the differentiable identity distance)."""
 
-    def __init__(self):
+    def __init__(self, device: str = "cpu"):
         import dlib
+        from ..face_descriptor import CHIP_SIZE, load_face_descriptor
         spec = importlib.util.find_spec("face_recognition_models")
         if spec is None or not spec.submodule_search_locations:
             raise RuntimeError("face-recognition-models is not installed")
@@ -147,7 +152,8 @@ class FaceDescriptor:
         self.dlib = dlib
         self.detector = dlib.get_frontal_face_detector()
         self.shape = dlib.shape_predictor(str(models / "shape_predictor_68_face_landmarks.dat"))
-        self.net = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
+        self.net = load_face_descriptor(models / "dlib_face_recognition_resnet_model_v1.dat", device)
+        self.chip_size = CHIP_SIZE
 
     def find_box(self, rgb: np.ndarray, fallback: tuple[float, float, float, float] | None = None):
         """dlib's HOG face box (largest face), else `fallback` (x0, y0, x1, y1), else None."""
@@ -165,8 +171,14 @@ class FaceDescriptor:
         return None
 
     def __call__(self, rgb: np.ndarray, box) -> np.ndarray:
+        """What dlib's compute_face_descriptor(rgb, shape) computes: the net on
+        get_face_chip(rgb, shape, 150, 0.25)."""
+        import torch
         rgb = np.ascontiguousarray(rgb)
-        return np.asarray(self.net.compute_face_descriptor(rgb, self.shape(rgb, box)), dtype=np.float64)
+        chip = self.dlib.get_face_chip(rgb, self.shape(rgb, box), size=self.chip_size, padding=0.25)
+        x = torch.from_numpy(chip).permute(2, 0, 1).float()[None].to(self.net.mean.device)
+        with torch.no_grad():
+            return self.net(x)[0].cpu().numpy().astype(np.float64)
 
 
 def _resize(rgb: np.ndarray, scale: float) -> np.ndarray:
