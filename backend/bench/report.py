@@ -348,6 +348,15 @@ def quick_markdown(rep: dict, path: Path) -> str:
               + "Memory: the reconstructions run in a separate process "
               "(`backend.bench.runner`); its lifetime peak is getrusage(RUSAGE_SELF).ru_maxrss, the per-reconstruct "
               "peak is psutil sampling every 5 ms."]
+    if q.get("render"):
+        lines += ["", "### Differentiable render + backward (render.py), CPU", "",
+                  "The ICT head in a square face crop, rasterized (no gradient), barycentrics recomputed with "
+                  "gradients, vertex normals, SH shading of a per-vertex albedo, an L1 loss, backward to identity "
+                  "coefficients, albedo and lighting: one step of a photometric fit. Median of "
+                  f"{q['render'][0]['repeats']} runs after a warm-up, {q['render'][0]['threads']} torch threads.", ""]
+        lines += table(["crop (px)", "covered pixels", "forward (ms)", "backward (ms)", "total (ms)"],
+                       [[f"{r['size']} x {r['size']}", r["covered_pixels"], f(r["forward_s"] * 1000, 1),
+                         f(r["backward_s"] * 1000, 1), f(r["total_s"] * 1000, 1)] for r in q["render"]])
     text = "\n".join(lines) + "\n"
     path.write_text(text, encoding="utf-8")
     return text

@@ -410,4 +410,8 @@ def run_quick(session: Session, repeat: int) -> dict:
             raise RuntimeError(f"demo reconstruct failed: {ans.get('code')}: {ans.get('message')}")
         runs.append(run_record(ans))
         log(f"[quick {i + 1}] {ans['result']['timings_s']['total']:.2f} s, peak {ans['peak_rss_mb']:.0f} MB")
-    return {"runs": runs, "device": ans.get("device")}
+    from .render_speed import render_backward
+    renders = [render_backward(size) for size in (256, 512)]  # here, in the parent: the runner is idle
+    for r in renders:
+        log(f"[quick render {r['size']}] forward {r['forward_s'] * 1000:.0f} ms, backward {r['backward_s'] * 1000:.0f} ms")
+    return {"runs": runs, "device": ans.get("device"), "render": renders}
