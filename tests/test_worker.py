@@ -50,6 +50,7 @@ def worker(faces_dir):
     w = WorkerProcess()
     ready = w.next(timeout=180)
     assert ready["event"] == "ready" and ready["version"]
+    w.ready = ready
     yield w
     w.send({"op": "shutdown"})
     assert w.proc.wait(timeout=30) == 0
@@ -66,10 +67,45 @@ def test_ping_and_garbage(worker):
     assert (ev["event"], ev["code"], ev["id"]) == ("error", "BAD_REQUEST", "x")
 
 
+def test_ready_announces_the_protocol_and_the_capabilities(worker):
+    """The client needs no list of its own: stages with their words, sizes, strategies, events."""
+    from backend.bundle import SCHEMA_VERSION
+    from backend.pipeline import STAGES, allowed_texture_sizes
+    from backend.worker import PROTOCOL_VERSION
+    caps = worker.ready["capabilities"]
+    assert worker.ready["protocol"] == PROTOCOL_VERSION == 2
+    assert [(st["name"], st["message"]) for st in caps["stages"]] == [(n, m) for n, m, _ in STAGES]
+    assert caps["texture_sizes"] == allowed_texture_sizes() and 1024 in caps["texture_sizes"]
+    assert 4096 not in caps["texture_sizes"]  # over the 3 GB memory target (pipeline.estimated_peak_mb)
+    assert "projection" in caps["texture_strategies"] and caps["bundle_schema"] == SCHEMA_VERSION
+    assert {"progress", "preview", "result", "error"} <= set(caps["events"])
+
+
+@pytest.mark.parametrize("options,words", [({"overwrite": "no"}, "overwrite"), ({"overwrite": 0}, "overwrite"),
+                                           ({"texture_size": 4096}, "memory"), ({"texture_size": 0}, "texture size"),
+                                           ({"texture_size": True}, "integer"), ({"colour": "red"}, "unknown"),
+                                           ({"device": "tpu"}, "device"), ({"texture": "magic"}, "strategy")])
+def test_options_are_checked_before_any_work(worker, tmp_path, options, words):
+    out = tmp_path / "o"
+    worker.send({"op": "reconstruct", "id": "opt", "photo": PHOTO, "out": str(out), "options": options})
+    ev, seen = worker.until({"result", "error"}, timeout=30)
+    assert (ev["event"], ev["id"], ev["code"]) == ("error", "opt", "BAD_REQUEST"), ev
+    assert words in ev["message"].lower()
+    assert not [e for e in seen if e["event"] == "progress" and e["stage"] != "load"]  # no stage ran
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
 def test_reconstruct_reports_progress_then_result(worker, tmp_path):
     out = tmp_path / "bundle"
     worker.send({"op": "reconstruct", "id": "r1", "photo": PHOTO, "out": str(out), "options": {"device": "cpu"}})
     ev, seen = worker.until({"result", "error"})
+    previews = [e for e in seen if e["event"] == "preview"]
+    assert previews and previews[0]["id"] == "r1" and previews[0]["stage"] == "fit"
+    import base64
+    import cv2
+    import numpy as np
+    png = cv2.imdecode(np.frombuffer(base64.b64decode(previews[0]["png_base64"]), np.uint8), cv2.IMREAD_COLOR)
+    assert png.shape[:2] == (previews[0]["height"], previews[0]["width"]) and max(png.shape[:2]) == 256
     assert ev["event"] == "result", ev
     assert ev["id"] == "r1" and ev["bundle"] == str(out) and (out / "result.json").is_file()
     progress = [e for e in seen if e["event"] == "progress"]

@@ -125,6 +125,9 @@ def test_operator_end_to_end(empty_scene, settings, photos):
     g = generate.active()
     assert g.state == "DONE", (g.error_code, g.error_message)
     assert ticks > 3
+    # The worker's preview (the fit over the photo) was written for the panel while it ran.
+    assert g.preview_serial >= 1 and Path(g.preview_path).is_file()
+    assert Path(g.preview_path).read_bytes()[:4] == b"\x89PNG"
     obj = bpy.data.objects[photo.stem]
     bundle = Path(obj["likeness_bundle"])
     assert bundle.parent == Path(settings.results_dir)

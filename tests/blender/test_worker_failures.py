@@ -34,7 +34,7 @@ def _run(job, limit=30.0):
 
 
 @pytest.mark.parametrize("mode,code", [("garbage", "WORKER_PROTOCOL"), ("die", "WORKER_DIED"),
-                                       ("die_at_start", "WORKER_DIED")])
+                                       ("die_at_start", "WORKER_DIED"), ("old_protocol", "WORKER_INCOMPATIBLE")])
 def test_job_reports_and_cleans_up(likeness, tmp_path, mode, code):
     client = _client(mode)
     job = _run(_job(client, tmp_path, timeout_s=30))
@@ -48,6 +48,8 @@ def test_job_reports_and_cleans_up(likeness, tmp_path, mode, code):
         assert "139" in job.error_message and "Segmentation fault" in job.error_message
     if mode == "die_at_start":
         assert "cannot load the face model" in job.error_message
+    if mode == "old_protocol":  # refused at the handshake: no request was sent
+        assert not job._sent and "protocol 1" in job.error_message
 
 
 def test_job_hang_times_out(likeness, tmp_path):
