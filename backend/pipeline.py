@@ -43,10 +43,12 @@ PREVIEW_EVENT_SIDE = 256
 
 
 def estimated_peak_mb(texture_size: int) -> float:
-    """Peak resident memory of a reconstruct on the CPU for a texture size: a fixed part (Python, torch,
-    MediaPipe, the face model) plus per-texel costs, fitted to `bench` peaks measured at 512, 1024 and
-    2048 (docs/bench.md). Used to refuse sizes that cannot meet the memory target before any work."""
-    return 1150.0 + 290.0 * (texture_size / 1024.0) ** 2
+    """Peak resident memory of a one-shot reconstruct on the CPU for a texture size: a fixed part (Python,
+    torch, MediaPipe, the face model) plus per-texel costs (the UV layout's first computation and the
+    stage's per-texel arrays). Fitted to /usr/bin/time peaks of `reconstruct` on a London photo: 666, 1090
+    and 2835 MB at 512, 1024 and 2048 (4096 would be about 9.8 GB). Used to refuse sizes that cannot meet
+    the memory target before any work."""
+    return 510.0 + 582.0 * (texture_size / 1024.0) ** 2
 
 
 @dataclass(frozen=True)
