@@ -3,7 +3,6 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
-LANDMARKER := .cache/face_landmarker.task
 
 .PHONY: setup demo test bench correspondence clean
 .DEFAULT_GOAL := demo
@@ -13,11 +12,10 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-$(LANDMARKER): $(STAMP)
+# Every asset the backend needs (idempotent, under a second when all is in place): MediaPipe's
+# landmarker, the prepared segmentation models, ICT-FaceKit, the face model file.
+setup: $(STAMP)
 	$(PY) -m backend setup
-
-setup: $(STAMP) $(LANDMARKER)
-	@$(PY) -c "from backend.setup_assets import ensure_ict; ensure_ict()"
 
 demo: setup
 	$(PY) -m backend demo

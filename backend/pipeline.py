@@ -16,9 +16,12 @@ from .bundle import check_output, write_bundle
 from .camera import Intrinsics, yaw_pitch_roll_deg
 from .errors import LikenessError
 from .facemodel import load_face_model
+from .albedo import load_albedo_model
 from .fitting import Correspondence, fit_landmarks
 from .imageio import Photo, load_photo
 from .landmarks import FaceAnalyzer, get_analyzer
+from .photometric import fit_photometric
+from .segmentation import get_segmenter
 from .preview import draw_preview
 from .scene import Hooks, Observation, SceneFit
 from .texture import SKIN_IOR, STRATEGIES
@@ -55,7 +58,7 @@ def estimated_peak_mb(texture_size: int) -> float:
 class Options:
     device: str = "auto"          # auto | cpu | cuda
     texture_size: int = 1024      # one of TEXTURE_SIZES, within the memory target
-    texture: str = "projection"   # a texture strategy: texture.STRATEGIES
+    texture: str = "delit"        # a texture strategy: texture.STRATEGIES
     overwrite: bool = False       # replace an existing bundle of ours at the output
     embed_model: bool = False     # copy the face model file into the bundle (for another machine)
     ict_dir: str | None = None
@@ -131,9 +134,12 @@ def load_correspondence() -> Correspondence:
 def warm_up(options: Options = Options()) -> None:
     """Load what the first request would otherwise load (slow and uncancellable): the face model,
     the landmark correspondence and MediaPipe's landmarker."""
-    load_face_model(options.ict_dir, resolve_device(options.device))
+    device = resolve_device(options.device)
+    load_face_model(options.ict_dir, device)
     load_correspondence()
+    load_albedo_model(device=device)
     get_analyzer(options.landmarker)
+    get_segmenter()
 
 
 class Run:
@@ -197,14 +203,20 @@ def reconstruct(photo: str | Path | Photo, out_dir: str | Path, options: Options
             photo = load_photo(photo, hooks.cancel_check)
         model = load_face_model(options.ict_dir, device)
         corr = load_correspondence()
+        albedo_model = load_albedo_model(device=device)
         analyzer = get_analyzer(options.landmarker)
+        segmenter = get_segmenter()
 
     with run.stage("detect"):
         obs = observe(photo, analyzer)
+        obs.masks = segmenter.segment(photo, obs.detection)
 
     with run.stage("fit") as hooks:
         det = obs.detection
-        fit = fit_landmarks(model, corr, det.points, obs.intrinsics, det.blendshapes, hooks=hooks)
+        fit = fit_landmarks(model, corr, det.points, obs.intrinsics, det.blendshapes,
+                            hooks=Hooks(hooks.cancel_check, lambda f: hooks.progress(0.25 * f)))
+        fit = fit_photometric(obs, fit, model, corr, albedo_model,
+                              hooks=Hooks(hooks.cancel_check, lambda f: hooks.progress(0.25 + 0.75 * f)))
         overlay = draw_preview(photo.rgb, model, fit.vertices, fit, det)
         hooks.preview("fit", small(overlay, PREVIEW_EVENT_SIDE))
 

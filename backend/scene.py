@@ -7,7 +7,7 @@ the same TextureResult as the projection does.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -16,6 +16,9 @@ from .camera import Intrinsics
 from .colour import decode_srgb8
 from .imageio import Photo
 from .landmarks import FaceDetection
+
+if TYPE_CHECKING:
+    from .segmentation import Masks
 
 
 def _nothing(*_args) -> None:
@@ -39,7 +42,7 @@ class Observation:
     photo: Photo
     detection: FaceDetection | None         # None only for scenes of known pose (known_scene)
     intrinsics: Intrinsics                  # the camera of the full-resolution photo
-    masks: dict[str, np.ndarray] = field(default_factory=dict)   # name -> (H, W) float32 0..1 (later stages)
+    masks: "Masks | None" = None            # segmentation.Masks: hair, person, skin, face region
 
     def linear(self, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
         """(h, w, 3) float32 linear-light pixels of the photo, or of the crop `box` = (x0, y0, x1, y1)."""
@@ -65,6 +68,9 @@ class SceneFit:
     settings: dict                  # the fit's settings, as recorded in result.json
     terms: dict                     # final value of each loss term
     lighting: torch.Tensor | None = None   # (9, 3) SH shading coefficients (render.py), when fitted
+    albedo: torch.Tensor | None = None     # albedo-model coefficients (albedo.py), when fitted
+    albedo_model: object | None = None     # the albedo.AlbedoModel those coefficients belong to
+    extras: dict = field(default_factory=dict)  # for previews and scripts: never written to the bundle
 
     @classmethod
     def posed(cls, intrinsics: Intrinsics, rotation: torch.Tensor, translation: torch.Tensor,

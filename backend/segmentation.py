@@ -53,11 +53,14 @@ SURE_NOT, SURE = 0.25, 0.75
 
 @dataclass
 class Masks:
-    """(H, W) float32 maps in 0..1 at the photo's full resolution."""
+    """(h, w) float32 maps in 0..1 on the grid of Photo.analysis (longest side <= 1600 px, so a 100 MP
+    photo's masks stay small): mask pixel = photo pixel * `scale`. Sample them with normalised
+    coordinates (u / width) and the resolution does not matter."""
     hair: np.ndarray          # hair probability
     person: np.ndarray        # person (vs background) probability
     skin: np.ndarray          # face skin: face oval minus eyes, brows, open mouth, hair, background
     face_region: np.ndarray   # the Face Landmarker's face oval (anti-aliased)
+    scale: float = 1.0        # mask px per full-resolution photo px
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,9 @@ class Window:
         side = max(8, int(round(scale * size)))
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2 + shift * size
         return cls(int(round(cx - side / 2)), int(round(cy - side / 2)), side)
+
+    def scaled(self, s: float) -> "Window":
+        return Window(int(round(self.x0 * s)), int(round(self.y0 * s)), max(1, int(round(self.side * s))))
 
     @classmethod
     def whole(cls, width: int, height: int) -> "Window":
@@ -126,31 +132,35 @@ class Segmenter:
         if face is None:
             from .landmarks import get_analyzer
             face = get_analyzer().detect(photo)
-        hair = self.hair(photo, face.box)
-        person = self.person(photo, face.box)
-        return Masks(hair=hair, person=person, skin=skin_mask(face.points, hair, person),
-                     face_region=face_region_mask(photo.height, photo.width, face.points))
+        scale = photo.analysis_scale
+        hair = self.hair(photo, face.box, scale=scale)
+        person = self.person(photo, face.box, scale=scale)
+        points = face.points * scale
+        return Masks(hair=hair, person=person, skin=skin_mask(points, hair, person),
+                     face_region=face_region_mask(hair.shape[0], hair.shape[1], points), scale=scale)
 
-    def hair(self, photo: Photo, box=None, window_scale: float | None = HAIR_WINDOW[0]) -> np.ndarray:
-        """(H, W) hair probability; `window_scale` None: whole image only (for measurements)."""
+    def hair(self, photo: Photo, box=None, window_scale: float | None = HAIR_WINDOW[0], scale: float = 1.0) -> np.ndarray:
+        """Hair probability on the photo's grid scaled by `scale`; `window_scale` None: whole image only."""
         window = None if box is None or window_scale is None else Window.around(box, window_scale, HAIR_WINDOW[1])
-        return self._composite(HAIR, HAIR_INPUT, photo, window)
+        return self._composite(HAIR, HAIR_INPUT, photo, window, scale)
 
-    def person(self, photo: Photo, box=None) -> np.ndarray:
+    def person(self, photo: Photo, box=None, scale: float = 1.0) -> np.ndarray:
         window = None if box is None else Window.around(box, *PERSON_WINDOW)
-        return self._composite(PERSON, PERSON_INPUT, photo, window)
+        return self._composite(PERSON, PERSON_INPUT, photo, window, scale)
 
     # -- nets on windows ------------------------------------------------------------------------
 
-    def _composite(self, model: SegmentationModel, size: int, photo: Photo, window: Window | None) -> np.ndarray:
-        """The whole-image map with the face window's map blended in."""
+    def _composite(self, model: SegmentationModel, size: int, photo: Photo, window: Window | None,
+                   scale: float = 1.0) -> np.ndarray:
+        """The whole-image map with the face window's map blended in, on the photo's grid times `scale`."""
         w, h = photo.width, photo.height
+        ws, hs = max(1, round(w * scale)), max(1, round(h * scale))
         if window is None or window.covers(w, h, 1.0):   # the face window holds the whole image
             base_window = window if window is not None else Window.whole(w, h)
-            return self._to_photo(self._run(model, size, photo, base_window), base_window, w, h)
-        out = self._to_photo(self._run(model, size, photo, Window.whole(w, h)), Window.whole(w, h), w, h)
-        local = self._to_photo(self._run(model, size, photo, window), window, w, h)
-        weight = _window_weight(window, w, h, WINDOW_FEATHER)
+            return self._to_photo(self._run(model, size, photo, base_window), base_window, ws, hs, scale)
+        out = self._to_photo(self._run(model, size, photo, Window.whole(w, h)), Window.whole(w, h), ws, hs, scale)
+        local = self._to_photo(self._run(model, size, photo, window), window, ws, hs, scale)
+        weight = _window_weight(window.scaled(scale), ws, hs, WINDOW_FEATHER)
         out += weight * (local - out)
         return out
 
@@ -169,15 +179,16 @@ class Segmenter:
         return np.clip(prob.reshape(size, size), 0.0, 1.0)
 
     @staticmethod
-    def _to_photo(prob: np.ndarray, window: Window, width: int, height: int) -> np.ndarray:
-        """The window's (size, size) map resampled onto the photo's (height, width) grid (bilinear;
-        0 outside the window)."""
-        s = window.side / prob.shape[0]
-        # net pixel u covers photo [x0 + u s, x0 + (u + 1) s): centres map as x = x0 + (u + 0.5) s - 0.5
-        forward = np.array([[s, 0.0, window.x0 + 0.5 * s - 0.5], [0.0, s, window.y0 + 0.5 * s - 0.5]])
+    def _to_photo(prob: np.ndarray, window: Window, width: int, height: int, scale: float = 1.0) -> np.ndarray:
+        """The window's (size, size) map resampled onto the (height, width) grid of the photo times
+        `scale` (bilinear; 0 outside the window)."""
+        s = window.side * scale / prob.shape[0]
+        x0, y0 = window.x0 * scale, window.y0 * scale
+        # net pixel u covers grid [x0 + u s, x0 + (u + 1) s): centres map as x = x0 + (u + 0.5) s - 0.5
+        forward = np.array([[s, 0.0, x0 + 0.5 * s - 0.5], [0.0, s, y0 + 0.5 * s - 0.5]])
+        covers = window.scaled(scale).covers(width, height, 1.0)
         return cv2.warpAffine(prob, forward, (width, height), flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_REPLICATE if window.covers(width, height, 1.0)
-                              else cv2.BORDER_CONSTANT, borderValue=0.0)
+                              borderMode=cv2.BORDER_REPLICATE if covers else cv2.BORDER_CONSTANT, borderValue=0.0)
 
 
 def _cut(photo: Photo, window: Window, size: int) -> np.ndarray:

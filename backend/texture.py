@@ -78,6 +78,10 @@ DEFAULT_SKIN_SRGB = (0.75, 0.6, 0.52)
 FILL_PRIOR_WEIGHT = 1e-4       # the median skin colour, everywhere: the fill far (> ~100 texels) from data
 MOUTH_TINT_SRGB = (0.45, 0.22, 0.22)  # mouth socket colour = median skin colour * this, on sRGB values (dark red)
 LAYOUT_CACHE_BYTES = 512 << 20  # UV layouts kept per process (a 1024 layout is about 60 MB)
+MIN_SHADING = 0.02             # de-lighting never divides by less (linear shading; 1 = the studio's mean)
+SHADOW_CONFIDENCE = (0.25, 0.6)  # de-lit texels lose weight where the shading is below this x a camera-facing one
+HAIR_PROBABILITY = (0.25, 0.75)  # hair (person) net probability: not / certainly hair (person)
+LUMA = torch.tensor([0.2126, 0.7152, 0.0722])  # Rec. 709 luminance of linear RGB
 
 _OCCLUDER_PARTS = ("skin", "eyes", "teeth", "mouth")  # not lashes or the thin transparent eye shells
 
@@ -453,9 +457,29 @@ def constant_maps(size: int, tiles=TILES) -> dict[str, dict[int, np.ndarray]]:
     return {"specular": {t: spec for t in tiles}, "normal": {t: normal for t in tiles}}
 
 
+@dataclass
+class Recipe:
+    """What a texture strategy changes in the shared projection machinery (see `make_texture`).
+    - `shading(normals (3, N) camera space) -> (3, N)`: the photo's colours are divided by it (de-lighting);
+    - `weight(tile, uvd (3, N), shading (3, N) | None) -> (N,)`: an extra confidence factor per texel;
+    - `base(tile, S) -> (3, S, S)`: what the fill tends to far from the seen texels, in linear light
+      (None: the median colour of the well-seen skin, as the projection does)."""
+    name: str
+    shading: Callable[[torch.Tensor], torch.Tensor] | None = None
+    weight: Callable[[int, torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
+    base: Callable[[int, int], torch.Tensor] | None = None
+
+
 def project_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int = 1024,
                     hooks: Hooks | None = None, *, _debug: dict | None = None) -> TextureResult:
-    """Project the photo onto the fitted head's UV tiles 1001 and 1002 (see the module docstring).
+    """Strategy "projection" (v0): the photo as it is, lighting included, projected onto the UV tiles."""
+    return make_texture(obs, fit, model, size, Recipe("projection"), hooks, _debug=_debug)
+
+
+def make_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int, recipe: Recipe,
+                 hooks: Hooks | None = None, *, _debug: dict | None = None) -> TextureResult:
+    """Project the photo onto the fitted head's UV tiles 1001 and 1002 (see the module docstring), with a
+    strategy's changes (`recipe`).
 
     Runs on the device of `fit.vertices`. `hooks.cancel_check()` is called between sub-steps (it raises
     to cancel), `hooks.progress(fraction)` after each. `_debug`, if given, receives (S, S) float images
@@ -488,14 +512,14 @@ def project_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int
         # Direct view: per texel its point and normal, its place in the photo and how well it is seen.
         normals_t = render.vertex_normals(cam_v, torch.from_numpy(topo.triangles).to(dev)).T.contiguous()
         cam_t = cam_v.T.contiguous()
-        direct = []  # per tile: (u, v, depth) (3, N), weight (N,), where to check for skin (N,)
+        direct = []  # per tile: (u, v, depth) (3, N), weight (N,), where to check for skin (N,), normal (3, N)
         for lay in layouts:
             p = _interp(cam_t, lay)
             n = _interp(normals_t, lay)
             n = n / render.sum_rows(n.square()).sqrt().clamp_min(1e-12)
             uvd, f = render.view_factors(p, n, view, k)
             w = f["angle"] * f["visible"] * f["sil_fade"] * f["occ_fade"] * f["border"]
-            direct.append((uvd, w, torch.maximum(lay.outer, f["near_edge"])))
+            direct.append((uvd, w, torch.maximum(lay.outer, f["near_edge"]), n))
             for name, val in f.items():
                 debug(name, lay, val)
             debug("check_skin", lay, direct[-1][2])
@@ -504,17 +528,18 @@ def project_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int
 
         # Photo, in linear light: area-filtered first if a texel spans several photo pixels, and a blurred
         # copy for the skin check (smooth, and blind to JPEG blocks and single hairs). Only the head's box
-        # is decoded.
+        # is decoded. A de-lighting strategy divides both by the fitted shading at each texel.
         px_per_texel = _photo_px_per_texel(layouts[0], direct[0][0], direct[0][1])
         blur_factor = max(2.0, SKIN_BLUR_FRACTION * max(H, W))
         box = _head_box([d[0] for d in direct], [d[1] for d in direct], W, H, margin=int(4 * blur_factor) + 2)
-        sharp_np, s_sharp = linear_resampled(photo_rgb, px_per_texel, box)
-        blurred_np, s_blur = linear_resampled(photo_rgb, blur_factor, box)
+        sharp_np, _ = linear_resampled(photo_rgb, px_per_texel, box)
+        blurred_np, _ = linear_resampled(photo_rgb, blur_factor, box)
         to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev).permute(2, 0, 1)  # noqa: E731
         sharp, blurred = to_t(sharp_np), to_t(blurred_np)
         bw, bh = box[2] - box[0], box[3] - box[1]
-        grids = [render.pixel_grid(uvd[0] - box[0], uvd[1] - box[1], bw, bh) for uvd, _, _ in direct]
-        colours = [render.sample_image(sharp, g) for g in grids]  # (3, N) each, linear
+        grids = [render.pixel_grid(d[0][0] - box[0], d[0][1] - box[1], bw, bh) for d in direct]
+        shadings = [recipe.shading(d[3]) if recipe.shading else None for d in direct]
+        colours = [_unlit(render.sample_image(sharp, g), sh) for g, sh in zip(grids, shadings)]  # (3, N) each
         check()
         hooks.progress(0.55)
 
@@ -528,13 +553,19 @@ def project_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int
         has_ref = len(ref_sel) >= 10
         default_skin = torch.as_tensor(srgb_to_linear(np.asarray(DEFAULT_SKIN_SRGB)), device=dev)
         skin_colour = colours[0][:, ref_sel].median(1).values if has_ref else default_skin
-        skin_ref = linear_to_srgb(render.sample_image(blurred, grids[0][ref_sel])) if has_ref else None
+        blurred_at = [_unlit(render.sample_image(blurred, g), sh) for g, sh in zip(grids, shadings)]
+        skin_ref = linear_to_srgb(blurred_at[0][:, ref_sel]) if has_ref else None
         weights = []
-        for lay, (_, w, check_skin), c, g in zip(layouts, direct, colours, grids):
+        for lay, d, c, bl, sh in zip(layouts, direct, colours, blurred_at, shadings):
+            w, check_skin = d[1], d[2]
             if skin_ref is not None:
-                wskin = _skin_weight(linear_to_srgb(render.sample_image(blurred, g)), skin_ref, linear_to_srgb(c))
+                wskin = _skin_weight(linear_to_srgb(bl), skin_ref, linear_to_srgb(c))
                 w = w * (1.0 - (2.0 * check_skin).clamp(max=1.0) * (1.0 - wskin))
                 debug("skin", lay, wskin)
+            if recipe.weight is not None:
+                extra = recipe.weight(lay.tile, d[0], sh)
+                w = w * extra
+                debug("recipe_weight", lay, extra)
             weights.append(w)
         check()
         hooks.progress(0.65)
@@ -548,6 +579,10 @@ def project_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int
         mouth_colour = srgb_to_linear(linear_to_srgb(skin_colour) * tint)
         for i, (lay, w, c) in enumerate(zip(layouts, weights, colours)):
             check()
+            # What the fill tends to: the strategy's base image, or the median skin colour. The fill works on
+            # the difference to it, so far from any data the texture becomes the base.
+            base = (recipe.base(lay.tile, S).reshape(3, S * S) if recipe.base is not None
+                    else skin_colour[:, None].expand(3, S * S))
             # Mirror: weakly seen texels take their mirror image's colour, as far as that was seen.
             acc = torch.cat([c * w, w[None]])                           # (4, N) premultiplied
             for mt, (sel, grid) in lay.mirror.items():
@@ -560,23 +595,24 @@ def project_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int
             # with the fill by its weight, so seen and filled parts meet without a step.
             alpha = render.smoothstep(BLEND_WEIGHT[0], BLEND_WEIGHT[1], acc_w)
             trust = torch.where(lay.mouth, 0.0, render.smoothstep(FILL_TRUST[0], FILL_TRUST[1], acc_w))
-            img = _texel_image(lay, torch.cat([col, trust[None], alpha[None]]), S).view(5, S * S)
-            cimg, wimg, aimg = img[:3], img[3], img[4]
+            img = _texel_image(lay, torch.cat([col - base[:, lay.texel], trust[None], alpha[None]]), S).view(5, S * S)
+            rimg, wimg, aimg = img[:3], img[3], img[4]
             if seams.tile == lay.tile and seams.source in final and len(seams.texel):
                 # Seams with a tile done before: the same 3D points there, so no colour step across the seam.
-                sc = render.sample_image(final[seams.source], seams.grid)  # (3, M)
+                sc = render.sample_image(final[seams.source], seams.grid) - base[:, seams.texel]  # (3, M)
                 ssum = torch.zeros((4, S * S), device=dev).index_add_(
                     1, seams.texel, torch.cat([sc, torch.ones_like(sc[:1])]))
                 on = torch.nonzero(ssum[3]).squeeze(1)
                 a = aimg[on]
-                cimg[:, on] = cimg[:, on] * a + ssum[:3, on] / ssum[3, on] * (1.0 - a)
+                rimg[:, on] = rimg[:, on] * a + ssum[:3, on] / ssum[3, on] * (1.0 - a)
                 wimg[on] = 1.0
                 aimg[on] = 1.0
             if _debug is not None:
-                _debug[f"fill_colour.{lay.tile}"] = cimg.view(3, S, S).permute(1, 2, 0).cpu().numpy()
+                _debug[f"fill_colour.{lay.tile}"] = (rimg + base).view(3, S, S).permute(1, 2, 0).cpu().numpy()
                 _debug[f"fill_weight.{lay.tile}"] = wimg.view(S, S).cpu().numpy()
-            fill = push_pull(cimg.view(3, S, S), wimg.view(S, S), skin_colour, FILL_PRIOR_WEIGHT).view(3, S * S)
-            out = cimg * aimg + fill * (1.0 - aimg)
+            fill = push_pull(rimg.view(3, S, S), wimg.view(S, S), torch.zeros(3, device=dev),
+                             FILL_PRIOR_WEIGHT).view(3, S * S)
+            out = base + rimg * aimg + fill * (1.0 - aimg)
             mt = torch.nonzero(lay.mouth).squeeze(1)
             if len(mt):
                 a = alpha[mt]
@@ -588,8 +624,54 @@ def project_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int
         check()
     info = {"photo_px_per_texel": px_per_texel, "skin_colour_linear": [float(x) for x in skin_colour],
             "skin_reference_texels": int(len(ref_sel))}
-    return TextureResult("projection", S, {"diffuse": diffuse, "visibility": visibility, **constant_maps(S)}, info)
+    return TextureResult(recipe.name, S, {"diffuse": diffuse, "visibility": visibility, **constant_maps(S)}, info)
+
+
+def _unlit(colour: torch.Tensor, shading: torch.Tensor | None) -> torch.Tensor:
+    """Colour (3, N) divided by the shading at each texel (shading floored: deep shadow has no data)."""
+    return colour if shading is None else colour / shading.clamp_min(MIN_SHADING)
+
+
+def delit_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int = 1024,
+                  hooks: Hooks | None = None, *, _debug: dict | None = None) -> TextureResult:
+    """Strategy "delit": the photo divided by the fitted shading (SceneFit.lighting) at each texel, keeping
+    the photo's detail; where the photo says little (hair, background, deep shadow, grazing angles, the
+    hidden side) it blends towards the mirrored de-lit texel and then towards the fitted albedo model, so
+    the scalp, ears and neck continue the face's colour without seams (module docstring, steps 4-5)."""
+    if fit.lighting is None:
+        raise ValueError("the de-lit texture needs a fit with lighting (photometric.fit_photometric)")
+    dev = fit.vertices.device
+    lighting = fit.lighting.detach().float().to(dev)
+    albedo_model = fit.albedo_model
+    k = obs.intrinsics
+    # The shading of a surface facing the camera: the reference for "deep shadow".
+    facing = render.sh_shading(torch.tensor([[0.0, 0.0, 1.0]], device=dev), lighting)[0]
+    reference = float((facing * LUMA.to(dev)).sum().clamp_min(1e-3))
+    masks = obs.masks
+    to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(dev)[None]  # noqa: E731
+    hair = to_t(masks.hair) if masks is not None else None
+    person = to_t(masks.person) if masks is not None else None
+
+    def shading(n: torch.Tensor) -> torch.Tensor:
+        return render.sh_shading(n.T, lighting).T
+
+    def weight(tile: int, uvd: torch.Tensor, sh: torch.Tensor) -> torch.Tensor:
+        lum = (LUMA.to(dev)[:, None] * sh).sum(0)
+        w = render.smoothstep(SHADOW_CONFIDENCE[0] * reference, SHADOW_CONFIDENCE[1] * reference, lum)
+        if hair is not None:
+            grid = render.pixel_grid(uvd[0], uvd[1], k.width, k.height)
+            w = w * (1.0 - render.smoothstep(*HAIR_PROBABILITY, render.sample_image(hair, grid)[0]))
+            w = w * render.smoothstep(*HAIR_PROBABILITY, render.sample_image(person, grid)[0])
+        return w
+
+    base = None
+    if albedo_model is not None and fit.albedo is not None and len(fit.albedo) == albedo_model.num_components:
+        coeffs = fit.albedo.detach().float().to(dev)
+
+        def base(tile: int, S: int) -> torch.Tensor:
+            return albedo_model.image(tile, coeffs, S).clamp(0.0, 1.0)
+    return make_texture(obs, fit, model, size, Recipe("delit", shading, weight, base), hooks, _debug=_debug)
 
 
 # The texture stage's strategies, by the name of Options.texture.
-STRATEGIES: dict[str, Callable[..., TextureResult]] = {"projection": project_texture}
+STRATEGIES: dict[str, Callable[..., TextureResult]] = {"projection": project_texture, "delit": delit_texture}

@@ -203,11 +203,12 @@ def test_prepared_hair_model_reads_rgb_only(source_dir, prepared_dir):
 
 # -- masks -----------------------------------------------------------------------------------------
 
-def test_masks_are_full_resolution_maps(segment):
+def test_masks_are_maps_on_the_analysis_grid(segment):
     photo, _, masks = segment(LONDON_NEUTRAL / "001_03.jpg")
+    assert masks.scale == photo.analysis_scale == 1.0  # 1350 px: the analysis copy is the photo
     for name in ("hair", "person", "skin", "face_region"):
         m = getattr(masks, name)
-        assert m.shape == (photo.height, photo.width) and m.dtype == np.float32, name
+        assert m.shape == photo.analysis.shape[:2] and m.dtype == np.float32, name
         assert 0.0 <= m.min() and m.max() <= 1.0, name
     assert masks.skin.max() == 1.0 and np.all(masks.skin <= masks.face_region + 1e-6)
 
@@ -281,7 +282,9 @@ def test_face_window_keeps_a_small_face_at_full_detail(segment, prepared_dir):
     canvas[:] = np.median(photo.rgb[:20].reshape(-1, 3), axis=0).astype(np.uint8)
     canvas[h:2 * h, w:2 * w] = photo.rgb
     wide = photo_from_array(canvas, "wide.png")
-    hair = get_segmenter(prepared_dir).segment(wide, get_analyzer().detect(wide)).hair[h:2 * h, w:2 * w]
+    wide_masks = get_segmenter(prepared_dir).segment(wide, get_analyzer().detect(wide))
+    assert wide_masks.hair.shape == wide.analysis.shape[:2] and wide_masks.scale < 0.5  # 4050 px: on the 1600 px grid
+    hair = cv2.resize(wide_masks.hair, (3 * w, 3 * h), interpolation=cv2.INTER_LINEAR)[h:2 * h, w:2 * w]
     x0, y0, x1, y1 = (int(v) for v in face.box)
     head = (slice(max(0, y0 - (y1 - y0) // 2), y1), slice(x0, x1))
     a, b = hair[head] > 0.5, masks.hair[head] > 0.5

@@ -1,0 +1,307 @@
+"""Photometric fitting: spherical-harmonics lighting, skin albedo and the head's geometry from the photo's
+pixels, on top of the landmark fit (the multi-level loss of weakly supervised 3DMM fitting).
+
+The face skin of the fitted head is rendered into a crop of the photo (render.py: fixed-id rasterization,
+differentiable barycentrics), coloured by the albedo model (albedo.py) sampled through the UVs and shaded
+by 27 SH coefficients (render.sh_shading, camera-space normals), and compared with the photo in linear
+light, inside the skin mask (segmentation.py: no hair, brows, eyes, inner mouth, background), under a
+robust (Cauchy) loss, so that what no mask names (hands, glasses, a microphone, a specular highlight)
+drops out as an outlier instead of bending the light. Terms: landmarks (Wing, as in the landmark fit),
+photometric, and priors on identity, expression, albedo coefficients and the lighting's higher bands.
+Coarse to fine: lighting and albedo first on a small crop with the geometry fixed (one raster for all
+steps), then everything together on a larger crop.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import render
+from .albedo import AlbedoModel
+from .camera import Intrinsics
+from .facemodel import NARROW_FACE_LAST_VERTEX, PART_NAMES, FaceModel
+from .fitting import (Correspondence, FitContext, FitSettings, Param, Stage, Term, clamp_unit, inter_ocular_px,
+                      landmark_terms, matrix_to_axis_angle, optimise, term_values)
+from .scene import Hooks, Observation, SceneFit
+from .texture import linear_resampled
+from .threads import idle_cpu_threads, torch_threads
+
+
+@dataclass
+class PhotometricSettings:
+    coarse_size: int = 128       # px, longest side of the crop for lighting and albedo
+    fine_size: int = 224         # px, for the joint stage
+    light_steps: int = 60
+    joint_steps: int = 30
+    crop_margin: float = 0.12    # around the landmarks' box, x its size
+    robust_sigma: float = 0.04   # Cauchy scale of the colour residual (linear light, RGB distance)
+    photo_weight: float = 20.0   # photometric term vs the landmark term (IOD = 64 units)
+    albedo_prior: float = 0.5    # weight of mean(c^2), c ~ N(0, 1)
+    light_prior: float = 0.05    # weight of mean(sh[4:9]^2) relative to the DC term (smooth light)
+    light_colour_prior: float = 20.0  # weight of the spread of the channels' directional terms (one colour)
+    lr_lighting: float = 0.05
+    lr_albedo: float = 0.1
+    lr_rotation: float = 0.002
+    lr_translation: float = 0.05
+    lr_identity: float = 0.02
+    lr_expression: float = 0.01
+
+
+@dataclass
+class Crop:
+    """A region of the photo, resampled in linear light, with its skin weight and camera."""
+    image: torch.Tensor          # (h, w, 3) linear
+    skin: torch.Tensor           # (h, w) 0..1
+    intrinsics: Intrinsics       # of the crop
+    box: tuple[int, int, int, int]  # photo px (x0, y0, x1, y1)
+
+    def at(self, pixel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Photo colour (N, 3) and skin weight (N,) at flat crop pixel indices."""
+        return self.image.reshape(-1, 3)[pixel], self.skin.reshape(-1)[pixel]
+
+
+def face_box(obs: Observation, margin: float) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = obs.detection.box
+    m = margin * max(x1 - x0, y1 - y0)
+    W, H = obs.photo.width, obs.photo.height
+    return (max(0, int(x0 - m)), max(0, int(y0 - m)), min(W, int(math.ceil(x1 + m))), min(H, int(math.ceil(y1 + m))))
+
+
+def make_crop(obs: Observation, box: tuple[int, int, int, int], side: int, device) -> Crop:
+    x0, y0, x1, y1 = box
+    s = side / max(x1 - x0, y1 - y0)
+    w, h = max(1, round((x1 - x0) * s)), max(1, round((y1 - y0) * s))
+    lin, _ = linear_resampled(obs.photo.rgb, 1.0 / s, box)
+    lin = cv2.resize(lin, (w, h), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    masks = obs.masks
+    if masks is not None and getattr(masks, "skin", None) is not None:
+        ms = masks.scale
+        # crop pixel centre (i + 0.5) -> photo x0 + (i + 0.5) / s -> mask (x) * ms, as a remap.
+        xs = ((np.arange(w) + 0.5) / s + x0) * ms - 0.5
+        ys = ((np.arange(h) + 0.5) / s + y0) * ms - 0.5
+        mx, my = np.meshgrid(xs.astype(np.float32), ys.astype(np.float32))
+        skin = cv2.remap(masks.skin, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    else:
+        skin = np.ones((h, w), np.float32)
+    k = obs.intrinsics
+    kc = Intrinsics(k.focal_px * s, (k.cx - x0) * s, (k.cy - y0) * s, w, h)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)  # noqa: E731
+    return Crop(t(lin), t(skin), kc, box)
+
+
+class FaceSkin:
+    """The narrow face's skin triangles as their own small mesh: a sub-basis of the model for just their
+    vertices (4x fewer than the whole head), their corner UVs (tile 1001) and the triangles."""
+
+    def __init__(self, model: FaceModel):
+        topo = model.topology
+        tri_part = topo.polygon_part[topo.triangle_polygon]
+        tri_tile = np.floor(topo.triangle_uvs[:, :, 0].min(1)).astype(np.int64) + 1001
+        keep = (tri_part == PART_NAMES.index("skin")) & (topo.triangles.max(1) <= NARROW_FACE_LAST_VERTEX) \
+            & (tri_tile == 1001)
+        tris = topo.triangles[keep]
+        used = np.unique(tris)
+        remap = np.full(model.num_vertices, -1, np.int64)
+        remap[used] = np.arange(len(used))
+        dev = model.device
+        idx = torch.from_numpy(used).to(dev)
+        self.vertex_ids = used
+        self.triangles = torch.from_numpy(remap[tris]).to(dev)
+        self.corner_uvs = torch.from_numpy(topo.triangle_uvs[keep].astype(np.float32)).to(dev)  # (T, 3, 2)
+        self.neutral = model.neutral.index_select(0, idx)
+        self.identity = model.identity.index_select(1, idx).reshape(model.num_identity, -1)
+        self.expression = model.expression.index_select(1, idx).reshape(model.num_expression, -1)
+
+    def vertices(self, identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
+        return self.neutral + (identity @ self.identity + expression @ self.expression).view(-1, 3)
+
+
+@dataclass
+class Drawn:
+    """The face skin rendered into a crop: per covered pixel its colour, normal, UV and weights."""
+    pixel: torch.Tensor
+    normal: torch.Tensor   # (N, 3) unit, camera space
+    uv: torch.Tensor       # (N, 2) UDIM
+    photo: torch.Tensor    # (N, 3) linear
+    skin: torch.Tensor     # (N,)
+    raster: render.Raster
+
+
+def draw(skin: FaceSkin, crop: Crop, vertices: torch.Tensor, rotation: torch.Tensor,
+         translation: torch.Tensor, raster: render.Raster | None = None) -> Drawn:
+    """The skin in the crop; with `raster` (from a recent step) only the barycentrics are recomputed for
+    its pixel -> triangle assignment, which holds while the head moves a fraction of a pixel per step."""
+    cam = render.to_camera(vertices, rotation, translation)
+    screen = render.project(cam, crop.intrinsics)
+    r = raster if raster is not None else render.rasterize(
+        screen, skin.triangles, crop.intrinsics.height, crop.intrinsics.width, cull_backfaces=True)
+    frags = render.fragments(r, screen if vertices.requires_grad or rotation.requires_grad else None)
+    normal = F.normalize(render.interpolate(frags, render.vertex_normals(cam, skin.triangles)), dim=1)
+    uv = render.interpolate(frags, skin.corner_uvs)
+    photo, weight = crop.at(frags.pixel)
+    return Drawn(frags.pixel, normal, uv, photo, weight, r)
+
+
+def cauchy(residual: torch.Tensor, sigma: float) -> torch.Tensor:
+    """log(1 + |r|^2 / sigma^2) per pixel: quadratic for small errors, logarithmic for outliers."""
+    return torch.log1p(residual.square().sum(-1) / (sigma * sigma))
+
+
+def albedo_at(albedo_model: AlbedoModel | None, uv: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+    """(N, 3): the model's albedo at the UVs, or a constant colour (coeffs (3,)) without a model."""
+    if albedo_model is None:
+        return coeffs.expand(len(uv), 3)
+    return albedo_model.sample(uv, coeffs)
+
+
+def least_squares_lighting(photo: torch.Tensor, albedo: torch.Tensor, normals: torch.Tensor,
+                           weight: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
+    """SH lighting (9, 3) minimising sum w |photo - albedo * sh_basis(n) @ sh|^2 per channel (closed form)."""
+    y = render.sh_basis(normals.double())                     # (N, 9)
+    w = weight.double()[:, None]
+    out = []
+    for c in range(3):
+        a = y * albedo[:, c:c + 1].double()
+        lhs = a.T @ (a * w) + ridge * float(w.sum()) * torch.eye(9, dtype=torch.float64, device=a.device)
+        out.append(torch.linalg.solve(lhs, a.T @ (w[:, 0] * photo[:, c].double())))
+    return torch.stack(out, 1).float()
+
+
+RASTER_EVERY = 5  # steps between rasterizations while the geometry moves
+
+
+def photometric_term(skin: FaceSkin, crop: Crop, albedo_model: AlbedoModel | None, sigma: float, weight: float,
+                     fixed: Drawn | None = None) -> Term:
+    """Mean robust colour error over the skin pixels of the crop; `fixed` reuses one raster (geometry fixed),
+    else the head is rasterized again every RASTER_EVERY steps."""
+    state = {"calls": 0, "raster": None}
+
+    def value(ctx: FitContext) -> torch.Tensor:
+        if fixed is not None:
+            d = fixed
+        else:
+            reuse = state["raster"] if state["calls"] % RASTER_EVERY else None
+            d = draw(skin, crop, skin.vertices(ctx["identity"], ctx["expression"]), ctx.rotation(),
+                     ctx["translation"], reuse)
+            state["calls"] += 1
+            state["raster"] = d.raster
+        pred = albedo_at(albedo_model, d.uv, ctx["albedo"]) * render.sh_shading(d.normal, ctx["lighting"])
+        return (cauchy(pred - d.photo, sigma) * d.skin).sum() / d.skin.sum().clamp_min(1.0)
+    return Term("photometric", weight, value)
+
+
+def light_prior_term(weight: float) -> Term:
+    """The second band relative to the first: real light is smooth (and band 2 is what noise fits first)."""
+    def value(ctx: FitContext) -> torch.Tensor:
+        sh = ctx["lighting"]
+        return sh[4:].square().mean() / sh[0].square().mean().clamp_min(1e-6)
+    return Term("lighting_prior", weight, value)
+
+
+def light_colour_term(weight: float) -> Term:
+    """Light of one colour from every direction (a tint overall, not a blue key and a red fill): each
+    channel's directional terms relative to its own DC term should agree. Without it the light soaks up
+    the albedo's colour (red lips become 'red light from below')."""
+    def value(ctx: FitContext) -> torch.Tensor:
+        sh = ctx["lighting"]
+        rel = sh[1:] / sh[0].abs().clamp_min(1e-3)
+        return (rel - rel.mean(1, keepdim=True)).square().mean()
+    return Term("lighting_colour", weight, value)
+
+
+def fit_photometric(obs: Observation, fit: SceneFit, model: FaceModel, corr: Correspondence,
+                    albedo_model: AlbedoModel | None, settings: PhotometricSettings = PhotometricSettings(),
+                    landmark_settings: FitSettings = FitSettings(), hooks: Hooks | None = None) -> SceneFit:
+    """Refine a landmark fit with the photo's pixels; returns the fit with `lighting` (9, 3), `albedo`
+    coefficients, and the photometric metrics (residual, share of outlier pixels)."""
+    hooks = hooks or Hooks()
+    dev = model.device
+    skin = FaceSkin(model)
+    box = face_box(obs, settings.crop_margin)
+    points = obs.detection.points
+    iod_px = max(inter_ocular_px(points), 1e-3)
+
+    def leaf(x) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(x), dtype=torch.float32, device=dev).clone().requires_grad_(True)
+
+    # Hundreds of small ops per step: on busy cores, OpenMP hand-offs cost more than they gain
+    # (threads.idle_cpu_threads).
+    with torch_threads(idle_cpu_threads() if dev.type == "cpu" else torch.get_num_threads()):
+        coarse = make_crop(obs, box, settings.coarse_size, dev)
+        with torch.no_grad():
+            fixed = draw(skin, coarse, skin.vertices(fit.identity, fit.expression), fit.rotation, fit.translation)
+        if albedo_model is None:
+            start_albedo = (fixed.photo * fixed.skin[:, None]).sum(0) / fixed.skin.sum().clamp_min(1.0)
+            start_albedo = start_albedo.clamp_min(1e-3)
+        else:
+            start_albedo = torch.zeros(albedo_model.num_components, device=dev)
+        sh0 = least_squares_lighting(fixed.photo, albedo_at(albedo_model, fixed.uv, start_albedo), fixed.normal,
+                                     fixed.skin)
+        params = {"rotation": Param(leaf(matrix_to_axis_angle(fit.rotation.cpu().numpy()))),
+                  "translation": Param(leaf(fit.translation.cpu().numpy())),
+                  "identity": Param(leaf(fit.identity.cpu().numpy())),
+                  "expression": Param(leaf(fit.expression.cpu().numpy()), clamp_unit),
+                  "lighting": Param(leaf(sh0.cpu().numpy())),
+                  "albedo": Param(leaf(start_albedo.cpu().numpy()))}
+        basis = model.surface_basis(corr.vertex_ids, corr.bary)
+        landmarks = landmark_terms(corr, points, iod_px, landmark_settings, dev)
+        priors = [light_prior_term(settings.light_prior), light_colour_term(settings.light_colour_prior)]
+        if albedo_model is not None:
+            priors.append(Term("albedo_prior", settings.albedo_prior, lambda ctx: ctx["albedo"].square().mean()))
+
+        def context() -> FitContext:
+            return FitContext(params, basis, obs.intrinsics)
+
+        light_terms = [photometric_term(skin, coarse, albedo_model, settings.robust_sigma, settings.photo_weight,
+                                        fixed)] + priors
+        # Without a model the albedo stays the face's mean colour: it pins the light's scale (the albedo
+        # model's own bootstrap: scripts/build_albedo_model.py).
+        light_lrs = {"lighting": settings.lr_lighting, **({"albedo": settings.lr_albedo} if albedo_model else {})}
+        stages = [Stage("lighting", settings.light_steps, light_lrs)]
+        split = Hooks(hooks.cancel_check, lambda f: hooks.progress(0.5 * f))
+        losses = optimise(params, light_terms, stages, context, split)
+
+        fine = make_crop(obs, box, settings.fine_size, dev)
+        joint_terms = landmarks + [photometric_term(skin, fine, albedo_model, settings.robust_sigma,
+                                                    settings.photo_weight)] + priors
+        joint = [Stage("joint", settings.joint_steps,
+                       {"rotation": settings.lr_rotation, "translation": settings.lr_translation,
+                        "identity": settings.lr_identity, "expression": settings.lr_expression,
+                        **{name: lr * 0.5 for name, lr in light_lrs.items()}})]
+        if settings.joint_steps:
+            split = Hooks(hooks.cancel_check, lambda f: hooks.progress(0.5 + 0.5 * f))
+            losses += optimise(params, joint_terms, joint, context, split)
+
+    ctx = context()
+    with torch.no_grad():
+        identity, expression = ctx["identity"].detach(), ctx["expression"].detach()
+        rotation, translation = ctx.rotation().detach(), ctx["translation"].detach()
+        lighting, albedo = ctx["lighting"].detach(), ctx["albedo"].detach()
+        uv = ctx.landmarks_px().cpu().numpy()
+        d = draw(skin, fine, skin.vertices(identity, expression), rotation, translation)
+        pred = albedo_at(albedo_model, d.uv, albedo) * render.sh_shading(d.normal, lighting)
+        err = (pred - d.photo).square().sum(-1).sqrt()
+        inlier = 1.0 / (1.0 + err.square() / settings.robust_sigma ** 2)
+        on_skin = d.skin > 0.5
+        terms = term_values(joint_terms, ctx)
+        vertices, basis_vertices = model.vertices(identity, expression), model.vertices(identity)
+    used = corr.weight > 0
+    error_px = float(np.linalg.norm(uv - points, axis=1)[used].mean())
+    metrics = dict(fit.metrics)
+    metrics.update({"landmark_error_px": error_px, "landmark_error_iod": error_px / iod_px,
+                    "photometric_rms": float(err[on_skin].square().mean().sqrt()) if on_skin.any() else None,
+                    "photometric_outlier_share": float((inlier[on_skin] < 0.5).float().mean()) if on_skin.any() else None,
+                    "photometric_pixels": int(on_skin.sum()), "final_loss": losses[-1] if losses else None})
+    settings_rec = {**fit.settings, "method": "landmarks+photometric", "photometric": dataclasses.asdict(settings),
+                    "albedo_model_sha256": albedo_model.sha256 if albedo_model is not None else None}
+    out = SceneFit(fit.intrinsics, rotation, translation, identity, expression, vertices, basis_vertices, uv,
+                   metrics, settings_rec, terms, lighting)
+    out.albedo, out.albedo_model = albedo, albedo_model
+    out.extras = {"crop": fine, "drawn_pixel": d.pixel, "prediction": pred, "inlier": inlier}
+    return out
