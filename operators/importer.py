@@ -24,6 +24,8 @@ CM_TO_M = 0.01
 
 # Custom properties that mark what the add-on created.
 PROP_HEAD = "likeness_head"
+PROP_LIGHTING = "likeness_lighting"        # the photo's fitted SH shading (27 floats, camera space)
+PROP_POSE = "likeness_pose_rotation"       # the fitted pose R (9 floats): camera = R @ model
 
 
 def ict_to_blender(v: np.ndarray) -> np.ndarray:
@@ -439,6 +441,7 @@ def import_bundle(bundle_dir: str | os.PathLike, *, name: str | None = None, sce
                 obj[f"likeness_{key}"] = float(metrics[key])
         if isinstance(timings.get("total"), (int, float)):
             obj["likeness_backend_s"] = float(timings["total"])
+        _store_lighting(obj, res)
         obj["likeness_import_s"] = time.perf_counter() - t0
         return obj
     except WorkerError:
@@ -447,6 +450,21 @@ def import_bundle(bundle_dir: str | os.PathLike, *, name: str | None = None, sce
     except Exception as ex:  # a bug or a broken file: report it with a code, keep the scene clean
         created.rollback()
         raise WorkerError("IMPORT_FAILED", f"{type(ex).__name__}: {ex}") from ex
+
+
+def _store_lighting(obj, res: dict) -> None:
+    """The fitted photo lighting and pose, for the "As Photographed" preset (relight.py)."""
+    light = res.get("lighting") if isinstance(res.get("lighting"), dict) else None
+    pose = res.get("pose") if isinstance(res.get("pose"), dict) else None
+    try:
+        sh = np.asarray(light["coefficients"], dtype=np.float64) if light else None
+        rot = np.asarray(pose["rotation"], dtype=np.float64) if pose else None
+    except (KeyError, TypeError, ValueError):
+        return
+    if sh is not None and rot is not None and sh.shape == (9, 3) and rot.shape == (3, 3) \
+            and np.isfinite(sh).all() and np.isfinite(rot).all():
+        obj[PROP_LIGHTING] = sh.ravel().tolist()
+        obj[PROP_POSE] = rot.ravel().tolist()
 
 
 def _add_shape_keys(obj, mesh: MeshArrays, res) -> None:

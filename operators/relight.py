@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 
 import bpy
+import numpy as np
 from mathutils import Vector
 
-from .importer import find_heads
+from .. import sh_lighting
+from .importer import PROP_LIGHTING, PROP_POSE, find_heads
 
 PROP_PRESET = "likeness_preset"
 PROP_PREV_WORLD = "likeness_previous_world"
@@ -65,6 +67,13 @@ PRESETS = {
             {"name": "Glow", "type": "AREA", "az": -20, "el": -15, "dist": 3.0, "irradiance": 0.25,
              "size": 1.0, "color": (1.0, 0.9, 0.8)},
         ],
+    },
+    "PHOTO": {
+        "label": "As Photographed",
+        "description": "The light the fit found in the photo (an environment from its 27 SH coefficients), "
+                       "to compare the head with the photo",
+        "world": (0.0, 0.0, 0.0), "world_strength": 1.0, "environment": "photo",
+        "lights": [],
     },
     "NEUTRAL": {
         "label": "Neutral White World",
@@ -132,7 +141,33 @@ def _remove_preset_lights(scene) -> None:
             bpy.data.collections.remove(c)
 
 
-def _make_world(preset_id: str, spec: dict) -> bpy.types.World:
+ENVIRONMENT_WIDTH = 128  # px of the "As Photographed" equirectangular image (the light is band-limited)
+
+
+def photo_lighting_head(objects=None, scene=None):
+    """The head whose photo lighting "As Photographed" uses: the first given (or in the scene) that has it."""
+    scene = scene or bpy.context.scene
+    for o in list(objects or []) + find_heads(scene):
+        if PROP_LIGHTING in o and PROP_POSE in o:
+            return o
+    return None
+
+
+def _photo_environment(head) -> bpy.types.Image:
+    sh = np.asarray(head[PROP_LIGHTING], np.float64).reshape(9, 3)
+    pose = np.asarray(head[PROP_POSE], np.float64).reshape(3, 3)
+    rot = np.array(head.matrix_world.to_3x3().normalized(), np.float64)
+    env = sh_lighting.environment_image(sh, pose, rot, ENVIRONMENT_WIDTH)
+    h, w = env.shape[:2]
+    img = bpy.data.images.new(f"Likeness photo light {head.name}", w, h, alpha=False, float_buffer=True)
+    rgba = np.concatenate([env, np.ones((h, w, 1), np.float32)], axis=2)[::-1]  # Blender's rows go up
+    img.pixels.foreach_set(np.ascontiguousarray(rgba).ravel())  # a float image holds scene-linear radiance
+    img.pack()
+    img[PROP_PRESET] = "PHOTO"
+    return img
+
+
+def _make_world(preset_id: str, spec: dict, head=None) -> bpy.types.World:
     world = bpy.data.worlds.new(f"Likeness {spec['label']}")
     world[PROP_PRESET] = preset_id
     if world.node_tree is None:
@@ -145,6 +180,12 @@ def _make_world(preset_id: str, spec: dict) -> bpy.types.World:
     bg.inputs["Color"].default_value = (*spec["world"], 1.0)
     bg.inputs["Strength"].default_value = spec["world_strength"]
     world.color = spec["world"]
+    if spec.get("environment") == "photo":
+        env = world.node_tree.nodes.new("ShaderNodeTexEnvironment")
+        env.image = _photo_environment(head)
+        env.interpolation = "Linear"
+        world.node_tree.links.new(env.outputs["Color"], bg.inputs["Color"])
+        world.color = tuple(float(x) for x in np.asarray(env.image.pixels[:]).reshape(-1, 4)[:, :3].mean(0))
     return world
 
 
@@ -152,6 +193,12 @@ def apply_preset(preset_id: str, scene=None, objects=None) -> list:
     """Replace the previous preset's lights (only those) and world; returns the new light objects."""
     scene = scene or bpy.context.scene
     spec = PRESETS[preset_id]
+    head = None
+    if spec.get("environment") == "photo":
+        head = photo_lighting_head(objects, scene)
+        if head is None:
+            raise ValueError("no head with a fitted photo lighting here (bundles made before schema 2 "
+                             "or without a photometric fit have none)")
     centre, size = head_bounds(objects, scene)
     _remove_preset_lights(scene)
 
@@ -162,10 +209,10 @@ def apply_preset(preset_id: str, scene=None, objects=None) -> list:
             scene[PROP_PREV_WORLD] = old
         elif PROP_PREV_WORLD in scene:
             del scene[PROP_PREV_WORLD]
-    world = _make_world(preset_id, spec)
+    world = _make_world(preset_id, spec, head)
     scene.world = world
     if old is not None and old.get(PROP_PRESET) and old.users == 0:
-        bpy.data.worlds.remove(old)
+        _remove_world(old)
 
     coll = _lights_collection(scene)
     made = []
@@ -197,6 +244,16 @@ def apply_preset(preset_id: str, scene=None, objects=None) -> list:
     return made
 
 
+def _remove_world(world) -> None:
+    """A preset world and the environment image it made."""
+    images = [n.image for n in world.node_tree.nodes if n.type == "TEX_ENVIRONMENT" and n.image is not None
+              and n.image.get(PROP_PRESET)] if world.node_tree else []
+    bpy.data.worlds.remove(world)
+    for img in images:
+        if img.users == 0:
+            bpy.data.images.remove(img)
+
+
 def clear_preset(scene=None) -> None:
     """Remove the preset lights and give the scene its previous world back."""
     scene = scene or bpy.context.scene
@@ -206,7 +263,7 @@ def clear_preset(scene=None) -> None:
         prev = scene.get(PROP_PREV_WORLD)
         scene.world = prev if isinstance(prev, bpy.types.World) else None
         if w.users == 0:
-            bpy.data.worlds.remove(w)
+            _remove_world(w)
     if PROP_PREV_WORLD in scene:
         del scene[PROP_PREV_WORLD]
 
@@ -225,7 +282,11 @@ class LIKENESS_OT_relight(bpy.types.Operator):
 
     def execute(self, context):
         heads = [o for o in context.selected_objects if o.get("likeness_head")] or None
-        lights = apply_preset(self.preset, context.scene, heads)
+        try:
+            lights = apply_preset(self.preset, context.scene, heads)
+        except ValueError as ex:
+            self.report({"ERROR"}, str(ex))
+            return {"CANCELLED"}
         self.report({"INFO"}, f"{PRESETS[self.preset]['label']}: {len(lights)} lights")
         return {"FINISHED"}
 

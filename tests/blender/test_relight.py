@@ -13,6 +13,12 @@ def head(empty_scene):
     ob = bpy.context.active_object
     ob.scale = (0.2, 0.25, 0.3)
     ob["likeness_head"] = True
+    # A fitted photo lighting, as the importer stores it: uniform shading 0.8 plus light from above.
+    sh = [[0.0] * 3 for _ in range(9)]
+    sh[0] = [0.8 / 0.282095] * 3
+    sh[1] = [0.4] * 3   # +Y in camera space: from above
+    ob["likeness_lighting"] = [v for row in sh for v in row]
+    ob["likeness_pose_rotation"] = [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0]
     bpy.context.view_layer.update()
     return ob
 
@@ -22,7 +28,7 @@ def test_every_preset(head):
     scene = bpy.context.scene
     centre, size = relight.head_bounds([head])
     assert (centre - Vector((1.0, 2.0, 1.5))).length < 1e-5 and abs(size - 0.3) < 1e-5
-    assert set(relight.PRESETS) >= {"STUDIO", "OVERCAST", "GOLDEN", "RIM", "NEUTRAL"}
+    assert set(relight.PRESETS) >= {"STUDIO", "OVERCAST", "GOLDEN", "RIM", "NEUTRAL", "PHOTO"}
     for key, spec in relight.PRESETS.items():
         assert bpy.ops.likeness.relight(preset=key) == {"FINISHED"}
         lights = relight.preset_lights(scene)
@@ -80,3 +86,27 @@ def test_preset_scales_with_head(empty_scene):
     assert abs(max(o.location.length for o in small) * 10 - d_big) < 1e-3
     # same irradiance at the head: power scales with distance squared
     assert abs(max(o.data.energy for o in small) * 100 - e_big) / e_big < 1e-3
+
+
+def test_as_photographed_builds_the_fitted_light_and_cleans_it_up(head):
+    """An environment whose radiance reproduces the fitted SH: brighter above the head (camera +Y =
+    world +Z for this pose), never negative; switching presets removes its image."""
+    import numpy as np
+    from likeness.operators import relight
+    scene = bpy.context.scene
+    assert bpy.ops.likeness.relight(preset="PHOTO") == {"FINISHED"}
+    env = next(n for n in scene.world.node_tree.nodes if n.type == "TEX_ENVIRONMENT")
+    img = env.image
+    px = np.asarray(img.pixels[:], np.float32).reshape(img.size[1], img.size[0], 4)[..., :3]
+    assert px.min() >= 0.0
+    top, bottom = px[-8:].mean(), px[:8].mean()   # Blender's rows start at the bottom
+    assert top > bottom * 1.5, (top, bottom)
+    name = img.name
+    bpy.ops.likeness.relight(preset="STUDIO")
+    assert name not in bpy.data.images
+
+
+def test_as_photographed_needs_a_fitted_light(head):
+    del head["likeness_lighting"]
+    with pytest.raises(RuntimeError, match="photo lighting"):
+        bpy.ops.likeness.relight(preset="PHOTO")
