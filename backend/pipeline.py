@@ -22,7 +22,7 @@ from .imageio import Photo, load_photo
 from .landmarks import FaceAnalyzer, get_analyzer
 from .photometric import fit_photometric
 from .segmentation import get_segmenter
-from .preview import draw_preview
+from .preview import compose_preview, draw_preview
 from .scene import Hooks, Observation, SceneFit
 from .texture import SKIN_IOR, STRATEGIES
 
@@ -217,8 +217,9 @@ def reconstruct(photo: str | Path | Photo, out_dir: str | Path, options: Options
                             hooks=Hooks(hooks.cancel_check, lambda f: hooks.progress(0.25 * f)))
         fit = fit_photometric(obs, fit, model, corr, albedo_model,
                               hooks=Hooks(hooks.cancel_check, lambda f: hooks.progress(0.25 + 0.75 * f)))
-        overlay = draw_preview(photo.rgb, model, fit.vertices, fit, det)
-        hooks.preview("fit", small(overlay, PREVIEW_EVENT_SIDE))
+        mesh_overlay = draw_preview(photo.rgb, model, fit.vertices, fit, det)
+        hooks.preview("fit", small(mesh_overlay, PREVIEW_EVENT_SIDE))
+        overlay = compose_preview(mesh_overlay, fit)
 
     with run.stage("texture") as hooks:
         tex = STRATEGIES[options.texture](obs, fit, model, options.texture_size, hooks)

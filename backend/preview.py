@@ -36,3 +36,31 @@ def draw_preview(photo_rgb: np.ndarray, model: FaceModel, vertices: torch.Tensor
         for x, y in np.round(pts[:468] * scale).astype(int):
             cv2.circle(img, (int(x), int(y)), r, colour, -1, cv2.LINE_AA)
     return img
+
+
+def photometric_panels(fit, height: int) -> np.ndarray | None:
+    """Three panels of the photometric fit, `height` px tall: the face crop (the photo), the render (albedo
+    x fitted shading) and the per-pixel weight the robust loss gave (white = trusted skin, dark = an
+    outlier the fit ignored: a hand, glasses, a highlight; black outside the skin mask)."""
+    ex = getattr(fit, "extras", None) or {}
+    if "crop" not in ex:
+        return None
+    from .colour import encode_srgb8
+    crop = ex["crop"]
+    h, w = crop.image.shape[:2]
+    pred = torch.zeros(h * w, 3)
+    pred[ex["drawn_pixel"].cpu()] = ex["prediction"].detach().float().cpu()
+    weight = torch.zeros(h * w)
+    weight[ex["drawn_pixel"].cpu()] = (ex["inlier"].detach().float() * (crop.skin.reshape(-1)[ex["drawn_pixel"]] > 0.5)).cpu()
+    panels = [encode_srgb8(crop.image.cpu()), encode_srgb8(pred.view(h, w, 3)),
+              np.repeat((weight.view(h, w, 1).clamp(0, 1) * 255 + 0.5).byte().numpy(), 3, axis=2)]
+    s = height / h
+    size = (max(1, round(w * s)), height)
+    return np.concatenate([cv2.resize(p, size, interpolation=cv2.INTER_NEAREST if s > 1 else cv2.INTER_AREA)
+                           for p in panels], axis=1)
+
+
+def compose_preview(overlay: np.ndarray, fit) -> np.ndarray:
+    """The mesh overlay, with the photometric panels beside it when the fit has them."""
+    panels = photometric_panels(fit, overlay.shape[0])
+    return overlay if panels is None else np.concatenate([overlay, panels], axis=1)
