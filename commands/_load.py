@@ -1,0 +1,27 @@
+"""Import the extension these scripts ship in, whichever way Blender was started."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+EXTENSION_DIR = Path(__file__).resolve().parents[1]
+PACKAGE = "likeness"
+
+
+def load_extension():
+    """The extension package (operators, importer, ...): the copy these scripts sit in, imported as
+    `likeness` (nothing is registered: the scripts call the functions, not the operators)."""
+    if PACKAGE in sys.modules:
+        return sys.modules[PACKAGE]
+    spec = importlib.util.spec_from_file_location(PACKAGE, EXTENSION_DIR / "__init__.py",
+                                                  submodule_search_locations=[str(EXTENSION_DIR)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[PACKAGE] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def script_args() -> list[str]:
+    """Arguments after `--` (blender -b --python X -- ...), else after the script (python X ...)."""
+    return sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else sys.argv[1:]
