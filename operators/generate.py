@@ -48,7 +48,7 @@ def worker_args() -> list[str]:
 
 def get_worker(s: common.Settings) -> WorkerClient:
     """A running worker for these settings: reused when alive, else started."""
-    client = WorkerClient(s.backend_python, s.backend_cwd, worker_args())
+    client = WorkerClient(s.backend_python, s.backend_cwd, worker_args(), env=s.worker_env())
     old = _workers.get(client.key)
     if old is not None and old.usable():
         return old
@@ -130,6 +130,7 @@ class Generation:
         self.shape_keys = shape_keys
         self.pack_images = pack_images
         self.preset = preset
+        self.photo_camera = True
         self.state = "RUNNING"          # RUNNING, CANCELLING, DONE, FAILED, CANCELLED
         self.error_code = ""
         self.error_message = ""
@@ -173,7 +174,9 @@ class Generation:
         scene = self.scene()
         t = time.perf_counter()
         obj = importer.import_bundle(bundle, name=self.stem, scene=scene,
-                                     shape_keys=self.shape_keys, pack_images=self.pack_images)
+                                     shape_keys=self.shape_keys, pack_images=self.pack_images,
+                                     photo_camera_for=self.photo if self.photo_camera else None,
+                                     make_scene_camera=scene.camera is None)
         self.import_s = time.perf_counter() - t
         self.object_name = obj.name
         if self.preset and self.preset != "NONE":
@@ -313,7 +316,7 @@ def _update_status(g: Generation, stage: str | None = None) -> None:
     js = wm.likeness_job
     js.state = g.state
     js.stage = stage or g.job.stage
-    js.fraction = g.job.fraction
+    js.fraction = g.job.shown_fraction
     if js.stage in CLIENT_STEPS:
         js.message = CLIENT_STEPS[js.stage]
     else:

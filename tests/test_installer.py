@@ -199,3 +199,10 @@ def test_base_python_must_be_311(local_sources, tmp_path):
     plan.base_python = str(tmp_path / "no-python")
     st = bi.Installer(plan).run()
     assert st.state == "failed" and st.error_code == "NO_PYTHON" and "3.11" in st.message
+
+
+def test_installer_pins_what_the_backend_checks():
+    """The Blender side cannot import backend/: its copies of the pins must be the backend's."""
+    from backend import ict_pack, paths
+    assert bi.ICT_COMMIT == ict_pack.UPSTREAM_COMMIT and bi.ICT_PACK_SHA256 == ict_pack.PACK_SHA256
+    assert bi.LANDMARKER_SHA256 == paths.LANDMARKER_SHA256
