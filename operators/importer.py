@@ -491,7 +491,8 @@ def _add_shape_keys(obj, mesh: MeshArrays, res) -> None:
 def find_photo(bundle: Bundle, photo: str = "") -> str:
     """The photo for the camera's background: `photo` when it exists, else a file of the input's name
     next to the bundle or in its parent folder (batch layouts), else the bundle's preview.png (the
-    photo with the fit drawn on it, same size); "" when none is there."""
+    photo with the fit drawn on it, the photo's aspect; the background is fitted to the frame, so its
+    size does not matter); "" when none is there."""
     if photo and os.path.isfile(photo):
         return os.path.abspath(photo)
     name = str((bundle.result.get("input") or {}).get("name") or "")
