@@ -25,6 +25,19 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _nvidia_gpu() -> bool:
+    import shutil
+    import subprocess
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return False
+    try:
+        cp = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return cp.returncode == 0 and "GPU" in cp.stdout
+
+
 def _partial_pack(ict: Path) -> bool:
     """A pack of upstream's sample only (tests): its manifest says so; FaceModel refuses it later."""
     try:
@@ -51,6 +64,11 @@ def check(ict_dir: str | None = None, landmarker: str | None = None, load_model:
         out["cuda"] = bool(torch.cuda.is_available())
         out["cuda_device"] = torch.cuda.get_device_name(0) if out["cuda"] else ""
         out["cuda_build"] = torch.version.cuda or ""
+        if not out["cuda"] and _nvidia_gpu():
+            out.setdefault("notes", []).append(
+                "an NVIDIA GPU is present but this torch " + ("is a CPU build" if not out["cuda_build"] else
+                                                              "cannot use it (driver?)")
+                + ": generation runs on the CPU; Install Backend again to get the CUDA build")
     try:
         from . import __version__
         from .paths import ICT_PACK_SHA256, LANDMARKER_SHA256, WEIGHTS_DIR, find_ict_dir, find_landmarker

@@ -167,6 +167,8 @@ def describe_check(info: dict) -> tuple[bool, list[str]]:
         lines.append(f"Python {info['python']}, torch {info['torch']}, {dev}")
     else:
         lines.append(f"Python {info.get('python', '?')}, no torch")
+    for note in info.get("notes", []):
+        lines.append(f"Note: {note}")
     for p in info.get("problems", []):
         lines.append(f"Missing: {p['what']} -> {FIX_BUTTONS.get(p.get('fix'), 'Install Backend')}")
     if not info.get("problems"):

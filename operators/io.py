@@ -99,6 +99,31 @@ class LIKENESS_OT_export_head(bpy.types.Operator, ExportHelper):
         return {"FINISHED"}
 
 
+class LIKENESS_OT_view_photo_camera(bpy.types.Operator):
+    """Make the head's photo camera the scene camera (render size = the photo's aspect) and look through it:
+    the head over the photo"""
+    bl_idname = "likeness.view_photo_camera"
+    bl_label = "View Through Photo Camera"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        head = _head(context)
+        return head is not None and head.get("likeness_photo_camera") in bpy.data.objects
+
+    def execute(self, context):
+        cam = bpy.data.objects[_head(context)["likeness_photo_camera"]]
+        scene = context.scene
+        scene.camera = cam
+        w, h = cam.get("likeness_photo_size", (scene.render.resolution_x, scene.render.resolution_y))
+        scale = min(1.0, 1920 / max(w, h))
+        scene.render.resolution_x, scene.render.resolution_y = max(4, round(w * scale)), max(4, round(h * scale))
+        area = context.area if context.area is not None and context.area.type == "VIEW_3D" else None
+        if area is not None:
+            area.spaces.active.region_3d.view_perspective = "CAMERA"
+        return {"FINISHED"}
+
+
 def menu_import(self, context):
     self.layout.operator(LIKENESS_OT_import_bundle.bl_idname, text="Likeness Bundle (result.json)")
 
@@ -107,7 +132,7 @@ def menu_export(self, context):
     self.layout.operator(LIKENESS_OT_export_head.bl_idname, text="Likeness Head (.glb, .fbx, .obj, .usdz)")
 
 
-classes = (LIKENESS_OT_import_bundle, LIKENESS_OT_export_head)
+classes = (LIKENESS_OT_import_bundle, LIKENESS_OT_export_head, LIKENESS_OT_view_photo_camera)
 
 
 def register_menus() -> None:

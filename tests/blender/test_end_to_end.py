@@ -224,6 +224,12 @@ def test_head_at_cursor_and_camera_sees_it_as_the_photo(empty_scene, likeness, r
     pts = [world_to_camera_view(scene, cam, obj.matrix_world @ Vector(p)) for p in co.reshape(-1, 3)[::500]]
     got = np.array([(p.x * c["width"], (1 - p.y) * c["height"]) for p in pts])
     assert np.abs(got - want).max() < 0.05, "pixels"
+    # a scene that had a camera keeps it; the panel's button switches to the photo camera
+    other = importer.import_bundle(real_bundle, name="second", photo_camera_for="", make_scene_camera=False)
+    assert scene.camera == cam
+    bpy.context.view_layer.objects.active = other
+    assert bpy.ops.likeness.view_photo_camera() == {"FINISHED"}
+    assert scene.camera.name == other["likeness_photo_camera"] != cam.name
 
 
 def test_eyes_are_an_image_and_a_bundle_eyes_file_wins(empty_scene, likeness, real_bundle, tmp_path):
