@@ -7,7 +7,7 @@ STAMP := $(VENV)/.requirements-installed
 .PHONY: setup demo test bench correspondence clean
 .DEFAULT_GOAL := demo
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-runtime.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@

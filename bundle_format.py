@@ -277,3 +277,113 @@ def read_bundle(path, want_deltas: bool = False) -> Bundle:
             raise _invalid("mesh.npz does not have the face model's vertex count")
     mesh = validate_mesh(per_photo["vertices"], per_photo.get("basis_vertices", per_photo["vertices"]), topo, want_deltas)
     return Bundle(folder, result, int(schema), entries, mesh)
+
+
+# ---------------------------------------------------------------------------------------------
+# What in a results folder is ours (for the preferences' clean-up). The rule is backend/bundle.py's
+# `owned_files`, re-implemented here because Blender never imports the backend: a folder is one of our
+# bundles when it holds our marker (.likeness-bundle.json, format "likeness-bundle", listing the files
+# we wrote) or, for schema-1 bundles that predate the marker, a result.json of schema 1 written by
+# "likeness" (the files it lists are ours). Only those files are ever deleted; anything else in the
+# folder stays, and so does the folder then.
+
+MARKER_NAME = ".likeness-bundle.json"
+MARKER_FORMAT = "likeness-bundle"
+
+
+def _json_file(path: Path):
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_RESULT_BYTES:
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def owned_files(folder) -> set[str] | None:
+    """Names of the files in `folder` that the backend wrote, if it is one of our bundles; else None."""
+    folder = Path(folder)
+    marker = _json_file(folder / MARKER_NAME)
+    if isinstance(marker, dict) and marker.get("format") == MARKER_FORMAT and isinstance(marker.get("files"), list):
+        return {str(f) for f in marker["files"] if isinstance(f, str)} | {MARKER_NAME}
+    legacy = _json_file(folder / RESULT_NAME)
+    if (isinstance(legacy, dict) and legacy.get("schema_version") == 1
+            and (legacy.get("software") or {}).get("name") == "likeness" and isinstance(legacy.get("files"), list)):
+        return {str(f.get("path")) for f in legacy["files"] if isinstance(f, dict)} | {RESULT_NAME}
+    return None
+
+
+def _owned_paths(folder: Path, names: set[str]) -> list[Path]:
+    """The owned names as files directly inside `folder` (a name with a folder part, `..` or a link is
+    never ours to delete)."""
+    out = []
+    for n in names:
+        if not n or "/" in n or "\\" in n or n in (".", ".."):
+            continue
+        p = folder / n
+        if p.is_file() and not p.is_symlink():
+            out.append(p)
+    return out
+
+
+@dataclass
+class ResultBundle:
+    folder: Path
+    owned_bytes: int
+    other_files: int       # files in it that are not ours (kept)
+
+
+def bundles_in(results_dir) -> list[ResultBundle]:
+    """Our bundles directly inside `results_dir`, with the bytes their owned files take."""
+    root = Path(results_dir)
+    out = []
+    try:
+        children = [c for c in root.iterdir() if c.is_dir() and not c.is_symlink()]
+    except OSError:
+        return out
+    for c in sorted(children):
+        names = owned_files(c)
+        if names is None:
+            continue
+        paths = _owned_paths(c, names)
+        try:
+            everything = [p for p in c.iterdir()]
+        except OSError:
+            continue
+        out.append(ResultBundle(c, sum(p.stat().st_size for p in paths), len(everything) - len(paths)))
+    return out
+
+
+def remove_bundle(folder) -> int:
+    """Delete the files we wrote in `folder` (and the folder when that empties it); bytes freed."""
+    folder = Path(folder)
+    names = owned_files(folder)
+    if names is None:
+        return 0
+    freed = 0
+    for p in _owned_paths(folder, names):
+        try:
+            size = p.stat().st_size
+            p.unlink()
+            freed += size
+        except OSError:
+            pass
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+    return freed
+
+
+def clean_results(results_dir, in_use) -> tuple[int, int, list[Path]]:
+    """Remove every bundle of ours in `results_dir` except those in `in_use` (resolved folders).
+    Returns (bundles removed, bytes freed, bundles kept because in use)."""
+    keep = {Path(p).resolve() for p in in_use}
+    removed, freed, kept = 0, 0, []
+    for b in bundles_in(results_dir):
+        if b.folder.resolve() in keep:
+            kept.append(b.folder)
+            continue
+        freed += remove_bundle(b.folder)
+        removed += 1
+    return removed, freed, kept

@@ -31,6 +31,9 @@ def cmd_reconstruct(args) -> int:
     result = reconstruct(args.photo, args.out, _options(args))
     print(_summary(result), file=sys.stderr)
     print(Path(args.out).absolute())
+    if args.export:  # the Blender side's exporter, through bpy or a Blender binary (export_runner.py)
+        from .export_runner import export_bundle
+        print(export_bundle(Path(args.out), args.export, blender=args.blender))
     return 0
 
 
@@ -107,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("photo")
     p.add_argument("--out", required=True, help="the bundle folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
+    p.add_argument("--export", choices=["glb", "fbx", "obj", "usdz"], default=None,
+                   help="also export the head (maps baked to 0-1 UVs, shape keys) to OUT.<format>, textures beside it")
+    p.add_argument("--blender", default=None, help="Blender binary for --export when bpy is not installed "
+                                                   "(default: $LIKENESS_BLENDER, then blender on the PATH)")
     common(p)
     p.set_defaults(func=cmd_reconstruct)
 

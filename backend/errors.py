@@ -26,4 +26,5 @@ CODES = {
     "BAD_REQUEST": "a worker request that is not valid JSON or lacks fields",
     "BUSY": "the worker is already running a request",
     "INTERNAL": "an unexpected failure (a bug): the message holds the details",
+    "EXPORT_FAILED": "the head could not be exported (no Blender or bpy to run the exporter, or it failed)",
 }

@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import LikenessError
+from .paths import ICT_PACK_SHA256
 
 UPSTREAM_REPOSITORY = "ICT-VGL/ICT-FaceKit"
 UPSTREAM_COMMIT = "da5f95a607f5e6b37755b38d3385d7f2853732e5"
@@ -37,6 +38,9 @@ SHAPE_MODES = "shape_modes.npz"
 MANIFEST = "manifest.json"
 LICENCE_FILES = ("LICENSE", "CREDITS.md")  # copied when present: MIT asks to keep the notice with copies
 NUM_VERTICES = 26719  # ICT Face Model Light at that commit; facemodel.VERTEX_RANGES assume it
+# sha256 of the shape_modes.npz that packing the whole FaceXModel/ of UPSTREAM_COMMIT gives (kept in
+# paths.py, which imports nothing heavy, so that backend.doctor can check it without numpy).
+PACK_SHA256 = ICT_PACK_SHA256
 
 IDENTITY_NAMES = tuple(f"identity{i:03d}" for i in range(100))
 # Shapes upstream ships besides the 53 ARKit-named ones of vertex_indices.json["expressions"].

@@ -121,7 +121,8 @@ class FaceAnalyzer:
             self._landmarker = vision.FaceLandmarker.create_from_options(options)
         except Exception as exc:  # noqa: BLE001 - a damaged or wrong .task file
             raise LikenessError("ASSETS_MISSING", f"cannot load the MediaPipe model {self.model_path} ({exc}); "
-                                "run `make setup` to install it again.") from exc
+                                "install it again: Install Backend in the add-on's preferences, or "
+                                "python -m backend setup") from exc
         self._lock = threading.Lock()
 
     def close(self) -> None:

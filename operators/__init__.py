@@ -1,10 +1,10 @@
-"""Blender-side operators: worker client, generate operator, importer, relight presets."""
+"""Blender-side operators: worker client, generate, installer, importer and exporter, relight presets."""
 
 import bpy
 
-from . import generate, props, relight
+from . import generate, install, io, props, relight
 
-_classes = (*props.classes, *relight.classes, *generate.classes)
+_classes = (*props.classes, *relight.classes, *generate.classes, *install.classes, *io.classes)
 
 
 def register():
@@ -12,9 +12,12 @@ def register():
         bpy.utils.register_class(c)
     props.register_props()
     generate.register_runtime()
+    io.register_menus()
 
 
 def unregister():
+    io.unregister_menus()
+    install.unregister_runtime()
     generate.unregister_runtime()
     props.unregister_props()
     for c in reversed(_classes):

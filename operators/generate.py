@@ -23,7 +23,7 @@ from pathlib import Path
 import bpy
 
 from . import common, importer, relight
-from .worker_client import ReconstructJob, WorkerClient, WorkerError, run_check
+from .worker_client import ReconstructJob, WorkerClient, WorkerError
 
 TICK_INTERVAL = 0.05  # s: the timer runs 20 times a second while a generation runs
 
@@ -48,7 +48,7 @@ def worker_args() -> list[str]:
 
 def get_worker(s: common.Settings) -> WorkerClient:
     """A running worker for these settings: reused when alive, else started."""
-    client = WorkerClient(s.backend_python, s.backend_cwd, worker_args())
+    client = WorkerClient(s.backend_python, s.backend_cwd, worker_args(), env=s.worker_env())
     old = _workers.get(client.key)
     if old is not None and old.usable():
         return old
@@ -130,6 +130,7 @@ class Generation:
         self.shape_keys = shape_keys
         self.pack_images = pack_images
         self.preset = preset
+        self.photo_camera = True
         self.state = "RUNNING"          # RUNNING, CANCELLING, DONE, FAILED, CANCELLED
         self.error_code = ""
         self.error_message = ""
@@ -173,7 +174,9 @@ class Generation:
         scene = self.scene()
         t = time.perf_counter()
         obj = importer.import_bundle(bundle, name=self.stem, scene=scene,
-                                     shape_keys=self.shape_keys, pack_images=self.pack_images)
+                                     shape_keys=self.shape_keys, pack_images=self.pack_images,
+                                     photo_camera_for=self.photo if self.photo_camera else None,
+                                     make_scene_camera=scene.camera is None)
         self.import_s = time.perf_counter() - t
         self.object_name = obj.name
         if self.preset and self.preset != "NONE":
@@ -252,6 +255,10 @@ def tick() -> float | None:
     changed = False
     try:
         changed = g.job.poll()
+        ready = g.job.client.ready
+        if changed and ready and not getattr(g, "sizes_seen", False):
+            g.sizes_seen = True
+            common.remember_texture_sizes((ready.get("capabilities") or {}).get("texture_sizes"))
         if g.job.state == "done" and g.state == "CANCELLING":
             # The result won the race against the cancel: honour the cancel, import nothing.
             g.state, g.error_code, g.error_message = "CANCELLED", "CANCELLED", "cancelled"
@@ -313,7 +320,7 @@ def _update_status(g: Generation, stage: str | None = None) -> None:
     js = wm.likeness_job
     js.state = g.state
     js.stage = stage or g.job.stage
-    js.fraction = g.job.fraction
+    js.fraction = g.job.shown_fraction
     if js.stage in CLIENT_STEPS:
         js.message = CLIENT_STEPS[js.stage]
     else:
@@ -508,37 +515,6 @@ class LIKENESS_OT_choose_photo(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class LIKENESS_OT_check_backend(bpy.types.Operator):
-    """Start the backend Python once and report torch, CUDA and the backend package"""
-    bl_idname = "likeness.check_backend"
-    bl_label = "Check Backend"
-    bl_options = {"REGISTER"}
-
-    def execute(self, context):
-        s = common.settings(context)
-        prefs = common.addon_prefs(context)
-        try:
-            info = run_check(s.backend_python, s.backend_cwd)
-        except WorkerError as ex:
-            text = f"{ex.code}: {ex.message}"
-            if prefs is not None:
-                prefs.check_result = text
-            self.report({"ERROR"}, text)
-            return {"CANCELLED"}
-        if "torch" in info:
-            dev = f"CUDA: {info['cuda_device']}" if info.get("cuda") else "CUDA: not available (CPU)"
-            text = f"Python {info['python']}, torch {info['torch']}, {dev}"
-        else:
-            text = f"Python {info['python']}, torch missing: {info.get('torch_error', '')}"
-        text += (f", backend {info['backend']}" if "backend" in info
-                 else f", backend package not importable: {info.get('backend_error', '')}")
-        if prefs is not None:
-            prefs.check_result = text
-        ok = "torch" in info and "backend" in info
-        self.report({"INFO"} if ok else {"ERROR"}, text)
-        return {"FINISHED"} if ok else {"CANCELLED"}
-
-
 class LIKENESS_OT_report(bpy.types.Operator):
     """Put a message into the status bar and the Info log"""
     bl_idname = "likeness.report"
@@ -553,8 +529,7 @@ class LIKENESS_OT_report(bpy.types.Operator):
         return {"FINISHED"}
 
 
-classes = (LIKENESS_OT_generate, LIKENESS_OT_cancel, LIKENESS_OT_choose_photo,
-           LIKENESS_OT_check_backend, LIKENESS_OT_report)
+classes = (LIKENESS_OT_generate, LIKENESS_OT_cancel, LIKENESS_OT_choose_photo, LIKENESS_OT_report)
 
 
 @bpy.app.handlers.persistent

@@ -16,7 +16,11 @@ from pathlib import Path
 import bpy
 import numpy as np
 
+from mathutils import Matrix
+
+from .. import arkit, photo_camera
 from ..bundle_format import Bundle, BundleError, MeshArrays, read_bundle
+from ..export_layout import eye_image
 from .worker_client import WorkerError
 
 UV_NAME = "UVMap"
@@ -26,6 +30,8 @@ CM_TO_M = 0.01
 PROP_HEAD = "likeness_head"
 PROP_LIGHTING = "likeness_lighting"        # the photo's fitted SH shading (27 floats, camera space)
 PROP_POSE = "likeness_pose_rotation"       # the fitted pose R (9 floats): camera = R @ model
+PROP_PHOTO_CAMERA = "likeness_photo_camera"
+EYE_IMAGE_SIZE = 512
 
 
 def ict_to_blender(v: np.ndarray) -> np.ndarray:
@@ -289,39 +295,38 @@ def _plain_material(name: str, created: _Created, color, roughness: float, **ext
     return mat
 
 
-def _eye_material(name: str, created: _Created, iris_color=(0.18, 0.11, 0.06)):
-    """Procedural eyeball: the ICT eyeball's outer shell has a planar UV whose centre (0.5, 0.5)
-    is the front pole; pupil and iris are discs around it, sclera elsewhere, with a glossy coat."""
+def _eye_image(bundle: Bundle, stem: str, created: _Created, pack: bool) -> bpy.types.Image:
+    """The eyeball's colour image: the bundle's own (role "eyes", e.g. a per-photo iris) when it has
+    one, else the default iris drawn by export_layout.eye_image, packed into the .blend (nothing is
+    written into the bundle folder, which holds only what the backend wrote)."""
+    own = bundle.files("eyes")
+    if own:
+        return _load_image(own[0].path, f"{stem} eyes", own[0].colorspace or "sRGB", False, created, pack)
+    img = created.add(bpy.data.images.new(f"{stem} eyes", EYE_IMAGE_SIZE, EYE_IMAGE_SIZE, alpha=False))
+    img.colorspace_settings.name = "sRGB"
+    img.pixels.foreach_set(eye_image(EYE_IMAGE_SIZE).ravel())
+    img.update()
+    img.pack()  # a generated image is lost on save unless packed
+    return img
+
+
+def _eye_material(name: str, bundle: Bundle, stem: str, created: _Created, pack: bool):
+    """Eyeball: an image texture on the ICT eyeball's planar UV (front pole at the local (0.5, 0.5)
+    of its UDIM tile; the image repeats, so the tile does not matter), under a glossy coat. An image,
+    not a procedural tree, so that every exporter takes the iris along."""
     mat = created.add(bpy.data.materials.new(name))
     nt, bsdf, out = _principled(mat)
     nodes, links = nt.nodes, nt.links
     uvn = nodes.new("ShaderNodeUVMap")
     uvn.uv_map = UV_NAME
-    uvn.location = (-900, 200)
-    # r = distance of the local (0..1) UV from the centre
-    frac = nodes.new("ShaderNodeVectorMath")
-    frac.operation = "FRACTION"
-    frac.location = (-700, 200)
-    links.new(uvn.outputs["UV"], frac.inputs[0])
-    sub = nodes.new("ShaderNodeVectorMath")
-    sub.operation = "DISTANCE"
-    sub.inputs[1].default_value = (0.5, 0.5, 0.0)
-    sub.location = (-520, 200)
-    links.new(frac.outputs[0], sub.inputs[0])
-    ramp = nodes.new("ShaderNodeValToRGB")
-    ramp.location = (-300, 200)
-    cr = ramp.color_ramp
-    cr.interpolation = "LINEAR"
-    e = cr.elements
-    e[0].position, e[0].color = 0.0, (0.005, 0.005, 0.005, 1)
-    e[1].position, e[1].color = 0.036, (0.005, 0.005, 0.005, 1)
-    for pos, c in ((0.042, (*[x * 0.6 for x in iris_color], 1)), (0.085, (*iris_color, 1)),
-                   (0.10, (*[x * 0.5 for x in iris_color], 1)), (0.112, (0.80, 0.78, 0.74, 1)),
-                   (0.35, (0.78, 0.72, 0.68, 1))):
-        el = cr.elements.new(pos)
-        el.color = c
-    links.new(sub.outputs["Value"], ramp.inputs["Fac"])
-    links.new(ramp.outputs["Color"], bsdf.inputs["Base Color"])
+    uvn.location = (-700, 200)
+    tex = nodes.new("ShaderNodeTexImage")
+    tex.name = tex.label = "Eyes"
+    tex.image = _eye_image(bundle, stem, created, pack)
+    tex.extension = "REPEAT"
+    tex.location = (-450, 200)
+    links.new(uvn.outputs["UV"], tex.inputs["Vector"])
+    links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
     bsdf.inputs["Roughness"].default_value = 0.35
     bsdf.inputs["Coat Weight"].default_value = 1.0
     bsdf.inputs["Coat Roughness"].default_value = 0.03
@@ -367,7 +372,7 @@ def _part_material(part: str, stem: str, bundle: Bundle, created: _Created, pack
     if part == "skin":
         return _skin_material(name, bundle, stem, created, pack, skin_tiles)
     if part == "eyes":
-        return _eye_material(name, created)
+        return _eye_material(name, bundle, stem, created, pack)
     if part == "teeth":
         return _plain_material(name, created, (0.80, 0.76, 0.66), 0.25,
                                **{"Subsurface Weight": 0.1, "Subsurface Scale": 0.002})
@@ -387,11 +392,16 @@ def _part_material(part: str, stem: str, bundle: Bundle, created: _Created, pack
 
 def import_bundle(bundle_dir: str | os.PathLike, *, name: str | None = None, scene=None,
                   shape_keys: bool = False, pack_images: bool = False,
-                  parent_collection=None) -> bpy.types.Object:
+                  parent_collection=None, location=None, photo_camera_for: str | None = None,
+                  make_scene_camera: bool = False) -> bpy.types.Object:
     """Import a result bundle as one new object in a new collection "Likeness <name>".
 
-    `name` defaults to the photo's stem (result.json input.name). Never reuses or overwrites
-    existing datablocks; on failure removes whatever it created and raises WorkerError.
+    `name` defaults to the photo's stem (result.json input.name). The head is placed at `location`
+    (default: the scene's 3D cursor). `photo_camera_for`: also add a camera matched to the fitted
+    camera, with that photo (a path; "" = find it, see find_photo) as its background; with
+    `make_scene_camera` it becomes the scene camera and sets the render size to the photo's.
+    Never reuses or overwrites existing datablocks; on failure removes whatever it created and
+    raises WorkerError.
     """
     t0 = time.perf_counter()
     try:
@@ -422,6 +432,8 @@ def import_bundle(bundle_dir: str | os.PathLike, *, name: str | None = None, sce
         coll = created.add(bpy.data.collections.new(f"Likeness {stem}"))
         (parent_collection or scene.collection).children.link(coll)
         coll.objects.link(obj)
+        # matrix_world too, not only location: presets and cameras read it before the next depsgraph update
+        obj.matrix_world = Matrix.Translation(scene.cursor.location if location is None else location)
 
         # Parts as vertex groups too (ICT vertex ranges, inclusive; checked to lie within the mesh).
         for rname, first, last in mesh.part_ranges:
@@ -442,6 +454,8 @@ def import_bundle(bundle_dir: str | os.PathLike, *, name: str | None = None, sce
         if isinstance(timings.get("total"), (int, float)):
             obj["likeness_backend_s"] = float(timings["total"])
         _store_lighting(obj, res)
+        if photo_camera_for is not None:
+            add_photo_camera(obj, bundle, photo_camera_for, scene, coll, created, make_scene_camera)
         obj["likeness_import_s"] = time.perf_counter() - t0
         return obj
     except WorkerError:
@@ -468,21 +482,84 @@ def _store_lighting(obj, res: dict) -> None:
 
 
 def _add_shape_keys(obj, mesh: MeshArrays, res) -> None:
+    """ARKit's 52 shape keys with ARKit's names, all at 0 (see arkit.py: browInnerUp and cheekPuff are
+    ICT's halves together, tongueOut moves nothing), and the fitted expression as its own key at 1, so
+    the head still looks as in the photo and the 52 stay free for animation. The fitted values as
+    ARKit weights are kept on the object (`likeness_arkit_fit`) for retargeting."""
     basis = mesh.basis_vertices
     names = mesh.expression_names
     expr = res.get("expression") if isinstance(res.get("expression"), dict) else {}
-    coeffs = dict(zip(expr.get("names") or names, expr.get("coefficients") or [0.0] * len(names)))
+    coeffs = expr.get("coefficients") if isinstance(expr.get("coefficients"), list) else [0.0] * len(names)
+    coeffs = dict(zip(expr.get("names") or names, coeffs))
+    w = np.array([float(coeffs.get(n, 0.0)) for n in names], np.float32)
     kb = obj.shape_key_add(name="Basis", from_mix=False)
     kb.data.foreach_set("co", ict_to_blender(basis).ravel())
-    for j, nm in enumerate(names):
-        key = obj.shape_key_add(name=arkit_name(nm), from_mix=False)
-        co = ict_to_blender(basis + mesh.expression_deltas[j].astype(np.float32))
-        key.data.foreach_set("co", co.ravel())
-        w = float(coeffs.get(nm, 0.0))
-        key.slider_min = min(0.0, math.floor(w))
-        key.slider_max = max(1.0, math.ceil(w))
-        key.value = w
+    deltas = arkit.arkit_deltas(names, mesh.expression_deltas)
+    for name, d in zip(arkit.ARKIT_NAMES, deltas):
+        key = obj.shape_key_add(name=name, from_mix=False)
+        key.data.foreach_set("co", ict_to_blender(basis + d).ravel())
+        key.slider_min, key.slider_max, key.value = 0.0, 1.0, 0.0
+    fitted = obj.shape_key_add(name=arkit.FITTED_KEY, from_mix=False)
+    fitted.data.foreach_set("co", ict_to_blender(mesh.vertices).ravel())  # exactly the fitted mesh
+    fitted.value = 1.0
     obj.data.shape_keys.use_relative = True
+    obj["likeness_arkit_fit"] = arkit.arkit_values(names, w)
+
+
+def find_photo(bundle: Bundle, photo: str = "") -> str:
+    """The photo for the camera's background: `photo` when it exists, else a file of the input's name
+    next to the bundle or in its parent folder (batch layouts), else the bundle's preview.png (the
+    photo with the fit drawn on it, the photo's aspect; the background is fitted to the frame, so its
+    size does not matter); "" when none is there."""
+    if photo and os.path.isfile(photo):
+        return os.path.abspath(photo)
+    name = str((bundle.result.get("input") or {}).get("name") or "")
+    if name and Path(name).name == name:
+        for folder in (bundle.folder, bundle.folder.parent, bundle.folder.parent.parent):
+            if (folder / name).is_file():
+                return str(folder / name)
+    previews = bundle.files("preview")
+    return str(previews[0].path) if previews and previews[0].path.is_file() else ""
+
+
+def add_photo_camera(obj, bundle: Bundle, photo: str, scene, collection, created: _Created,
+                     make_scene_camera: bool = False):
+    """A camera that sees the head as the photo did (focal length, sensor, principal point, pose:
+    photo_camera.py), with the photo as its background image. None when the bundle has no camera."""
+    try:
+        setup = photo_camera.camera_setup(bundle.result, tuple(obj.matrix_world.translation))
+    except (KeyError, TypeError, ValueError):
+        return None
+    cam = created.add(bpy.data.cameras.new(f"{obj.name} Photo Camera"))
+    cam.sensor_fit = "HORIZONTAL"
+    cam.sensor_width = setup.sensor_width_mm
+    cam.lens = setup.lens_mm
+    cam.shift_x, cam.shift_y = setup.shift_x, setup.shift_y
+    cam.clip_start, cam.clip_end = setup.clip_start, setup.clip_end
+    cam_obj = created.add(bpy.data.objects.new(cam.name, cam))
+    cam_obj.matrix_world = Matrix([list(row) for row in setup.matrix_world])
+    cam_obj[PROP_PHOTO_CAMERA] = True
+    cam_obj["likeness_photo_size"] = [setup.width, setup.height]
+    collection.objects.link(cam_obj)
+    path = find_photo(bundle, photo)
+    if path:
+        img = created.add(bpy.data.images.load(path, check_existing=False))
+        img.name = f"{obj.name} photo"
+        bg = cam.background_images.new()
+        bg.image = img
+        bg.alpha = 1.0
+        bg.display_depth = "BACK"
+        bg.frame_method = "FIT"
+        cam.show_background_images = True
+    if make_scene_camera:
+        scene.camera = cam_obj
+        side = max(setup.width, setup.height)
+        scale = min(1.0, 1920 / side)  # the photo's aspect, at most 1920 px on the long side
+        scene.render.resolution_x = max(4, round(setup.width * scale))
+        scene.render.resolution_y = max(4, round(setup.height * scale))
+        scene.render.resolution_percentage = 100
+    obj["likeness_photo_camera"] = cam_obj.name
+    return cam_obj
 
 
 def find_heads(scene=None) -> list:

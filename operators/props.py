@@ -25,8 +25,8 @@ class LikenessSceneSettings(bpy.types.PropertyGroup):
     photo_image: bpy.props.PointerProperty(name="Image", type=bpy.types.Image,
                                            description="An image already loaded in Blender")
     shape_keys: bpy.props.BoolProperty(
-        name="Expression Shape Keys", default=False,
-        description="Add the 53 ARKit expressions as shape keys (the fitted expression as their values)")
+        name="ARKit Shape Keys", default=False,
+        description="Add ARKit's 52 shape keys (all at 0) and the fitted expression as its own key")
     pack_images: bpy.props.BoolProperty(name="Pack Images", default=False,
                                         description="Pack the textures into the .blend file")
     preset: bpy.props.EnumProperty(
@@ -52,14 +52,25 @@ class LikenessJobStatus(bpy.types.PropertyGroup):
     warnings: bpy.props.StringProperty()
 
 
-classes = (LikenessSceneSettings, LikenessJobStatus)
+class LikenessInstallStatus(bpy.types.PropertyGroup):
+    state: bpy.props.EnumProperty(items=[(k, k.capitalize(), "") for k in
+                                         ("IDLE", "RUNNING", "DONE", "FAILED", "CANCELLED")], default="IDLE")
+    stage: bpy.props.StringProperty()
+    fraction: bpy.props.FloatProperty(min=0.0, max=1.0, subtype="FACTOR")
+    message: bpy.props.StringProperty()
+    error_code: bpy.props.StringProperty()
+
+
+classes = (LikenessSceneSettings, LikenessJobStatus, LikenessInstallStatus)
 
 
 def register_props():
     bpy.types.Scene.likeness = bpy.props.PointerProperty(type=LikenessSceneSettings)
     bpy.types.WindowManager.likeness_job = bpy.props.PointerProperty(type=LikenessJobStatus)
+    bpy.types.WindowManager.likeness_install = bpy.props.PointerProperty(type=LikenessInstallStatus)
 
 
 def unregister_props():
+    del bpy.types.WindowManager.likeness_install
     del bpy.types.WindowManager.likeness_job
     del bpy.types.Scene.likeness

@@ -34,7 +34,11 @@ CLIENT_CODES = {
     "BUNDLE_UNSAFE": "the result bundle names files outside its own folder (refused)",
     "IMPORT_FAILED": "the result bundle could not be imported into Blender",
     "PHOTO_INVALID": "no photo was chosen or it cannot be read from Blender",
+    "BACKEND_INCOMPLETE": "the backend Python lacks a package or an asset (Install Backend fixes it)",
+    "EXPORT_FAILED": "the head could not be exported",
 }
+
+FIX_HINT = "press Install Backend in Edit > Preferences > Add-ons > Likeness"
 
 # Worker protocol versions this client speaks (the worker announces its own in `ready`).
 SUPPORTED_PROTOCOLS = (2,)
@@ -94,7 +98,8 @@ class WorkerClient:
     # -- process ---------------------------------------------------------------------------
     @property
     def key(self) -> tuple:
-        return (self.python, self.cwd, tuple(self.args))
+        extra = tuple(sorted((k, v) for k, v in (self.env or {}).items() if k.startswith("LIKENESS_")))
+        return (self.python, self.cwd, tuple(self.args), extra)
 
     def start(self) -> None:
         if not self.python or not Path(self.python).exists():
@@ -188,9 +193,16 @@ class WorkerClient:
 
     def death_message(self) -> str:
         rc = self.returncode()
+        missing = missing_module(self.stderr_tail(40))
+        if missing:
+            return (f"the backend Python ({self.python}) has no {missing} package: {FIX_HINT} "
+                    "(Check Backend lists what is missing)")
         msg = "the backend worker exited" + (f" with code {rc}" if rc is not None else "")
         tail = self.stderr_tail(8)
         return msg + (f"; last log lines:\n{tail}" if tail else "")
+
+    def death_code(self) -> str:
+        return "BACKEND_INCOMPLETE" if missing_module(self.stderr_tail(40)) else "WORKER_DIED"
 
     # -- shutdown --------------------------------------------------------------------------
     def kill(self) -> None:
@@ -235,6 +247,13 @@ class WorkerClient:
                 pass
         for t in self._threads:
             t.join(timeout=1.0)
+
+
+def missing_module(log: str) -> str:
+    """The package a Python failed to import ("No module named 'torch'"), or ''."""
+    import re
+    found = re.findall(r"No module named '([A-Za-z0-9_.]+)'", log or "")
+    return found[-1].split(".")[0] if found else ""
 
 
 def remove_partial_bundle(out: str) -> None:
@@ -289,6 +308,14 @@ class ReconstructJob:
     @property
     def finished(self) -> bool:
         return self.state in self.FINAL
+
+    @property
+    def shown_fraction(self) -> float:
+        """What the progress bar shows: the backend's fraction, and while the worker starts (Python,
+        torch, the face model: seconds, no events) a slow creep up to 3%, so the bar never stands still."""
+        if self.stage == "start" and not self.finished:
+            return 0.03 * (1.0 - 1.0 / (1.0 + (time.monotonic() - self.started) / 3.0))
+        return self.fraction
 
     def _send_request(self) -> None:
         self.client.send({"op": "reconstruct", "id": self.id, "photo": self.photo,
@@ -353,7 +380,7 @@ class ReconstructJob:
             if not self._dead_since:
                 self._dead_since = now
             elif now - self._dead_since > 2.0:
-                self._fail_and_kill("WORKER_DIED", self.client.death_message())
+                self._fail_and_kill(self.client.death_code(), self.client.death_message())
                 return True
         elif now - max(self.client.last_event_time, self._last_own_activity) > self.timeout_s:
             self._fail_and_kill("WORKER_TIMEOUT",
@@ -371,7 +398,8 @@ class ReconstructJob:
             return
         if kind == "_eof":
             self.client.proc and self._wait_briefly()
-            self._fail_and_kill("WORKER_DIED", self.client.death_message())
+            time.sleep(0.05)  # the stderr reader's last lines (a traceback) arrive just after stdout's end
+            self._fail_and_kill(self.client.death_code(), self.client.death_message())
             return
         if kind == "ready":
             if not self._compatible(ev):
@@ -447,39 +475,27 @@ class ReconstructJob:
         return self
 
 
-def run_check(python: str, cwd: str, timeout: float = 120.0) -> dict:
-    """Check a backend Python: torch version, CUDA, and whether `backend` imports (in a subprocess)."""
+def run_check(python: str, cwd: str, env: dict | None = None, timeout: float = 180.0) -> dict:
+    """Everything a generation needs, checked in the backend's own Python (`python -m backend.doctor`:
+    Python, packages, torch and CUDA, every asset with its checksum, the face model). The dict has
+    "problems" (each {"what", "fix"}) and "ok"."""
     if not python or not Path(python).exists():
-        raise WorkerError("BACKEND_NOT_FOUND", f"backend Python not found: {python!r}")
-    code = (
-        "import json, sys\n"
-        "out = {'python': sys.version.split()[0]}\n"
-        "try:\n"
-        "    import torch\n"
-        "    out['torch'] = torch.__version__\n"
-        "    out['cuda'] = bool(torch.cuda.is_available())\n"
-        "    out['cuda_device'] = torch.cuda.get_device_name(0) if out['cuda'] else ''\n"
-        "except Exception as ex:\n"
-        "    out['torch_error'] = repr(ex)\n"
-        "try:\n"
-        "    import backend\n"
-        "    out['backend'] = getattr(backend, '__version__', '?')\n"
-        "except Exception as ex:\n"
-        "    out['backend_error'] = repr(ex)\n"
-        "print(json.dumps(out))\n"
-    )
-    env = dict(os.environ)
+        raise WorkerError("BACKEND_NOT_FOUND", f"no backend Python{f' at {python}' if python else ''}: {FIX_HINT}")
+    env = dict(os.environ if env is None else env)
     for k in ("PYTHONHOME", "PYTHONPATH"):
         env.pop(k, None)
     try:
-        cp = subprocess.run([python, "-c", code], cwd=cwd, env=env, capture_output=True,
+        cp = subprocess.run([python, "-m", "backend.doctor"], cwd=cwd, env=env, capture_output=True,
                             timeout=timeout, text=True)
     except (OSError, subprocess.TimeoutExpired) as ex:
         raise WorkerError("WORKER_START_FAILED", f"{python}: {ex}") from ex
     lines = [ln for ln in cp.stdout.splitlines() if ln.strip().startswith("{")]
     if cp.returncode != 0 or not lines:
+        missing = missing_module(cp.stderr)
+        if missing:
+            raise WorkerError("BACKEND_INCOMPLETE", f"{python} has no {missing} package: {FIX_HINT}")
         raise WorkerError("WORKER_START_FAILED",
-                          f"{python} exited with {cp.returncode}: {cp.stderr.strip()[-500:]}")
+                          f"{python} could not run the backend check (exit {cp.returncode}): {cp.stderr.strip()[-400:]}")
     return json.loads(lines[-1])
 
 

@@ -1,8 +1,15 @@
-"""Add-on preferences: backend Python, device, texture size, results folder, worker timeout."""
+"""Add-on preferences: the backend (install, check, where it and its assets are), generation settings,
+and the results folder (its size and a clean-up)."""
 
 import bpy
 
-from ..operators import common
+from ..operators import common, install
+
+
+def _texture_size_items(self, context):
+    # Only sizes the backend allows (the worker announces them; 4096 is refused by its memory estimate).
+    # Each item's number is the size itself, so a stored choice survives a change of the list.
+    return [(str(s), f"{s} px", f"UDIM tiles of {s} x {s} pixels", s) for s in common.allowed_texture_sizes(self)]
 
 
 class LikenessPreferences(bpy.types.AddonPreferences):
@@ -10,16 +17,24 @@ class LikenessPreferences(bpy.types.AddonPreferences):
 
     backend_python: bpy.props.StringProperty(
         name="Backend Python", subtype="FILE_PATH", default="",
-        description="Python interpreter with torch and the backend's requirements "
-                    "(empty: the project's .venv next to the extension, when there is one)")
+        description="Python interpreter with torch and the backend's packages (empty: the one Install "
+                    "Backend made, else a project .venv next to the extension)")
+    base_python: bpy.props.StringProperty(
+        name="Base Python", subtype="FILE_PATH", default="",
+        description="The Python 3.11 that Install Backend makes its environment from (empty: Blender's own)")
+    ict_dir: bpy.props.StringProperty(
+        name="ICT-FaceKit", subtype="DIR_PATH", default="",
+        description="Folder of the packed ICT-FaceKit (set by Install Backend)")
+    landmarker: bpy.props.StringProperty(
+        name="Face Landmarker", subtype="FILE_PATH", default="",
+        description="MediaPipe's face_landmarker.task (set by Install Backend)")
     device: bpy.props.EnumProperty(
         name="Device", default="AUTO",
         items=[("AUTO", "Auto", "CUDA when available, else CPU"),
                ("CPU", "CPU", "Always run on the CPU"),
                ("CUDA", "CUDA", "Run on an NVIDIA GPU")])
-    texture_size: bpy.props.EnumProperty(
-        name="Texture Size", default="1024",
-        items=[(s, f"{s} px", f"UDIM tiles of {s} x {s} pixels") for s in ("512", "1024", "2048", "4096")])
+    texture_size: bpy.props.EnumProperty(name="Texture Size", items=_texture_size_items, default=1024)
+    texture_sizes_allowed: bpy.props.StringProperty(default="", options={"HIDDEN"})
     results_dir: bpy.props.StringProperty(
         name="Results Folder", subtype="DIR_PATH", default="",
         description="Where result bundles are stored (empty: the extension's user folder)")
@@ -30,24 +45,50 @@ class LikenessPreferences(bpy.types.AddonPreferences):
 
     def draw(self, context):
         layout = self.layout
-        layout.use_property_split = True
-        col = layout.column()
+        box = layout.box()
+        box.label(text="Backend", icon="CONSOLE")
+        ist = context.window_manager.likeness_install
+        if install.is_running():
+            box.progress(factor=ist.fraction, type="BAR", text=ist.message or "Installing...")
+            box.operator("likeness.cancel_install", icon="CANCEL")
+        else:
+            row = box.row(align=True)
+            row.scale_y = 1.3
+            row.operator("likeness.install_backend", icon="IMPORT")
+            row.operator("likeness.install_from_folder", icon="FILE_FOLDER")
+            if ist.state in ("FAILED", "CANCELLED") and ist.message:
+                for line in ist.message.splitlines()[:4]:
+                    box.label(text=line[:120], icon="ERROR" if ist.state == "FAILED" else "INFO")
+            elif ist.state == "DONE":
+                box.label(text="Backend installed", icon="CHECKMARK")
+        col = box.column()
+        col.use_property_split = True
         col.prop(self, "backend_python")
         if not self.backend_python:
             auto = common.default_backend_python()
-            col.label(text=f"Using: {auto}" if auto else "No project .venv found: set the backend Python",
+            col.label(text=f"Using: {auto}" if auto else "No backend yet: press Install Backend",
                       icon="INFO" if auto else "ERROR")
-        row = col.row()
+        col.prop(self, "base_python")
+        col.prop(self, "ict_dir")
+        col.prop(self, "landmarker")
+        row = box.row()
         row.operator("likeness.check_backend", icon="CHECKMARK")
-        if self.check_result:
-            col.label(text=self.check_result)
-        col.separator()
+        for line in self.check_result.splitlines()[:8]:
+            box.label(text=line[:140], icon="ERROR" if line.startswith(("Missing", "BACKEND", "WORKER")) else "NONE")
+
+        col = layout.column()
+        col.use_property_split = True
         col.prop(self, "device")
         col.prop(self, "texture_size")
-        col.prop(self, "results_dir")
-        if not self.results_dir:
-            col.label(text=f"Using: {common.default_results_dir()}", icon="INFO")
         col.prop(self, "worker_timeout")
+        col.prop(self, "results_dir")
+        results = common.settings(context).results_dir
+        n, size = install.results_size(results)
+        row = col.row()
+        row.label(text=f"{n} result bundle(s), {install.mb(size)} in {results}", icon="FILE_FOLDER")
+        row.operator("likeness.clean_results", icon="TRASH")
+        col.label(text="Batch: blender -b --python " + str(common.EXTENSION_DIR / "commands" / "batch.py")
+                  + " -- IN_DIR OUT_DIR", icon="CONSOLE")
 
 
 classes = (LikenessPreferences,)

@@ -127,6 +127,8 @@ class LIKENESS_PT_lighting(bpy.types.Panel):
                 box.label(text=f"Landmark error: {ob['likeness_landmark_error_px']:.2f} px")
             if "likeness_backend_s" in ob:
                 box.label(text=f"Backend time: {ob['likeness_backend_s']:.1f} s")
+            box.operator("likeness.view_photo_camera", icon="CAMERA_DATA", text="View Through Photo Camera")
+            box.operator("likeness.export_head", icon="EXPORT", text="Export Head")
 
 
 def _wrap(text: str, width: int) -> list:

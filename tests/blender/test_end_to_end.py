@@ -107,7 +107,7 @@ def _check_head(obj, bundle, stem):
     simgs = _upstream_images(_linked_from(bsdf.inputs["Specular IOR Level"]))
     assert len(simgs) == 1 and simgs[0].image.colorspace_settings.name == "Non-Color"
     assert Path(simgs[0].image.filepath).name.startswith("specular.")
-    for p in ("eyes", "teeth", "lashes"):
+    for p in ("teeth", "lashes"):
         if p in parts:
             m = me.materials[parts.index(p)]
             assert not _upstream_images(next(n for n in m.node_tree.nodes if n.type == "OUTPUT_MATERIAL"))
@@ -159,29 +159,100 @@ def test_render_is_not_trivial(empty_scene, real_bundle, tmp_path):
     assert obj.name in bpy.context.scene.objects
 
 
-def test_shape_keys_reproduce_the_fit(empty_scene, likeness, real_bundle):
+def test_arkit_shape_keys_at_zero_and_the_fit_as_its_own_key(empty_scene, likeness, real_bundle):
+    import arkit
     from likeness.operators import importer
     obj = importer.import_bundle(real_bundle, shape_keys=True)
     npz = _npz(real_bundle)
     res = json.loads((real_bundle / "result.json").read_text())
     keys = obj.data.shape_keys.key_blocks
-    assert len(keys) == 54 and keys[0].name == "Basis"
-    names = [k.name for k in keys[1:]]
-    assert "eyeBlinkLeft" in names and "jawOpen" in names and "mouthSmileRight" in names
-    assert not any(n.endswith(("_L", "_R")) for n in names)
-    coeffs = dict(zip(res["expression"]["names"], res["expression"]["coefficients"]))
-    for raw, k in zip(npz["expression_names"], keys[1:]):
-        assert k.name == importer.arkit_name(str(raw))
-        assert abs(k.value - coeffs[str(raw)]) < 1e-6
+    names = [k.name for k in keys]
+    assert names == ["Basis", *arkit.ARKIT_NAMES, arkit.FITTED_KEY]  # ARKit's 52, exact names
+    assert all(k.value == 0.0 for k in keys[1:53]) and keys[arkit.FITTED_KEY].value == 1.0
     basis = np.empty(len(obj.data.vertices) * 3, np.float32)
     keys[0].data.foreach_get("co", basis)
     b = npz["basis_vertices"]
     np.testing.assert_allclose(basis.reshape(-1, 3), np.c_[b[:, 0], -b[:, 2], b[:, 1]] * 0.01, atol=1e-6)
+    # browInnerUp is both halves of ICT's: its offset is their sum
+    import bundle_format
+    m = bundle_format.read_bundle(real_bundle, want_deltas=True).mesh
+    i_l, i_r = m.expression_names.index("browInnerUp_L"), m.expression_names.index("browInnerUp_R")
+    brow = np.empty(len(obj.data.vertices) * 3, np.float32)
+    keys["browInnerUp"].data.foreach_get("co", brow)
+    d = (m.expression_deltas[i_l].astype(np.float32) + m.expression_deltas[i_r].astype(np.float32))
+    np.testing.assert_allclose(brow.reshape(-1, 3) - basis.reshape(-1, 3), np.c_[d[:, 0], -d[:, 2], d[:, 1]] * 0.01,
+                               atol=1e-6)
+    tongue = np.empty(len(obj.data.vertices) * 3, np.float32)
+    keys["tongueOut"].data.foreach_get("co", tongue)
+    assert np.array_equal(tongue, basis), "tongueOut moves nothing (ICT has no tongue shape)"
+    # at import the evaluated mesh is exactly the fitted face
     ev = obj.evaluated_get(bpy.context.evaluated_depsgraph_get()).to_mesh()
     co = np.empty(len(ev.vertices) * 3, np.float32)
     ev.vertices.foreach_get("co", co)
     v = npz["vertices"]
     np.testing.assert_allclose(co.reshape(-1, 3), np.c_[v[:, 0], -v[:, 2], v[:, 1]] * 0.01, atol=2e-5)
+    fit = obj["likeness_arkit_fit"]
+    coeffs = dict(zip(res["expression"]["names"], res["expression"]["coefficients"]))
+    assert abs(fit["jawOpen"] - coeffs["jawOpen"]) < 1e-6
+    assert abs(fit["browInnerUp"] - (coeffs["browInnerUp_L"] + coeffs["browInnerUp_R"]) / 2) < 1e-6
+
+
+def test_head_at_cursor_and_camera_sees_it_as_the_photo(empty_scene, likeness, real_bundle):
+    """The camera matched to the fit projects the head's vertices where the fit says they are in the photo
+    (Blender's own projection, bpy_extras.world_to_camera_view), and shows the photo behind it."""
+    from bpy_extras.object_utils import world_to_camera_view
+    from mathutils import Vector
+    from likeness.operators import importer
+    scene = bpy.context.scene
+    scene.cursor.location = (0.7, -1.2, 0.4)
+    obj = importer.import_bundle(real_bundle, photo_camera_for="", make_scene_camera=True)
+    assert tuple(obj.location) == pytest.approx((0.7, -1.2, 0.4))
+    cam = scene.camera
+    assert cam is not None and cam.get("likeness_photo_camera") and cam.users_collection == obj.users_collection
+    res = json.loads((real_bundle / "result.json").read_text())
+    c, pose = res["camera"], res["pose"]
+    assert (scene.render.resolution_x / scene.render.resolution_y) == pytest.approx(c["width"] / c["height"], rel=1e-3)
+    bg = cam.data.background_images
+    assert cam.data.show_background_images and len(bg) == 1 and bg[0].image is not None
+    w, h = bg[0].image.size  # here the bundle's preview (no photo beside it), the photo's aspect
+    assert w / h == pytest.approx(c["width"] / c["height"], rel=1e-2) and bg[0].frame_method == "FIT"
+    bpy.context.view_layer.update()
+    v = _npz(real_bundle)["vertices"][::500]
+    r, t = np.array(pose["rotation"]), np.array(pose["translation_cm"])
+    xc = v @ r.T + t
+    want = np.c_[c["cx"] + c["focal_px"] * xc[:, 0] / -xc[:, 2], c["cy"] - c["focal_px"] * xc[:, 1] / -xc[:, 2]]
+    me = obj.data
+    co = np.empty(len(me.vertices) * 3, np.float32)
+    me.vertices.foreach_get("co", co)
+    pts = [world_to_camera_view(scene, cam, obj.matrix_world @ Vector(p)) for p in co.reshape(-1, 3)[::500]]
+    got = np.array([(p.x * c["width"], (1 - p.y) * c["height"]) for p in pts])
+    assert np.abs(got - want).max() < 0.05, "pixels"
+    # a scene that had a camera keeps it; the panel's button switches to the photo camera
+    other = importer.import_bundle(real_bundle, name="second", photo_camera_for="", make_scene_camera=False)
+    assert scene.camera == cam
+    bpy.context.view_layer.objects.active = other
+    assert bpy.ops.likeness.view_photo_camera() == {"FINISHED"}
+    assert scene.camera.name == other["likeness_photo_camera"] != cam.name
+
+
+def test_eyes_are_an_image_and_a_bundle_eyes_file_wins(empty_scene, likeness, real_bundle, tmp_path):
+    from likeness.operators import importer
+    obj = importer.import_bundle(real_bundle)
+    eyes = obj.data.materials[[m.name for m in obj.data.materials].index(f"{obj.name} eyes")]
+    bsdf = next(n for n in eyes.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+    tex = _linked_from(bsdf.inputs["Base Color"])
+    assert tex.type == "TEX_IMAGE" and tex.image.packed_file is not None and tex.image.size[0] == 512
+    # the hook for a per-photo iris: a file of role "eyes" in the bundle is used instead
+    b = tmp_path / "bundle"
+    shutil.copytree(real_bundle, b)
+    Image.fromarray(np.full((64, 64, 3), (20, 90, 200), np.uint8)).save(b / "eyes.png")
+    res = json.loads((b / "result.json").read_text())
+    res["files"].append({"path": "eyes.png", "role": "eyes", "colorspace": "sRGB"})
+    (b / "result.json").write_text(json.dumps(res))
+    obj2 = importer.import_bundle(b, name="blue")
+    m2 = obj2.data.materials["blue eyes"]
+    tex2 = _linked_from(next(n for n in m2.node_tree.nodes if n.type == "BSDF_PRINCIPLED").inputs["Base Color"])
+    assert Path(tex2.image.filepath).name == "eyes.png" and tex2.image.size[0] == 64
 
 
 def test_import_never_overwrites_and_packs(empty_scene, likeness, real_bundle):
@@ -277,8 +348,9 @@ def test_saved_blend_finds_its_textures(empty_scene, likeness, real_bundle, tmp_
     blend.parent.mkdir()
     bpy.ops.wm.save_as_mainfile(filepath=str(blend))
     monkeypatch.chdir(tmp_path)
-    imgs = {n.image for m in obj.data.materials for n in m.node_tree.nodes if n.type == "TEX_IMAGE"}
-    assert len(imgs) == 3
+    imgs = {n.image for m in obj.data.materials for n in m.node_tree.nodes if n.type == "TEX_IMAGE"
+            and n.image.packed_file is None}
+    assert len(imgs) == 3  # the three UDIM maps (the eyes' image is packed)
     for img in imgs:
         path = bpy.path.abspath(img.filepath.replace("<UDIM>", "1001"))
         assert Path(path).is_file(), (img.name, img.filepath, path)

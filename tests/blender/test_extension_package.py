@@ -40,7 +40,10 @@ def test_zip_contents(extension_zip):
     names = zipfile.ZipFile(extension_zip).namelist()
     for must in ("blender_manifest.toml", "__init__.py", "operators/__init__.py", "operators/generate.py",
                  "operators/importer.py", "operators/relight.py", "operators/worker_client.py",
-                 "panels/__init__.py", "panels/view3d.py", "backend/__init__.py", "backend/worker.py"):
+                 "panels/__init__.py", "panels/view3d.py", "backend/__init__.py", "backend/worker.py",
+                 "commands/batch.py", "commands/export_head.py", "commands/_load.py", "backend_installer.py",
+                 "requirements-runtime.txt", "arkit.py", "export_layout.py", "photo_camera.py",
+                 "backend/doctor.py", "backend/ict_pack.py", "weights/mediapipe_to_ict.npz"):
         assert must in names, must
     for n in names:
         top = n.split("/")[0]
@@ -73,7 +76,9 @@ INSTALL_SCRIPT = textwrap.dedent(r"""
     prefs = bpy.context.preferences.addons[pkg].preferences
     out["prefs"] = [prefs.device, prefs.texture_size, prefs.backend_python, prefs.worker_timeout]
     out["ops"] = [hasattr(bpy.ops.likeness, n) for n in
-                  ("generate", "cancel", "relight", "clear_lighting", "choose_photo", "check_backend")]
+                  ("generate", "cancel", "relight", "clear_lighting", "choose_photo", "check_backend",
+                   "install_backend", "install_from_folder", "cancel_install", "clean_results",
+                   "import_bundle", "export_head")]
     out["panels"] = [hasattr(bpy.types, n) for n in ("LIKENESS_PT_generate", "LIKENESS_PT_lighting")]
     out["scene_props"] = hasattr(bpy.context.scene, "likeness")
     import importlib
