@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: setup demo test bench correspondence clean
+.PHONY: setup demo test bench correspondence albedo-model clean
 .DEFAULT_GOAL := demo
 
 $(STAMP): requirements.txt requirements-runtime.txt
@@ -30,6 +30,10 @@ bench: setup
 # Rebuilds weights/mediapipe_to_ict.npz from the London photos (see weights/MANIFEST.md).
 correspondence: setup
 	$(PY) scripts/build_landmark_correspondence.py
+
+# Rebuilds weights/albedo_model.npz from the London photos (see weights/MANIFEST.md; about 10 minutes).
+albedo-model: setup
+	$(PY) scripts/build_albedo_model.py
 
 clean:
 	rm -rf out dist build .pytest_cache

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import render
 from .cache import BoundedCache
 from .paths import WEIGHTS_DIR
 
@@ -47,11 +48,13 @@ class AlbedoModel:
         return self.mean + (coeffs[:k] @ self.basis[:k].reshape(k, -1)).view_as(self.mean)
 
     def image(self, tile: int, coeffs: torch.Tensor | None = None, size: int | None = None) -> torch.Tensor:
-        """(3, S, S) albedo of one tile, bilinearly resampled to `size` (in linear light)."""
-        img = self.images(coeffs)[self.tiles.index(tile)]
-        if size is None or size == img.shape[-1]:
-            return img
-        return F.interpolate(img[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+        """(3, S, S) albedo of one tile, resampled to `size` (in linear light). For the texture stage: one
+        thread for the product (a multi-threaded matrix-vector product may round differently) and exact
+        2x upsampling steps, so the texture's bytes do not depend on the thread count."""
+        from .threads import torch_threads
+        with torch_threads(1):
+            img = self.images(coeffs)[self.tiles.index(tile)]
+        return img if size is None or size == img.shape[-1] else render.upsample(img, size)
 
     def sample(self, uv: torch.Tensor, coeffs: torch.Tensor | None = None, tile: int = 1001) -> torch.Tensor:
         """Albedo (N, 3) at UDIM uv (N, 2) of one tile (bilinear), differentiable in the coefficients."""

@@ -269,6 +269,28 @@ def view_factors(p: torch.Tensor, n: torch.Tensor, view: PhotoView,
                                         "occ_fade": occ_fade, "border": border, "near_edge": near_edge}
 
 
+def upsample2x(image: torch.Tensor) -> torch.Tensor:
+    """(C, h, w) -> (C, 2h, 2w) bilinear (align_corners=False, edges clamped), the same numbers as
+    F.interpolate but computed with plain elementwise ops, so the result never depends on the thread count."""
+    def axis(x: torch.Tensor, dim: int) -> torch.Tensor:
+        n = x.shape[dim]
+        prev = torch.cat([x.narrow(dim, 0, 1), x.narrow(dim, 0, n - 1)], dim)
+        nxt = torch.cat([x.narrow(dim, 1, n - 1), x.narrow(dim, n - 1, 1)], dim)
+        even, odd = 0.75 * x + 0.25 * prev, 0.75 * x + 0.25 * nxt
+        return torch.stack([even, odd], dim + 1).flatten(dim, dim + 1)
+    return axis(axis(image, 1), 2)
+
+
+def upsample(image: torch.Tensor, size: int) -> torch.Tensor:
+    """(C, s, s) -> (C, size, size) by repeated exact 2x steps (size / s a power of two), bilinear at the end
+    otherwise; thread-count independent like upsample2x."""
+    while image.shape[-1] * 2 <= size:
+        image = upsample2x(image)
+    if image.shape[-1] != size:
+        image = F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+    return image
+
+
 def sample_image(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Bilinear sample of a (C, H, W) image at (N, 2) grid_sample coordinates in [-1, 1] -> (C, N)."""
     out = F.grid_sample(image[None], grid[None, None], mode="bilinear", padding_mode="border", align_corners=False)

@@ -365,24 +365,12 @@ def push_pull(colour: torch.Tensor, weight: torch.Tensor, prior: torch.Tensor | 
         filled = torch.full_like(p, 0.5)
     for p_l, w_l in reversed(levels):
         h, wd = p_l.shape[-2:]
-        up = upsample2x(filled)[:, :h, :wd]
+        up = render.upsample2x(filled)[:, :h, :wd]
         a = w_l.clamp(max=1.0)
         filled = p_l / w_l.clamp_min(1e-12) * a + (1.0 - a) * up
     return filled
 
 
-
-
-def upsample2x(image: torch.Tensor) -> torch.Tensor:
-    """(C, h, w) -> (C, 2h, 2w) bilinear (align_corners=False, edges clamped), the same numbers as
-    F.interpolate but computed with plain elementwise ops, so the result never depends on the thread count."""
-    def axis(x: torch.Tensor, dim: int) -> torch.Tensor:
-        n = x.shape[dim]
-        prev = torch.cat([x.narrow(dim, 0, 1), x.narrow(dim, 0, n - 1)], dim)
-        nxt = torch.cat([x.narrow(dim, 1, n - 1), x.narrow(dim, n - 1, 1)], dim)
-        even, odd = 0.75 * x + 0.25 * prev, 0.75 * x + 0.25 * nxt
-        return torch.stack([even, odd], dim + 1).flatten(dim, dim + 1)
-    return axis(axis(image, 1), 2)
 
 
 def _photo_px_per_texel(lay: _TileLayout, uvd: torch.Tensor, w: torch.Tensor) -> float:

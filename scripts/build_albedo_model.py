@@ -31,7 +31,7 @@ from backend.imageio import load_photo  # noqa: E402
 from backend.photometric import fit_photometric  # noqa: E402
 from backend.pipeline import get_analyzer, get_segmenter, load_correspondence, observe  # noqa: E402
 from backend.fitting import fit_landmarks  # noqa: E402
-from backend.texture import TILES, _uv_layout, delit_texture, render  # noqa: E402
+from backend.texture import TILES, _uv_layout, delit_texture, push_pull, render  # noqa: E402
 
 LONDON = ROOT.parent / "shared" / "data" / "faces" / "london" / "neutral"
 HELD_OUT_COUNT = 10
@@ -82,6 +82,16 @@ def covered_mask(layouts, R: int) -> np.ndarray:
     for ti, lay in enumerate(layouts):
         mask[ti, lay.texel.numpy()] = True
     return mask.reshape(len(TILES), R, R)
+
+
+def outside_filled(images: np.ndarray, covered: np.ndarray) -> np.ndarray:
+    """(T, C, R, R) with the texels outside the UV layout filled smoothly from inside (push-pull), so a
+    bilinear look-up or upsampling at an island's border never pulls in zeros (dark seams)."""
+    out = []
+    for img, cov in zip(images, covered):
+        filled = push_pull(torch.from_numpy(img).float(), torch.from_numpy(cov.astype(np.float32)))
+        out.append(np.where(cov[None], img, filled.numpy()))
+    return np.stack(out).astype(np.float32)
 
 
 def pca(samples: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -153,8 +163,8 @@ def main() -> int:
         x = np.stack(data).reshape(len(data), -1)
         mean, basis, std = pca(x, a.components)
         shape = (len(TILES), 3, R, R)
-        mean_img = (mean.reshape(shape) * covered[:, None]).astype(np.float32)
-        basis_img = (basis.reshape((-1,) + shape) * covered[None, :, None]).astype(np.float32)
+        mean_img = outside_filled(mean.reshape(shape), covered)
+        basis_img = np.stack([outside_filled(b.reshape(shape), covered) for b in basis])
         albedo_model = AlbedoModel(TILES, torch.from_numpy(mean_img), torch.from_numpy(basis_img), model.hash)
         print(f"pass {pass_ + 1}: {len(data)} samples, std of the first components "
               f"{np.round(std[:8], 3).tolist()}", file=sys.stderr)

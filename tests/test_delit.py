@@ -90,3 +90,17 @@ def test_delit_texture_is_flat_where_the_truth_is_flat(scene, use_model):
         # mean colour instead, which a hard light darkens.)
         gain = np.median(a) / float(ALBEDO @ np.array([0.2126, 0.7152, 0.0722]))
         assert 0.5 < gain < 2.0, gain
+
+
+def test_delit_output_does_not_depend_on_the_thread_count(scene, monkeypatch):
+    import backend.texture as texture_module
+    from backend.albedo import load_albedo_model
+    from backend.colour import encode_srgb8
+    model, corr, obs, fit = scene
+    lit = fit_photometric(obs, fit, model, corr, load_albedo_model(), PhotometricSettings(joint_steps=0))
+    out = []
+    for n in (1, 2):
+        monkeypatch.setattr(texture_module, "idle_cpu_threads", lambda n=n: n)
+        tex = delit_texture(obs, lit, model, 256)
+        out.append([encode_srgb8(tex.maps["diffuse"][t]) for t in (1001, 1002)])
+    assert all(np.array_equal(a, b) for a, b in zip(*out))

@@ -17,8 +17,8 @@ from backend.colour import linear_to_srgb
 from backend.facemodel import PART_NAMES, FaceModel, load_face_model
 from backend.raster import rasterize
 from backend.scene import Hooks, TextureResult, known_scene
-from backend.texture import (FLAT_NORMAL, SKIN_SPECULAR_LEVEL, _seam_samples, project_texture, push_pull,
-                             upsample2x)
+from backend.render import upsample2x
+from backend.texture import FLAT_NORMAL, SKIN_SPECULAR_LEVEL, _seam_samples, project_texture, push_pull
 
 BACKGROUND = (0.1, 0.8, 0.2)  # green: background bleeding into the texture is easy to find
 SIZE = 512                     # texture tiles in these tests (the stage's default is 1024)
