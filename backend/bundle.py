@@ -46,6 +46,9 @@ MODEL_CACHE_DIR = USER_CACHE / "models"
 MODEL_FILE_FORMAT = "likeness-face-model"
 STALE_FOREIGN_HOST_S = 24 * 3600  # a temp folder of another machine (network drive) is stale after a day
 
+# Preview pictures by role: the fit over the photo (the photo's aspect), the photometric fit's panels.
+PREVIEW_FILES = {"preview": "preview.png", "photometric_preview": "photometric.png"}
+
 # Per map role: how the float map is encoded into 8 bits, and the colour space Blender must read it in.
 MAP_ENCODING = {
     "diffuse": (encode_srgb8, "sRGB"),
@@ -314,7 +317,7 @@ def ensure_model_file(model: FaceModel, cache_dir: Path | None = None) -> Path:
 
 
 def write_bundle(out_dir: Path, obs, fit, tex, model: FaceModel, extra: dict, hooks, *, overwrite: bool = False,
-                 embed_model: bool = False, preview: np.ndarray | None = None,
+                 embed_model: bool = False, previews: dict[str, np.ndarray] | None = None,
                  timings: Callable[[], dict] = dict) -> dict:
     """Write the bundle of one reconstruction (scene.Observation, scene.SceneFit, scene.TextureResult);
     `extra` holds result.json's sections that the pipeline knows (options, warnings, provenance), and
@@ -339,9 +342,10 @@ def write_bundle(out_dir: Path, obs, fit, tex, model: FaceModel, extra: dict, ho
         if embed_model:
             shutil.copyfile(model_path, stage / model_file_name(model.hash))
             files.append({"path": model_file_name(model.hash), "role": "model"})
-        if preview is not None:
-            write_png(stage / "preview.png", preview)
-            files.append({"path": "preview.png", "role": "preview", "colorspace": "sRGB"})
+        for role, image in (previews or {}).items():
+            name = PREVIEW_FILES[role]
+            write_png(stage / name, image)
+            files.append({"path": name, "role": role, "colorspace": "sRGB"})
         hooks.cancel_check()
         result = result_json(obs, fit, tex, model, files, extra)
         result["timings_s"] = timings()

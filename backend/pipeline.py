@@ -22,7 +22,7 @@ from .imageio import Photo, load_photo
 from .landmarks import FaceAnalyzer, get_analyzer
 from .photometric import fit_photometric
 from .segmentation import get_segmenter
-from .preview import compose_preview, draw_preview
+from .preview import draw_preview, photometric_panels
 from .scene import Hooks, Observation, SceneFit
 from .texture import SKIN_IOR, STRATEGIES
 
@@ -43,6 +43,7 @@ TEXTURE_SIZES = (512, 1024, 2048, 4096)
 DEVICES = ("auto", "cpu", "cuda")
 MEMORY_TARGET_MB = 3072
 PREVIEW_EVENT_SIDE = 256
+PHOTOMETRIC_PREVIEW_HEIGHT = 384
 
 
 def estimated_peak_mb(texture_size: int) -> float:
@@ -217,9 +218,11 @@ def reconstruct(photo: str | Path | Photo, out_dir: str | Path, options: Options
                             hooks=Hooks(hooks.cancel_check, lambda f: hooks.progress(0.25 * f)))
         fit = fit_photometric(obs, fit, model, corr, albedo_model,
                               hooks=Hooks(hooks.cancel_check, lambda f: hooks.progress(0.25 + 0.75 * f)))
-        mesh_overlay = draw_preview(photo.rgb, model, fit.vertices, fit, det)
-        hooks.preview("fit", small(mesh_overlay, PREVIEW_EVENT_SIDE))
-        overlay = compose_preview(mesh_overlay, fit)
+        previews = {"preview": draw_preview(photo.rgb, model, fit.vertices, fit, det)}
+        hooks.preview("fit", small(previews["preview"], PREVIEW_EVENT_SIDE))
+        panels = photometric_panels(fit, PHOTOMETRIC_PREVIEW_HEIGHT)
+        if panels is not None:
+            previews["photometric_preview"] = panels
 
     with run.stage("texture") as hooks:
         tex = STRATEGIES[options.texture](obs, fit, model, options.texture_size, hooks)
@@ -228,7 +231,7 @@ def reconstruct(photo: str | Path | Photo, out_dir: str | Path, options: Options
         sections = {"options": dataclasses.asdict(options), "warnings": collect_warnings(obs, fit),
                     "correspondence_sha256": corr.sha256, "skin_ior": SKIN_IOR}
         return write_bundle(out_dir, obs, fit, tex, model, sections, hooks, overwrite=options.overwrite,
-                            embed_model=options.embed_model, preview=overlay, timings=run.finish)
+                            embed_model=options.embed_model, previews=previews, timings=run.finish)
 
 
 def small(image: np.ndarray, side: int) -> np.ndarray:

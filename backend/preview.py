@@ -58,9 +58,3 @@ def photometric_panels(fit, height: int) -> np.ndarray | None:
     size = (max(1, round(w * s)), height)
     return np.concatenate([cv2.resize(p, size, interpolation=cv2.INTER_NEAREST if s > 1 else cv2.INTER_AREA)
                            for p in panels], axis=1)
-
-
-def compose_preview(overlay: np.ndarray, fit) -> np.ndarray:
-    """The mesh overlay, with the photometric panels beside it when the fit has them."""
-    panels = photometric_panels(fit, overlay.shape[0])
-    return overlay if panels is None else np.concatenate([overlay, panels], axis=1)

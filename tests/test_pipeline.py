@@ -51,7 +51,12 @@ def test_result_json_schema(bundle):
     assert np.asarray(on_disk["detection"]["landmarks_px"]).shape == (478, 2)
     assert len(on_disk["model"]["hash"]) == 64 and len(on_disk["fit"]["correspondence_sha256"]) == 64
     assert on_disk["fit"]["settings"]["identity_prior"] > 0 and "landmarks" in on_disk["fit"]["terms"]
-    assert on_disk["texture"]["strategy"] == "projection" and on_disk["options"]["texture_size"] == 1024
+    assert on_disk["texture"]["strategy"] == "delit" and on_disk["options"]["texture_size"] == 1024
+    # The photometric fit's lighting: 27 SH coefficients, a plausible studio light (bright from the front).
+    sh = np.asarray(on_disk["lighting"]["coefficients"])
+    assert on_disk["lighting"]["model"] == "sh2-shading" and sh.shape == (9, 3)
+    assert (sh[0] > 0).all() and on_disk["fit"]["settings"]["method"] == "landmarks+photometric"
+    assert on_disk["metrics"]["photometric_rms"] < 0.1
     assert on_disk["material"]["skin"]["ior"] == 1.4
 
 
@@ -62,7 +67,7 @@ def test_every_listed_file_exists_with_its_format(bundle):
         assert (out / entry["path"]).is_file(), entry
         roles.setdefault(entry["role"], []).append(entry)
     assert {e["tile"] for e in roles["diffuse"]} == {1001, 1002}
-    assert {"mesh", "diffuse", "specular", "normal", "visibility", "preview"} <= set(roles)
+    assert {"mesh", "diffuse", "specular", "normal", "visibility", "preview", "photometric_preview"} <= set(roles)
     for entry in result["files"]:
         if entry["path"].endswith(".png") and "tile" in entry:
             img = cv2.imread(str(out / entry["path"]), cv2.IMREAD_UNCHANGED)
