@@ -19,6 +19,7 @@ CODES = {
     "IMAGE_TOO_SMALL": "the image is too small to hold a face we can fit",
     "IMAGE_TOO_LARGE": "the image has more than 100 megapixels",
     "NO_FACE": "no face was found in the image",
+    "FIT_FAILED": "a face was found but the fitted head does not match it well enough to trust",
     "ASSETS_MISSING": "ICT-FaceKit or the MediaPipe model is not installed",
     "OUTPUT_EXISTS": "the output folder exists and would be overwritten",
     "WRITE_FAILED": "the bundle could not be written (folder not writable, disk full)",
