@@ -370,7 +370,8 @@ def result_json(obs, fit, tex, model: FaceModel, files: list[dict], extra: dict)
     return {
         "schema_version": SCHEMA_VERSION,
         "software": {"name": "likeness", "version": __version__, "torch": torch.__version__},
-        "input": {"name": photo.name, "sha256": photo.sha256, "width": photo.width, "height": photo.height},
+        "input": {"name": photo.name, "sha256": photo.sha256, "width": photo.width, "height": photo.height,
+                  "rotation_deg": photo.rotation_deg},
         "files": files,
         "model": {"name": "ICT-FaceKit Light", "hash": model.hash, "file": model_file_name(model.hash),
                   "num_vertices": model.num_vertices},
@@ -393,7 +394,7 @@ def result_json(obs, fit, tex, model: FaceModel, files: list[dict], extra: dict)
         "options": extra.get("options", {}),
         "metrics": fit.metrics,
         "timings_s": {},
-        "warnings": list(extra.get("warnings", [])),
+        "warnings": list(photo.warnings) + list(extra.get("warnings", [])),
     }
 
 
