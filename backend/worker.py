@@ -13,6 +13,7 @@ import numpy as np
 
 from . import __version__
 from .errors import LikenessError
+from .signals import Interrupted, critical
 
 # The protocol's version: a client refuses a worker whose `ready.protocol` it does not know.
 PROTOCOL_VERSION = 2
@@ -43,11 +44,20 @@ def capabilities() -> dict:
             "bundle_schema": SCHEMA_VERSION, "events": ["ready", "progress", "preview", "result", "error", "pong"]}
 
 
-def parse_request(line: str) -> dict:
-    """One request line -> a dict with a string 'op'; ValueError (with a reason) for anything else,
-    including nesting too deep for the parser (RecursionError) and lines that are too long."""
-    if len(line) > MAX_LINE_BYTES:
+MAX_PATH_CHARS = 4096
+
+
+def parse_request(line: str | bytes | None) -> dict:
+    """One request line -> a dict with a string 'op'; ValueError (with a reason) for anything else:
+    a line cut off at MAX_LINE_BYTES (None), bytes that are not UTF-8, nesting too deep for the
+    parser (RecursionError), numbers too long to convert, or JSON that is not an object with an op."""
+    if line is None or len(line) > MAX_LINE_BYTES:
         raise ValueError(f"a request line is at most {MAX_LINE_BYTES} bytes")
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("a request line must be UTF-8 text") from None
     try:
         req = json.loads(line)
     except RecursionError:
@@ -55,6 +65,31 @@ def parse_request(line: str) -> dict:
     if not isinstance(req, dict) or not isinstance(req.get("op"), str):
         raise ValueError("a request is a JSON object with an 'op'")
     return req
+
+
+def path_field(req: dict, key: str) -> str | None:
+    """A request's file path: a non-empty string without NUL characters, of a sane length."""
+    value = req.get(key)
+    if isinstance(value, str) and value.strip() and "\x00" not in value and len(value) <= MAX_PATH_CHARS:
+        return value
+    return None
+
+
+def read_lines(stream, limit: int = MAX_LINE_BYTES):
+    """Lines (bytes) from a binary stream, never holding more than `limit` bytes of one: a longer line
+    is read through to its end in pieces and yielded as None (refused, not parsed)."""
+    while True:
+        line = stream.readline(limit + 1)
+        if not line:
+            return
+        if len(line) > limit and not line.endswith(b"\n"):
+            while True:  # skip the rest of the over-long line
+                rest = stream.readline(limit + 1)
+                if not rest or rest.endswith(b"\n"):
+                    break
+            yield None
+            continue
+        yield line
 
 
 def png_data(image: np.ndarray) -> str:
@@ -69,15 +104,16 @@ class Worker:
         self.job: tuple[str, threading.Thread, threading.Event] | None = None
 
     def emit(self, event: dict) -> None:
-        with self.lock:
-            self.out.write(json.dumps(event) + "\n")
+        line = json.dumps(event) + "\n"
+        with self.lock, critical():  # a signal never cuts an event line in two
+            self.out.write(line)
             self.out.flush()
 
     def busy(self) -> bool:
         return self.job is not None
 
-    def handle(self, line: str) -> bool:
-        """Handle one request line; False when the worker should stop."""
+    def handle(self, line: str | bytes | None) -> bool:
+        """Handle one request line (None: one too long to read); False when the worker should stop."""
         try:
             req = parse_request(line)
         except ValueError as err:
@@ -98,8 +134,9 @@ class Worker:
         elif op == "reconstruct":
             if self.busy():
                 self.emit({"event": "error", "id": rid, "code": "BUSY", "message": "another request is running"})
-            elif not isinstance(req.get("photo"), str) or not isinstance(req.get("out"), str):
-                self.emit({"event": "error", "id": rid, "code": "BAD_REQUEST", "message": "reconstruct needs 'photo' and 'out'"})
+            elif path_field(req, "photo") is None or path_field(req, "out") is None:
+                self.emit({"event": "error", "id": rid, "code": "BAD_REQUEST",
+                           "message": "reconstruct needs 'photo' and 'out' (non-empty paths)"})
             else:
                 cancel = threading.Event()
                 thread = threading.Thread(target=self.run, args=(rid, req, cancel), daemon=True)
@@ -170,8 +207,15 @@ def main() -> int:
         print(f"warm-up failed: {err}", file=sys.stderr)
     worker.emit({"event": "ready", "protocol": PROTOCOL_VERSION, "version": __version__, "torch": torch.__version__,
                  "cuda": bool(torch.cuda.is_available()), "capabilities": capabilities()})
-    for line in sys.stdin:
-        if line.strip() and not worker.handle(line):
-            break
+    try:
+        for line in read_lines(sys.stdin.buffer):
+            if (line is None or line.strip()) and not worker.handle(line):
+                break
+    except Interrupted as it:
+        # SIGTERM/SIGINT/SIGHUP: cancel the job and wait for it, so its staged write removes its
+        # temporary folder, then exit with the signal's code.
+        print(f"worker {it}: cancelling the running request", file=sys.stderr)
+        worker.stop()
+        return it.exit_code
     worker.stop()
     return 0
