@@ -16,6 +16,7 @@ written once per model into the per-user cache (or into the bundle with `embed_m
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -62,7 +63,7 @@ MAP_ENCODING = {
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nesting too deep for the parser
         return None
 
 
@@ -86,9 +87,10 @@ def is_bundle(folder: Path) -> bool:
 
 
 def check_output(out_dir: Path, overwrite: bool) -> None:
-    """Refuse early, before any work, to touch what is there. An empty folder may be used; an existing
-    bundle of ours only with overwrite; anything else never."""
-    out_dir = Path(out_dir)
+    """Refuse early, before any work, to touch what is there, or to write where we cannot. An empty
+    folder may be used; an existing bundle of ours only with overwrite; anything else never."""
+    out_dir = Path(out_dir).absolute()
+    _check_writable(out_dir.parent)
     if not out_dir.exists() and not out_dir.is_symlink():
         return
     if out_dir.is_symlink() or not out_dir.is_dir():
@@ -99,6 +101,18 @@ def check_output(out_dir: Path, overwrite: bool) -> None:
         raise LikenessError("OUTPUT_EXISTS", f"{out_dir} holds files that are not a Likeness bundle; not touching them")
     if not overwrite:
         raise LikenessError("OUTPUT_EXISTS", f"{out_dir} already holds a bundle; choose another folder or allow overwrite")
+
+
+def _check_writable(parent: Path) -> None:
+    """WRITE_FAILED now, not after minutes of work, when the bundle's folder cannot be created: the
+    nearest existing folder up from `parent` must let us create entries (a read-only disk or folder
+    fails here; a full disk can only be found out by writing)."""
+    folder = parent
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        raise LikenessError("WRITE_FAILED", f"cannot write the bundle in {folder}: the folder is read-only "
+                            "or not ours; choose another output folder")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,6 +371,15 @@ def write_png(path: Path, image: np.ndarray) -> None:
         fh.write(buf.tobytes())
 
 
+def write_npz(path: Path, **arrays) -> None:
+    """An npz built in memory (mesh.npz is 0.6 MB), then written in one go: a write that fails (a full
+    disk) raises here, instead of leaving numpy's half-written zip to fail again when it is collected."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    with open(path, "wb") as fh:
+        fh.write(buf.getbuffer())
+
+
 def write_json(path: Path, data) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(json.dumps(data, indent=1, sort_keys=False) + "\n")
@@ -431,8 +454,8 @@ def write_bundle(out_dir: Path, obs, fit, tex, model: FaceModel, extra: dict, ho
                 write_png(stage / name, encode(tex.maps[role][tile]))
                 files.append({"path": name, "role": role, "tile": tile, "colorspace": colorspace})
                 hooks.cancel_check()
-        np.savez(stage / "mesh.npz", vertices=fit.vertices.detach().cpu().numpy().astype(np.float32),
-                 basis_vertices=fit.basis_vertices.detach().cpu().numpy().astype(np.float32))
+        write_npz(stage / "mesh.npz", vertices=fit.vertices.detach().cpu().numpy().astype(np.float32),
+                  basis_vertices=fit.basis_vertices.detach().cpu().numpy().astype(np.float32))
         files.insert(0, {"path": "mesh.npz", "role": "mesh"})
         if embed_model:
             shutil.copyfile(model_path, stage / model_file_name(model.hash))

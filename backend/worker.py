@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import queue
 import sys
 import threading
 import traceback
@@ -75,21 +76,37 @@ def path_field(req: dict, key: str) -> str | None:
     return None
 
 
-def read_lines(stream, limit: int = MAX_LINE_BYTES):
-    """Lines (bytes) from a binary stream, never holding more than `limit` bytes of one: a longer line
-    is read through to its end in pieces and yielded as None (refused, not parsed)."""
+def read_lines(read, limit: int = MAX_LINE_BYTES):
+    """Lines (bytes, with their newline) from `read(n) -> bytes` (b"" at the end), never holding more
+    than `limit` bytes of one: a longer line is read through to its end and yielded as None (refused,
+    not parsed). The worker reads fd 0 with os.read rather than through sys.stdin: the reading thread
+    may still be blocked in it when the process exits, and a thread blocked inside sys.stdin's
+    buffered reader holds its lock, which makes interpreter shutdown abort."""
+    buf = bytearray()
+    skipping = False
     while True:
-        line = stream.readline(limit + 1)
-        if not line:
+        chunk = read(65536)
+        if not chunk:
+            if buf and not skipping:
+                yield bytes(buf)
+            elif skipping:
+                yield None
             return
-        if len(line) > limit and not line.endswith(b"\n"):
-            while True:  # skip the rest of the over-long line
-                rest = stream.readline(limit + 1)
-                if not rest or rest.endswith(b"\n"):
-                    break
-            yield None
-            continue
-        yield line
+        buf += chunk
+        while True:
+            end = buf.find(b"\n")
+            if end < 0:
+                if len(buf) > limit:  # no end in sight: drop what we have, remember to refuse it
+                    skipping = True
+                    buf.clear()
+                break
+            line = bytes(buf[:end + 1])
+            del buf[:end + 1]
+            if skipping or len(line) > limit + 1:
+                skipping = False
+                yield None
+            else:
+                yield line
 
 
 def png_data(image: np.ndarray) -> str:
@@ -196,6 +213,34 @@ class Worker:
             job[1].join(timeout=30)
 
 
+_EOF = object()
+
+
+def _pumped(lines, poll_s: float = 0.2):
+    """The lines of a blocking reader, read in a thread of their own. The main thread then never sits
+    in a read(): a signal that the kernel hands to another thread (any thread may get a process's
+    SIGTERM) still runs its Python handler within poll_s, where a blocked read would not wake up.
+    The queue is bounded, so a client that floods stdin is slowed down, not buffered in memory."""
+    q: queue.Queue = queue.Queue(maxsize=8)
+
+    def pump():
+        try:
+            for line in lines:
+                q.put(line)
+        finally:
+            q.put(_EOF)
+
+    threading.Thread(target=pump, name="likeness-stdin", daemon=True).start()
+    while True:
+        try:
+            item = q.get(timeout=poll_s)
+        except queue.Empty:
+            continue
+        if item is _EOF:
+            return
+        yield item
+
+
 def main() -> int:
     out = protocol_stream()
     worker = Worker(out)
@@ -208,7 +253,7 @@ def main() -> int:
     worker.emit({"event": "ready", "protocol": PROTOCOL_VERSION, "version": __version__, "torch": torch.__version__,
                  "cuda": bool(torch.cuda.is_available()), "capabilities": capabilities()})
     try:
-        for line in read_lines(sys.stdin.buffer):
+        for line in _pumped(read_lines(lambda n: os.read(0, n))):
             if (line is None or line.strip()) and not worker.handle(line):
                 break
     except Interrupted as it:
