@@ -22,6 +22,7 @@ import os
 import re
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import numpy as np
 READABLE_SCHEMAS = (1, 2)
 RESULT_NAME = "result.json"
 MAX_RESULT_BYTES = 16 << 20
+MAX_PNG_BYTES = 256 << 20        # a 4096 px RGB map is ~30 MB
 MAX_VERTICES = 2_000_000
 MAX_EXPRESSIONS = 256
 MAX_NPZ_BYTES = 512 << 20          # all arrays of one npz file, uncompressed (the model file is ~40 MB)
@@ -136,24 +138,65 @@ def inside(folder: Path, relative) -> Path:
 
 
 def check_png(path: Path) -> tuple[int, int]:
-    """(width, height) of a PNG after checking its signature, header and that its end chunk is there."""
+    """(width, height) of a PNG after checking its structure: signature, IHDR first with a sane size,
+    every chunk's length and CRC, IEND last (so a truncated or damaged file is refused here; a file
+    damaged and given fresh CRCs is caught by the importer, which checks what Blender decoded)."""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(33)
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 12))
-            tail = fh.read(12)
+        if path.stat().st_size > MAX_PNG_BYTES:
+            raise _invalid(f"{path.name} is larger than {MAX_PNG_BYTES >> 20} MB")
+        data = memoryview(path.read_bytes())
     except OSError as ex:
         raise _invalid(f"cannot read {path.name}: {ex.strerror or ex}") from ex
-    if len(head) < 33 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+    if len(data) < 33 or data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR":
         raise _invalid(f"{path.name} is not a PNG image")
-    width, height = struct.unpack(">II", head[16:24])
+    width, height = struct.unpack(">II", data[16:24])
     if not (0 < width <= 65536 and 0 < height <= 65536):
         raise _invalid(f"{path.name} has an impossible size {width}x{height}")
-    if tail[4:8] != b"IEND":
-        raise _invalid(f"{path.name} is truncated (no end chunk)")
+    depth, colour, interlace = data[24], data[25], data[28]
+    pos, kind, idat = 8, b"", []
+    while kind != b"IEND":
+        if pos + 12 > len(data):
+            raise _invalid(f"{path.name} is truncated")
+        length = struct.unpack(">I", data[pos:pos + 4])[0]
+        end = pos + 12 + length
+        if end > len(data):
+            raise _invalid(f"{path.name} is truncated")
+        kind = bytes(data[pos + 4:pos + 8])
+        if zlib.crc32(data[pos + 4:end - 4]) != struct.unpack(">I", data[end - 4:end])[0]:
+            raise _invalid(f"{path.name} is damaged (bad {kind.decode('latin-1')!r} chunk)")
+        if kind == b"IDAT":
+            idat.append(data[pos + 8:end - 4])
+        pos = end
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour)
+    if channels is None or depth not in (1, 2, 4, 8, 16) or not idat:
+        raise _invalid(f"{path.name} is not a PNG we can read (colour type {colour}, depth {depth})")
+    expected = None if interlace else height * (1 + (width * channels * depth + 7) // 8)
+    _check_deflate(path.name, idat, expected)
     return width, height
+
+
+def _check_deflate(name: str, parts: list, expected: int | None) -> None:
+    """The image data must be one whole zlib stream (its Adler-32 checked by zlib) that inflates to
+    exactly the rows the header promises. Inflated in bounded pieces and thrown away: no more than a
+    megabyte is held whatever the header claims (a damaged stream with fresh chunk CRCs fails here)."""
+    inflater = zlib.decompressobj()
+    total = 0
+    try:
+        for part in parts:
+            chunk = inflater.decompress(part, 1 << 20)
+            while True:
+                total += len(chunk)
+                if expected is not None and total > expected:
+                    raise _invalid(f"{name} holds more image data than its size")
+                if not inflater.unconsumed_tail:
+                    break
+                chunk = inflater.decompress(inflater.unconsumed_tail, 1 << 20)
+        rest = inflater.flush()
+        total += len(rest)
+    except zlib.error as ex:
+        raise _invalid(f"{name} is damaged ({ex})") from ex
+    if not inflater.eof or (expected is not None and total != expected):
+        raise _invalid(f"{name} is damaged (its image data is incomplete)")
 
 
 def _load_npz(path: Path, keys=None) -> dict[str, np.ndarray]:
