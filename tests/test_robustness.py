@@ -343,6 +343,14 @@ def test_read_only_output_folder_is_write_failed_before_the_work(readonly_dir, t
     assert list(readonly_dir.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["ro"]
 
 
+def test_worker_read_only_output_is_refused_before_any_stage(worker, readonly_dir):
+    worker.send({"op": "reconstruct", "id": "ro", "photo": str(PHOTO), "out": str(readonly_dir / "b"),
+                 "options": {"texture_size": 512}})
+    ev, seen = worker.until(lambda e: e["event"] in ("result", "error") and e.get("id") == "ro")
+    assert (ev["event"], ev.get("code")) == ("error", "WRITE_FAILED"), ev
+    assert not [e for e in seen if e["event"] == "progress" and e.get("id") == "ro"], "work was done first"
+
+
 def _limit_file_size():
     resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))  # Python ignores SIGXFSZ: writes get EFBIG
 
@@ -384,6 +392,68 @@ def test_result_json_that_is_not_an_object_is_a_clear_error(base_bundle, tmp_pat
             bundle_format.read_bundle(out)
         assert binfo.value.code == "BUNDLE_INVALID"
         assert bundle_mod.owned_files(out) is not None  # the marker still says it is ours
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped_bit", "no_iend", "zeroed_fresh_crc", "extra_data"])
+def test_damaged_maps_are_refused_by_the_reader(base_bundle, tmp_path, damage):
+    """The reader's own check (no Blender needed): chunk CRCs, IEND, and the image data inflating to
+    exactly the rows the header promises. (The importer also refuses what Blender cannot decode.)"""
+    import struct
+    import zlib
+    import bundle_format
+    out = tmp_path / "b"
+    shutil.copytree(base_bundle, out)
+    path = out / "diffuse.1002.png"
+    data = path.read_bytes()
+    chunks, pos = [], 8
+    while pos < len(data):  # (kind, payload) of every chunk
+        n = struct.unpack(">I", data[pos:pos + 4])[0]
+        chunks.append((data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]))
+        pos += 12 + n
+    stream = b"".join(p for k, p in chunks if k == b"IDAT")
+    first = data.index(b"IDAT")
+    if damage == "truncated":
+        data = data[: len(data) * 2 // 3]
+    elif damage == "flipped_bit":
+        data = data[:first + 100] + bytes([data[first + 100] ^ 4]) + data[first + 101:]
+    elif damage == "no_iend":
+        data = data[:-12]
+    else:
+        if damage == "zeroed_fresh_crc":
+            stream = stream[:len(stream) // 3] + bytes(len(stream) // 6) + stream[len(stream) // 2:]
+        else:  # a valid stream that inflates to more rows than the header has
+            stream = zlib.compress(zlib.decompress(stream) + b"\x00" * 5000)
+        others = [(k, p) for k, p in chunks if k != b"IDAT"]
+        chunks = others[:-1] + [(b"IDAT", stream)] + others[-1:]
+        data = b"\x89PNG\r\n\x1a\n" + b"".join(struct.pack(">I", len(p)) + k + p + struct.pack(">I", zlib.crc32(k + p))
+                                              for k, p in chunks)
+    path.write_bytes(data)
+    with pytest.raises(bundle_format.BundleError) as info:
+        bundle_format.read_bundle(out)
+    assert info.value.code == "BUNDLE_INVALID" and "diffuse.1002.png" in info.value.message
+
+
+def test_an_npz_that_would_inflate_past_the_limit_is_refused_from_its_header(base_bundle, tmp_path):
+    """A 600 MB array of zeros compresses to 0.6 MB: its npy header says so before anything is inflated."""
+    import zipfile
+    import bundle_format
+    out = tmp_path / "b"
+    shutil.copytree(base_bundle, out)
+    (out / "mesh.npz").unlink()
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (50000000, 3), }"
+    header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
+    with zipfile.ZipFile(out / "mesh.npz", "w", zipfile.ZIP_DEFLATED) as z, \
+            z.open("vertices.npy", "w", force_zip64=True) as fh:
+        fh.write(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode("latin1"))
+        zeros = bytes(16 << 20)
+        for _ in range(600 // 16 + 1):
+            fh.write(zeros)
+    assert (out / "mesh.npz").stat().st_size < 5 << 20
+    t0 = time.perf_counter()
+    with pytest.raises(bundle_format.BundleError) as info:
+        bundle_format.read_bundle(out)
+    assert info.value.code == "BUNDLE_INVALID" and "MB of arrays" in info.value.message
+    assert time.perf_counter() - t0 < 0.5
 
 
 def _rotated(photo: Path, folder: Path, quarter_turns_ccw: int) -> Path:
