@@ -213,7 +213,9 @@ def random_array(rng: random.Random, like: np.ndarray | None = None) -> np.ndarr
 
 def _mutate_array(rng: random.Random, a: np.ndarray) -> np.ndarray:
     """Damage a real array: a few values made extreme, its shape or dtype changed, or replaced."""
-    op = rng.choice(["values", "values", "shape", "dtype", "replace"])
+    op = rng.choice(["values", "values", "shape", "dtype", "replace", "strings"])
+    if op == "strings":  # the right shape, the wrong kind: text where numbers belong
+        return np.full(a.shape, rng.choice(["x", "", "nan", "1e999"]))
     if op == "values" and a.size and a.dtype.kind in "iuf":
         b = a.copy().reshape(-1)
         with warnings.catch_warnings(), np.errstate(all="ignore"):

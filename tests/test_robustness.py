@@ -270,7 +270,7 @@ def test_decode_budget_is_checked_from_the_header(tmp_path, monkeypatch):
 def test_cancel_during_a_large_png_load_lands_within_a_second(big_png):
     """Before: cancel during the load of the big PNG took 8.4 s. Now every read Pillow makes, every
     strip of the conversion and every hash chunk checks it."""
-    for delay in (0.3, 1.5, 3.0):
+    for delay in (0.1, 0.5, 2.0, 3.0):  # the first two land inside Pillow's decode (1.1 s of the 3.8 s)
         flag, done = threading.Event(), {}
 
         def check():
@@ -296,7 +296,7 @@ def test_cancel_during_a_large_png_load_lands_within_a_second(big_png):
         assert done["result"] == "CANCELLED", done
         latency = done["t"] - t0
         print(f"cancel {delay} s into the load: {latency * 1000:.0f} ms")
-        assert latency < 1.0
+        assert latency < 0.5
 
 
 def test_worker_cancel_during_a_large_png_load(worker, big_png, tmp_path):
