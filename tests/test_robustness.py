@@ -303,12 +303,13 @@ def test_worker_cancel_during_a_large_png_load(worker, big_png, tmp_path):
     worker.send({"op": "reconstruct", "id": "big", "photo": str(big_png), "out": str(tmp_path / "o"),
                  "options": {"texture_size": 512}})
     worker.until(lambda e: e["event"] == "progress" and e.get("id") == "big")
-    time.sleep(0.5)
+    time.sleep(0.2)  # inside Pillow's decode (1.1 s)
     t0 = time.monotonic()
     worker.send({"op": "cancel", "id": "big"})
     ev, _ = worker.until(lambda e: e["event"] in ("result", "error") and e.get("id") == "big")
     assert (ev["event"], ev.get("code")) == ("error", "CANCELLED"), ev
-    assert time.monotonic() - t0 < 1.0
+    print(f"worker cancel during the load: {(time.monotonic() - t0) * 1000:.0f} ms")
+    assert time.monotonic() - t0 < 0.5
     assert list(tmp_path.iterdir()) == []
 
 
