@@ -17,7 +17,7 @@ CODES = {
     "NOT_AN_IMAGE": "the file is not an image format we can read",
     "CORRUPT_IMAGE": "the image is truncated or damaged",
     "IMAGE_TOO_SMALL": "the image is too small to hold a face we can fit",
-    "IMAGE_TOO_LARGE": "the image has more than 100 megapixels",
+    "IMAGE_TOO_LARGE": "the image has more than 100 megapixels, its file is over 1 GB, or decoding it needs over 1.5 GB",
     "NO_FACE": "no face was found in the image",
     "FIT_FAILED": "a face was found but the fitted head does not match it well enough to trust",
     "ASSETS_MISSING": "ICT-FaceKit or the MediaPipe model is not installed",

@@ -188,7 +188,10 @@ class Run:
 
 
 def observe(photo: Photo, analyzer: FaceAnalyzer) -> Observation:
-    det = analyzer.detect(photo)
+    """Find the face, with the photo turned upright first when the face is sideways or upside down
+    (landmarks.upright turns the Photo in place and records photo.rotation_deg and a warning)."""
+    from .landmarks import upright
+    det = upright(photo, analyzer)
     return Observation(photo, det, Intrinsics.for_image(photo.width, photo.height, photo.focal_35mm))
 
 
