@@ -145,8 +145,9 @@ def run_photo_set(session: Session, evaluator: Evaluator, photos: list[Path], la
         appearance, rendering = evaluator.appearance(bundle, photo.rgb, res)
         rec["appearance"] = appearance
         if variants:
-            rec["relight"] = photo_relight(session, evaluator, path, photo, bundle, res, variants,
-                                           session.out_dir / "bundles" / label)
+            with measure_threads():
+                rec["relight"] = photo_relight(session, evaluator, path, photo, bundle, res, variants,
+                                               session.out_dir / "bundles" / label)
         if sheet_rows is not None and len(sheet_rows) < SHEET_ROWS:
             sheet_rows.append((f"{label}/{path.name}", row_caption(rec), photo_cells(bundle, photo.rgb, rendering, res)))
         records.append(rec)
@@ -159,6 +160,13 @@ def run_photo_set(session: Session, evaluator: Evaluator, photos: list[Path], la
             + relight_log(rec.get("relight"))
             + f" (measures {time.perf_counter() - t0 - ans['wall_s'] * repeat:.1f} s)")
     return {"label": label, "folder": str(photos[0].parent) if photos else "", "photos": records}
+
+
+def measure_threads():
+    """Torch threads for the bench's own renders: no more than the idle cores (threads.idle_cpu_threads;
+    on a busy 2-core machine 2 threads rasterized 3-5x slower than 1). The runner is idle meanwhile."""
+    from ..threads import idle_cpu_threads, torch_threads
+    return torch_threads(idle_cpu_threads())
 
 
 def photo_relight(session: Session, evaluator: Evaluator, path: Path, photo, bundle: Path, result: dict,
@@ -397,7 +405,8 @@ def run_synthetic(session: Session, n: int, seed: int, textures_dir: Path | None
                    true_landmarks_mm=float(e_true.mean()), detector_nme=det_nme)
         relit = None
         if variants:
-            rec["relight"], relit = synthetic_relight(session, s, i, seed, bundle, model, variants, lpips, out_dir)
+            with measure_threads():
+                rec["relight"], relit = synthetic_relight(session, s, i, seed, bundle, model, variants, lpips, out_dir)
         samples.append(rec)
         if sheet_rows is not None and len(sheet_rows) < SHEET_ROWS:
             sheet_rows.append((f"synthetic/{s.name}", f"{s.name}  yaw {s.params['yaw_deg']:+.0f}  "
