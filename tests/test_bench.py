@@ -180,6 +180,37 @@ def test_shadow_map_darkens_what_lies_under_an_occluder():
     assert slanted.tolist() == [1, 1, 1, 1, 0]
 
 
+def test_a_hard_light_casts_the_nose_shadow_on_the_cheek():
+    """render_head with a light from the subject's right: the nose shadows part of the cheek (pixels that
+    are lit when the shadow test is off), and the shadow test never brightens a pixel."""
+    from backend.bench.render import Light, mesh_from_model, render_head
+    from backend.bench.synthetic import rotation_ypr
+    from backend.camera import Intrinsics
+    from backend.facemodel import load_face_model
+    try:
+        model = load_face_model()
+    except Exception:
+        pytest.skip("no ICT-FaceKit assets")
+    verts = model.neutral.numpy()
+    k = Intrinsics(600.0, 128.0, 128.0, 256, 256)
+    rot = rotation_ypr(0.0, 0.0, 0.0)
+    trans = np.array([0.0, 0.0, -60.0]) - rot @ verts[:6706].mean(0)
+    d = np.array([-0.8, 0.1, 0.6])
+    light = Light(np.zeros((9, 3)), d / np.linalg.norm(d), np.ones(3))
+    tiles = {1001: np.full((8, 8, 3), 0.5, np.float32), 1002: np.full((8, 8, 3), 0.5, np.float32)}
+    bg = np.zeros((256, 256, 3), np.uint8)
+    mesh = mesh_from_model(model, verts)
+    hard = render_head(mesh, k, rot, trans, tiles, light, bg, supersample=1)
+    soft = render_head(mesh, k, rot, trans, tiles, light, bg, supersample=1, shadows=False)
+    face = hard.face_skin & soft.face_skin
+    a, b = hard.image.astype(int).sum(2), soft.image.astype(int).sum(2)
+    assert (a <= b + 3)[face].all()
+    shadowed = face & (b > 150) & (a < b / 3)
+    assert shadowed.sum() > 150, shadowed.sum()
+    ys, xs = np.nonzero(shadowed)
+    assert np.median(xs) > 128     # the light comes from image-left (the subject's right): shadows fall right
+
+
 def _truth_case(bench_run, index: int):
     from backend.bench.synthetic import truth_head, truth_light
     from backend.facemodel import load_face_model
