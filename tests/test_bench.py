@@ -211,6 +211,36 @@ def test_a_hard_light_casts_the_nose_shadow_on_the_cheek():
     assert np.median(xs) > 128     # the light comes from image-left (the subject's right): shadows fall right
 
 
+def test_texel_points_and_normals_are_in_camera_space():
+    """The UV measures read each texel's point and normal on the posed head: R X + t and R n (a yawed
+    head, so model-space values would differ), interpolated with the texel's barycentrics."""
+    import torch
+    from backend import render
+    from backend.bench import relight
+    from backend.bench.render import Head, mesh_from_model
+    from backend.bench.synthetic import rotation_ypr
+    from backend.camera import Intrinsics
+    from backend.facemodel import load_face_model
+    try:
+        model = load_face_model()
+    except Exception:
+        pytest.skip("no ICT-FaceKit assets")
+    mesh = mesh_from_model(model, model.neutral.numpy())
+    rot, trans = rotation_ypr(40.0, -10.0, 5.0), np.array([1.0, -2.0, -60.0])
+    head = Head(mesh, Intrinsics(600.0, 128.0, 128.0, 256, 256), rot, trans, {})
+    layout = relight.texel_layout(mesh, side=128)
+    assert layout.face.any() and (~layout.face).any()
+    p, n = relight.texel_geometry(head, layout)
+    corner, b = mesh.triangles[layout.triangle], layout.bary[..., None]
+    model_p = (mesh.vertices[corner].astype(np.float64) * b).sum(1)
+    vn = render.vertex_normals(torch.from_numpy(mesh.vertices.astype(np.float64)), torch.from_numpy(mesh.triangles)).numpy()
+    model_n = (vn[corner] * b).sum(1)
+    model_n /= np.linalg.norm(model_n, axis=1, keepdims=True)
+    assert np.allclose(p, model_p @ rot.T + trans, atol=1e-4)
+    assert np.allclose(n, model_n @ rot.T, atol=1e-4)
+    assert np.allclose(np.linalg.norm(n, axis=1), 1.0)
+
+
 def _truth_case(bench_run, index: int):
     from backend.bench.synthetic import truth_head, truth_light
     from backend.facemodel import load_face_model
