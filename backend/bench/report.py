@@ -485,7 +485,8 @@ def failures_section(rep: dict) -> list[str]:
 def write_markdown(rep: dict, path: Path) -> str:
     meta = rep["meta"]
     lines = [f"# Likeness bench: {meta['title']}", "",
-             f"{meta['date']} · commit `{meta.get('commit', '?')}` · `{meta['command']}`", "",
+             f"{meta['date']} · commit `{meta.get('commit', '?')}` · `{meta['command']}`"
+             + (f" · bench run {meta['bench_s']:.0f} s" if meta.get("bench_s") else ""), "",
              "## Summary", ""]
     summary = summary_rows(rep)
     base_labels = sorted({relight_variants(x["relight"])[1] for x in rep.get("sets", []) + [rep.get("synthetic") or {}]

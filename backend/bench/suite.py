@@ -460,7 +460,10 @@ def synthetic_relight(session: Session, sample, index: int, seed: int, bundle: P
     side = sample.params.get("side", 512)
     truth_relit = relight.relit_render(truth, new_light, side)
     out = {"capture_light": capture.kind, "relight_light": new_light.to_dict()}
-    pictures = (truth_relit.image, None)
+    from .evaluate import bbox, square_box
+    h, w = truth_relit.covered.shape
+    box = square_box(bbox(truth_relit.covered, 0.0), 1.15, w, h) if truth_relit.covered.any() else None
+    pictures = (truth_relit.image, None, box)
     for v in variants:
         if v.reuse:   # the same bundle: the same numbers (variants() puts "current" first)
             out[v.key] = dict(out["current"], reused=True)
@@ -480,7 +483,7 @@ def synthetic_relight(session: Session, sample, index: int, seed: int, bundle: P
         m["reused"] = False
         out[v.key] = m
         if v.key == "current":
-            pictures = (truth_relit.image, rend.image)
+            pictures = (truth_relit.image, rend.image, box)
     return out, pictures
 
 
@@ -565,8 +568,8 @@ def error_colours(err_mm: np.ndarray, n_vertices: int, vmax: float = 10.0) -> np
 
 def synthetic_cells(sample, bundle: Path, model, truth: np.ndarray, e_fit: np.ndarray, e_mean: np.ndarray,
                     relit: tuple | None = None) -> list:
-    """input, preview, error maps of the pipeline and the mean face; with `relit` (truth, current
-    images under the relighting test light), those two as well."""
+    """input, preview, error maps of the pipeline and the mean face; with `relit` (truth and current
+    images under the relighting test light, and the head's box), those two as well."""
     import cv2
     from .evaluate import cell
     from .render import mesh_from_model, render_vertex_colours
@@ -577,7 +580,8 @@ def synthetic_cells(sample, bundle: Path, model, truth: np.ndarray, e_fit: np.nd
              cell(render_vertex_colours(mesh, error_colours(e_fit, len(truth)))),
              cell(render_vertex_colours(mesh, error_colours(e_mean, len(truth))))]
     if relit is not None:
-        cells += [cell(x) if x is not None else np.full_like(cells[0], 96) for x in relit]
+        *images, box = relit
+        cells += [cell(x, box) if x is not None else np.full_like(cells[0], 96) for x in images]
     return cells
 
 
