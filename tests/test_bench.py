@@ -135,6 +135,7 @@ def test_relighting_rows_exist_and_are_sane(bench_run):
         assert 12 < cur["albedo_psnr_db"] < 45 and 0.3 < cur["albedo_ssim"] < 1, cur
         assert 10 < cur["relit_psnr_db"] < 45 and 0.3 < cur["relit_ssim"] < 1 and 0 <= cur["relit_lpips"] < 0.6, cur
         assert 0 <= cur["leakage_true_r"] <= 1 and 0 <= cur["truth_albedo_r"] <= 1
+        assert cur["relit_oracle_psnr_db"] > cur["relit_psnr_db"] - 0.5      # the truth albedo on this fit
         assert cur["albedo_texels"] > 10000 and cur["relit_pixels"] > 2000
         assert all(0.3 < g < 3 for g in cur["albedo_gain"])
         assert {k: v for k, v in base.items() if k != "reused"} == {k: v for k, v in cur.items() if k != "reused"}

@@ -49,6 +49,7 @@ SYNTHETIC_MEASURES = {
     "relit_psnr_db": ("relit PSNR (new light, face skin)", "dB", "higher"),
     "relit_ssim": ("relit SSIM (new light, face skin)", "0..1", "higher"),
     "relit_lpips": ("relit ST-LPIPS (new light, face skin)", "0..1", "lower"),
+    "relit_oracle_psnr_db": ("relit PSNR of the truth albedo on the fitted mesh (this fit's ceiling)", "dB", "higher"),
     "leakage_true_r": ("shading leakage against the true shading", "abs(r)", "lower"),
     "truth_albedo_r": ("shading leakage of the truth albedo against the true shading (the floor)", "abs(r)", "lower"),
 }
@@ -275,6 +276,15 @@ def relit_error(recon: Rendering, truth: Rendering, lpips=None) -> dict:
     out = {f"relit_{k}": v for k, v in m.items()}
     out["relit_pixels"] = int(truth.face_skin.sum())
     return out
+
+
+def oracle_relit_error(recon: Head, truth: Head, light: Light, truth_relit: Rendering, side: int) -> dict:
+    """The relit PSNR of the truth albedo on the reconstruction's mesh, camera and pose: what a perfect
+    albedo would score with this fit's geometry (the ceiling of the relit row for this fit; the gap
+    between it and the row is the map's fault, the gap to infinity the geometry's)."""
+    oracle = Head(recon.mesh, recon.k, recon.rotation, recon.translation, truth.tiles)
+    m = masked_image_measures(truth_relit.image, relit_render(oracle, light, side).image, truth_relit.face_skin)
+    return {"relit_oracle_psnr_db": m.get("psnr_db")}
 
 
 def true_shading_leakage(recon: Head, truth: Head, light: Light, tile: int = TILE, side: int = UV_SIDE) -> dict:

@@ -215,6 +215,10 @@ RELIGHT_EXPLAIN_SYNTHETIC = [
     "shaded with its own mesh's vertex normals (and casting its own shadows), and compared inside the truth's "
     "face-skin coverage, cropped and resized as the appearance rows. This is what a user sees when relighting "
     "the head in Blender: geometry errors count as well as baked-in light, for both variants alike.",
+    "**Relit ceiling of this fit** (dB, higher is better; a diagnostic). The relit PSNR of the *truth* albedo "
+    "drawn on the reconstruction's mesh, camera and pose: what a perfect map would score with this geometry. "
+    "A map can reach it but rarely pass it; the gap between the two is the map's fault (baked-in "
+    "light), the rest is the fit's geometry.",
     "**Shading leakage against the true shading** (|r|, lower is better). Pearson's r between the luminance "
     "of the diffuse map and of the true capture shading (the capture light on the true mesh at each texel, "
     "cast shadows included) over the same texels as the albedo error. Defined for every bundle, v0 included, "

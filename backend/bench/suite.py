@@ -454,7 +454,7 @@ def synthetic_relight(session: Session, sample, index: int, seed: int, bundle: P
     from . import relight
     from .render import head_of_bundle
     from .synthetic import relight_light, truth_head, truth_light
-    truth = truth_head(sample.truth, model)
+    truth = truth_head(sample.truth, model)   # the truth relit render is shared by the variants
     capture = truth_light(np.load(sample.truth))
     new_light = relight_light(seed, index)
     side = sample.params.get("side", 512)
@@ -480,6 +480,7 @@ def synthetic_relight(session: Session, sample, index: int, seed: int, bundle: P
         rend = relight.relit_render(head, new_light, side, m.get("albedo_gain"))
         m.update(relight.relit_error(rend, truth_relit, lpips))
         m.update(relight.true_shading_leakage(head, truth, capture))
+        m.update(relight.oracle_relit_error(head, truth, new_light, truth_relit, side))
         m["reused"] = False
         out[v.key] = m
         if v.key == "current":
