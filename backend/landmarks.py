@@ -90,7 +90,7 @@ class FaceDetection:
     transform: np.ndarray     # (4, 4) facial transformation matrix as MediaPipe gives it
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 of the landmarks, full-res px
     num_faces: int            # how many faces were found in the photo
-    source: str = "full"      # which pass found it: "full", "padded" or "tiles" (transform is
+    source: str = "full"      # which pass found it: "full", "padded", "tiles" or "contrast" (transform is
                               # relative to the image that pass gave MediaPipe)
 
     def ibug68(self) -> np.ndarray:
@@ -180,6 +180,9 @@ class FaceAnalyzer:
             source, faces = "padded", self._padded(image)
         if not faces:
             source, faces = "tiles", self._tiles(image)
+        if not faces:  # dark or flat photos: the same pixels with their contrast normalised
+            normalised = normalised_contrast(image)
+            source, faces = "contrast", self._run(normalised, 0.0, 0.0, 1.0) or self._padded(normalised)
         if not faces:
             raise LikenessError("NO_FACE", f"no face was found in {photo.name}; use a photo where one face is "
                                 "clearly visible, roughly frontal and not covered.")
@@ -386,6 +389,18 @@ def upright(photo: Photo, analyzer: FaceAnalyzer) -> FaceDetection:
         photo.warnings.append(f"the face was {how} in the photo: turned it {turned} degrees clockwise "
                               "(camera, landmarks and maps refer to the turned photo)")
     return det
+
+
+def normalised_contrast(image: np.ndarray) -> np.ndarray:
+    """A dark or low-contrast image made readable for the detector: the lightness stretched to its 1-99 %
+    range and equalised locally (CLAHE), colours kept. Only for finding the face: the fit and the texture
+    use the photo as it is."""
+    lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
+    light = lab[..., 0].astype(np.float32)
+    lo, hi = np.percentile(light, [1, 99])
+    stretched = np.clip((light - lo) * (255.0 / max(hi - lo, 1.0)), 0, 255).astype(np.uint8)
+    lab[..., 0] = cv2.createCLAHE(clipLimit=3.0, tileGridSize=(8, 8)).apply(stretched)
+    return np.ascontiguousarray(cv2.cvtColor(lab, cv2.COLOR_LAB2RGB))
 
 
 def _fill(image: np.ndarray) -> list[float]:
