@@ -127,40 +127,41 @@ def test_bench_refuses_without_a_task(capsys):
 def test_relighting_rows_exist_and_are_sane(bench_run):
     _, out, rep = bench_run
     rel = rep["synthetic"]["relight"]
-    assert rel["variants"]["baseline"] == "v0 projection" and rel["reused"]["baseline"]   # projection is the default
+    assert rel["variants"]["baseline"] == "v0 projection" and not rel["reused"]["baseline"]  # delit is the default
     kinds = [r["relight"]["capture_light"] for r in rep["synthetic"]["samples"]]
     assert kinds.count("directional") == 1, kinds                    # sample 1 of 3 has the hard light
     for r in rep["synthetic"]["samples"]:
         cur, base = r["relight"]["current"], r["relight"]["baseline"]
-        assert 12 < cur["albedo_psnr_db"] < 45 and 0.3 < cur["albedo_ssim"] < 1, cur
-        assert 10 < cur["relit_psnr_db"] < 45 and 0.3 < cur["relit_ssim"] < 1 and 0 <= cur["relit_lpips"] < 0.6, cur
-        assert 0 <= cur["leakage_true_r"] <= 1 and 0 <= cur["truth_albedo_r"] <= 1
-        assert cur["relit_oracle_psnr_db"] > cur["relit_psnr_db"] - 0.5      # the truth albedo on this fit
-        assert cur["albedo_texels"] > 10000 and cur["relit_pixels"] > 2000
-        assert all(0.3 < g < 3 for g in cur["albedo_gain"])
-        assert {k: v for k, v in base.items() if k != "reused"} == {k: v for k, v in cur.items() if k != "reused"}
-    # Today the current default is v0: no gain over the baseline, so both synthetic targets fail.
-    t = rel["targets"]
-    assert t["relit_psnr_db"]["pass"] is False and t["albedo_psnr_db"]["pass"] is False
+        for m in (cur, base):
+            assert 12 < m["albedo_psnr_db"] < 45 and 0.3 < m["albedo_ssim"] < 1, m
+            assert 10 < m["relit_psnr_db"] < 45 and 0.3 < m["relit_ssim"] < 1 and 0 <= m["relit_lpips"] < 0.6, m
+            assert 0 <= m["leakage_true_r"] <= 1 and 0 <= m["truth_albedo_r"] <= 1
+            assert m["albedo_texels"] > 10000 and m["relit_pixels"] > 2000
+            assert all(0.2 < g < 4 for g in m["albedo_gain"])
+        assert cur["relit_oracle_psnr_db"] > 10
+    # The de-lit map keeps less of the capture's light than the projected photo does.
+    hard = [r["relight"] for r in rep["synthetic"]["samples"] if r["relight"]["capture_light"] == "directional"][0]
+    assert hard["current"]["leakage_true_r"] < hard["baseline"]["leakage_true_r"]
     assert sum(b["n"] for b in rel["by_yaw"]) == 3 and rel["by_capture_light"]["directional"]["n"] == 1
     for p in rep["sets"][0]["photos"]:
         m = p["relight"]["current"]
-        assert m["shading_leakage"] is None and not m["lighting"]        # v0 fits no lighting
-        assert 0.95 < m["uniform_shading"] < 1.05                        # v0's map is the photo
+        assert m["lighting"] and m["shading_leakage"] is not None and 0 <= m["shading_leakage"] < 0.5
         assert 0 <= m["hair_leakage"] <= 1 and m["seen_texels"] > 20000 and m["skin_texels"] > 10000
         assert 0.85 < m["rerender_ssim"] <= 1 and 25 < m["rerender_psnr_db"] < 60 and 0 <= m["rerender_lpips"] < 0.2
     text = (out / "report.md").read_text()
     for heading in ("## Relighting: synthetic truth", "## Relighting: photos", "### Relit PSNR"):
         assert heading in text
-    assert "≥ v0 + 3 dB in every yaw bin: FAIL" in text and "(in-the-wild photos): n/a" in text
+    assert "≥ v0 + 3 dB in every yaw bin" in text
 
 
 def test_hair_leakage_catches_a_projected_fringe(bench_run):
-    """v0 projects 003_03's fringe onto the forehead; 001_03 shows no hair on the face tile."""
+    """v0 projects 003_03's fringe onto the forehead (measured 7 %); the de-lit map leaves hair out (target
+    at most 1 %); 001_03 shows no hair on the face tile either way."""
     _, _, rep = bench_run
-    leak = {p["name"]: p["relight"]["current"]["hair_leakage"] for p in rep["sets"][0]["photos"]}
-    assert leak["003_03.jpg"] > 0.01, leak
-    assert leak["001_03.jpg"] < leak["003_03.jpg"] / 3, leak
+    photos = {p["name"]: p["relight"] for p in rep["sets"][0]["photos"]}
+    assert photos["003_03.jpg"]["baseline"]["hair_leakage"] > 0.01, photos["003_03.jpg"]
+    assert photos["003_03.jpg"]["current"]["hair_leakage"] < 0.01, photos["003_03.jpg"]
+    assert photos["001_03.jpg"]["baseline"]["hair_leakage"] < photos["003_03.jpg"]["baseline"]["hair_leakage"] / 3
 
 
 def test_shadow_map_darkens_what_lies_under_an_occluder():
@@ -318,7 +319,7 @@ def test_photo_rerender_with_a_fitted_lighting(bench_run):
     good, _ = relight.photo_measures(_perfect(truth, lighting=capture.sh), image, skin, hair)
     assert good["lighting"] and good["hair_leakage"] == 0
     assert good["rerender_psnr_db"] > 33 and good["rerender_ssim"] > 0.95, good
-    v0 = head_of_bundle(path.parent.parent / "bundles" / "synth_0000")
+    v0 = head_of_bundle(path.parent.parent / "bundles.baseline" / "synth_0000")
     v0.lighting = capture.sh
     bad, _ = relight.photo_measures(v0, image, skin, hair)
     assert bad["rerender_psnr_db"] < good["rerender_psnr_db"] - 3, (good, bad)

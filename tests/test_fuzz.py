@@ -309,7 +309,11 @@ def mutate_bundle(b: Path, rng: random.Random) -> str:
         return f"mesh.npz {op}"
     if target == "model" and model_name and (b / model_name).exists():
         path = b / model_name
-        arrays = _load(path)
+        try:
+            arrays = _load(path)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile):  # an earlier mutation already broke it
+            path.write_bytes(rng.randbytes(64))
+            return "model file garbage"
         key = rng.choice(["face_sizes", "face_sizes", "face_vertex_indices", "corner_uvs", "face_part", "part_names",
                           "part_vertex_ranges", "part_vertex_ranges", "part_range_names", "expression_names",
                           "expression_deltas", "model_hash", "num_vertices"])
