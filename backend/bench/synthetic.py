@@ -157,13 +157,16 @@ def background_crop(rng: np.random.Generator, sources, side: int) -> tuple[str, 
 
 
 def make_sample(index: int, seed: int, model, textures: list[tuple[str, dict]], backgrounds, out_dir: Path,
-                side: int = IMAGE_SIDE, exif_focal: bool = True) -> Sample:
-    """Render sample `index` into out_dir/images and its truth into out_dir/truth."""
+                side: int = IMAGE_SIDE, exif_focal: bool = True, yaw_deg: float | None = None) -> Sample:
+    """Render sample `index` into out_dir/images and its truth into out_dir/truth. `yaw_deg` replaces the
+    drawn yaw (every draw stays as it was): a profile beyond the set's YAW_MAX, for robustness tests."""
     import torch
     rng = np.random.default_rng([seed, index])
     identity = rng.normal(size=model.num_identity).astype(np.float32)
     expression = sample_expression(rng, model.expression_names)
     yaw, pitch, roll = rng.uniform(-YAW_MAX, YAW_MAX), rng.uniform(-PITCH_MAX, PITCH_MAX), rng.uniform(-ROLL_MAX, ROLL_MAX)
+    if yaw_deg is not None:
+        yaw = float(yaw_deg)
     f35 = int(rng.integers(FOCAL_35MM[0], FOCAL_35MM[1] + 1))
     frac = rng.uniform(*FACE_FRACTION)
     jitter = rng.uniform(-0.08, 0.08, size=2) * side
