@@ -26,9 +26,8 @@ from . import render
 from .albedo import AlbedoModel
 from .camera import Intrinsics
 from .facemodel import NARROW_FACE_LAST_VERTEX, PART_NAMES, FaceModel
-from .fitting import (OUTER_EYE_CORNERS, Correspondence, FitContext, FitSettings, Param, Stage, Term, clamp_unit,
-                      inter_ocular_px,
-                      landmark_terms, matrix_to_axis_angle, optimise, term_values)
+from .fitting import (Correspondence, FitContext, FitSettings, Param, Stage, Term, clamp_unit,
+                      frontal_inter_ocular_px, inter_ocular_px, landmark_terms, matrix_to_axis_angle, optimise, term_values)
 from .scene import Hooks, Observation, SceneFit
 from .texture import linear_resampled
 from .threads import idle_cpu_threads, torch_threads
@@ -271,19 +270,10 @@ def render_identity_distance(crop: Crop, d: Drawn, pred: torch.Tensor, points_cr
 
 
 # Residuals -> a 0..1 confidence: (good, bad) per measure, linear in between; the score is the worst one.
-def frontal_inter_ocular_px(ctx: FitContext, k: Intrinsics) -> float:
-    """The fitted head's outer-eye-corner distance as the photo would show it facing the camera at the
-    same depth (px): a scale for landmark errors that does not shrink as the head turns (the detected
-    inter-ocular distance of a 55-degree profile is half its frontal value, which doubled the relative
-    error of good fits)."""
-    a, b = OUTER_EYE_CORNERS
-    pts = ctx.landmarks_model()[[a, b]]
-    depth = float(-(pts @ ctx.rotation().T + ctx["translation"])[:, 2].mean())   # of the eyes themselves
-    return float(k.focal_px * (pts[0] - pts[1]).norm() / max(depth, 1e-3))
-
-
-# Confidence ramps: each residual maps linearly from its "good" value (1) to its "bad" one (0).
-CONFIDENCE_RAMPS = {"landmark_error_face": (0.03, 0.10), "photometric_skin_share": (0.35, 0.10), "photometric_rms": (0.06, 0.20),
+# The landmark residual is over the head's frontal inter-ocular distance (fitting.frontal_inter_ocular_px), so
+# that a profile is not refused for its small projected eye distance.
+CONFIDENCE_RAMPS = {"landmark_error_frontal_iod": (0.03, 0.10), "photometric_skin_share": (0.35, 0.10),
+                    "photometric_rms": (0.06, 0.20),
                     "photometric_outlier_share": (0.45, 0.90), "identity_distance": (0.45, 0.80)}
 
 
@@ -402,12 +392,12 @@ def fit_photometric(obs: Observation, fit: SceneFit, model: FaceModel, corr: Cor
         terms = term_values(joint_terms, ctx)
         vertices, basis_vertices = model.vertices(identity, expression), model.vertices(identity)
         id_distance = render_identity_distance(fine, d, pred, crop_points(obs, fine))
-        frontal_iod = frontal_inter_ocular_px(ctx, obs.intrinsics)
+        frontal_px = frontal_inter_ocular_px(ctx.landmarks_model(), rotation, translation, obs.intrinsics)
     used = corr.weight > 0
     error_px = float(np.linalg.norm(uv - points, axis=1)[used].mean())
     metrics = dict(fit.metrics)
     metrics.update({"landmark_error_px": error_px, "landmark_error_iod": error_px / iod_px,
-                    "landmark_error_face": error_px / frontal_iod,
+                    "landmark_error_frontal_iod": error_px / max(frontal_px, 1e-3),
                     "photometric_rms": float(err[on_skin].square().mean().sqrt()) if on_skin.any() else None,
                     "photometric_outlier_share": float((inlier[on_skin] < 0.5).float().mean()) if on_skin.any() else None,
                     "photometric_pixels": int(on_skin.sum()),
