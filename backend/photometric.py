@@ -275,6 +275,7 @@ def render_identity_distance(crop: Crop, d: Drawn, pred: torch.Tensor, points_cr
 CONFIDENCE_RAMPS = {"landmark_error_frontal_iod": (0.03, 0.10), "photometric_skin_share": (0.35, 0.10),
                     "photometric_rms": (0.06, 0.20),
                     "photometric_outlier_share": (0.45, 0.90), "identity_distance": (0.45, 0.80)}
+PLACEMENT_PARTS = ("landmark_error_frontal_iod", "photometric_skin_share")   # is the head on the face at all
 
 
 def fit_confidence(metrics: dict) -> dict:
@@ -285,7 +286,14 @@ def fit_confidence(metrics: dict) -> dict:
         if isinstance(value, (int, float)) and math.isfinite(value):
             parts[key] = float(np.clip((bad - value) / (bad - good), 0.0, 1.0))
     score = min(parts.values()) if parts else 0.0
-    return {"score": score, "parts": parts, "weakest": min(parts, key=parts.get) if parts else None}
+    # Refusal needs the head to be off the face (landmarks or skin share at 0) or *two* appearance residuals
+    # at 0: one alone is what a sharpened, saturated in-the-wild JPEG does to a good fit (wild_dev 290: the
+    # colour residual at its limit from per-pixel texture the model cannot have, landmarks and skin perfect).
+    placed = [parts[k] for k in PLACEMENT_PARTS if k in parts]
+    looks = sorted(parts[k] for k in parts if k not in PLACEMENT_PARTS)
+    refuse_score = min(min(placed, default=1.0), looks[1] if len(looks) > 1 else 1.0) if parts else 0.0
+    return {"score": score, "parts": parts, "weakest": min(parts, key=parts.get) if parts else None,
+            "refuse_score": refuse_score}
 
 
 def light_prior_term(weight: float) -> Term:

@@ -45,7 +45,8 @@ MEMORY_TARGET_MB = 3072
 PREVIEW_EVENT_SIDE = 256
 PHOTOMETRIC_PREVIEW_HEIGHT = 384
 # Fit confidence (photometric.fit_confidence, 0..1): below WARN a warning, below REFUSE no bundle (FIT_FAILED)
-# rather than a head that does not belong to the photo. Chosen so that no London or wild_dev photo is refused.
+# rather than a head that does not belong to the photo (photometric.fit_confidence: `refuse_score`). Chosen so
+# that no London or wild_dev photo is refused.
 WARN_CONFIDENCE = 0.5
 REFUSE_CONFIDENCE = 0.05
 
@@ -226,7 +227,7 @@ def reconstruct(photo: str | Path | Photo, out_dir: str | Path, options: Options
         fit = fit_photometric(obs, fit, model, corr, albedo_model,
                               hooks=Hooks(hooks.cancel_check, lambda f: hooks.progress(0.25 + 0.75 * f)))
         conf = fit.metrics["confidence"]
-        if conf["score"] < REFUSE_CONFIDENCE:
+        if conf["refuse_score"] < REFUSE_CONFIDENCE:
             raise LikenessError("FIT_FAILED", f"the fitted head does not match {photo.name} (confidence "
                                 f"{conf['score']:.2f}; weakest: {conf['weakest']}): the face may be too dark, "
                                 "blurred, covered or not a real face; try a clearer photo")

@@ -50,6 +50,25 @@ def test_confidence_is_the_weakest_residual_on_its_ramp():
     assert conf["score"] == 0.0 and conf["weakest"] == "photometric_rms"
 
 
+def test_refusal_needs_the_head_off_the_face_or_two_bad_appearance_residuals():
+    good = {key: lo for key, (lo, hi) in CONFIDENCE_RAMPS.items()}
+    worst = {key: hi for key, (lo, hi) in CONFIDENCE_RAMPS.items()}
+    one_look = dict(good, photometric_rms=worst["photometric_rms"])            # a sharpened, saturated JPEG
+    two_looks = dict(one_look, identity_distance=worst["identity_distance"])
+    off_face = dict(good, photometric_skin_share=worst["photometric_skin_share"])
+    assert fit_confidence(one_look)["score"] == 0.0 and fit_confidence(one_look)["refuse_score"] == 1.0
+    assert fit_confidence(two_looks)["refuse_score"] == 0.0
+    assert fit_confidence(off_face)["refuse_score"] == 0.0
+
+
+def test_a_sharpened_saturated_wild_photo_is_fitted_with_a_warning_not_refused(tmp_path, faces_dir):
+    """wild_dev 290 (robustness only): a clear frontal face whose colour residual is at its limit from
+    per-pixel texture (JPEG sharpening) no smooth albedo model can have; it was refused as FIT_FAILED."""
+    result = reconstruct(faces_dir / "wild_dev" / "290.jpg", tmp_path / "290", Options(device="cpu"))
+    assert (tmp_path / "290" / "result.json").is_file()
+    assert result["metrics"]["confidence"]["parts"]["landmark_error_frontal_iod"] > 0.8
+
+
 @pytest.fixture(scope="module")
 def good_result(tmp_path_factory, faces_dir):
     return reconstruct(LONDON_NEUTRAL / "003_03.jpg", tmp_path_factory.mktemp("conf") / "003_03", Options(device="cpu"))
