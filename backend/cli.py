@@ -17,7 +17,8 @@ DEMO_DIR = Path("out/demo")
 
 def _options(args):
     from .pipeline import Options, validate
-    return validate(Options(device=args.device, texture_size=args.texture_size, texture=args.texture,
+    texture = args.texture or Options().texture      # one default: the pipeline's
+    return validate(Options(device=args.device, texture_size=args.texture_size, texture=texture,
                             overwrite=getattr(args, "overwrite", False),
                             embed_model=getattr(args, "embed_model", False), ict_dir=args.ict_dir))
 
@@ -111,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p, out=True):
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         p.add_argument("--texture-size", type=int, default=1024, help="UDIM tile size: 512, 1024 or 2048")
-        p.add_argument("--texture", default="projection", help="texture strategy (projection)")
+        p.add_argument("--texture", default=None, help="texture strategy: delit (the default: the photo's light "
+                       "divided out) or projection (v0: the photo as it is)")
         p.add_argument("--embed-model", action="store_true",
                        help="copy the face model file (10 MB) into the bundle, to import it on another machine")
         p.add_argument("--ict-dir", default=None, help="folder of the packed ICT-FaceKit files")

@@ -42,3 +42,15 @@ def test_reconstruct_error_exit_code_and_message(tmp_path):
     bad.write_bytes(b"")
     res = run("reconstruct", str(bad), "--out", str(tmp_path / "o"))
     assert res.returncode == 2 and "EMPTY_FILE" in res.stderr and not (tmp_path / "o").exists()
+
+
+def test_every_command_uses_the_pipelines_default_texture_strategy():
+    """The command line had its own default (v0's projection) while the pipeline's is the de-lit map:
+    command-line and batch bundles kept the photo's light."""
+    from backend.cli import _options, build_parser
+    from backend.pipeline import Options
+    for argv in (["reconstruct", "p.jpg", "--out", "o"], ["batch", "in", "out"], ["demo"]):
+        args = build_parser().parse_args(argv)
+        assert _options(args).texture == Options().texture == "delit", argv
+    args = build_parser().parse_args(["reconstruct", "p.jpg", "--out", "o", "--texture", "projection"])
+    assert _options(args).texture == "projection"
