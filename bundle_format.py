@@ -6,7 +6,10 @@ checked before Blender sees it:
 - every path in result.json stays inside the bundle folder (no absolute paths, no `..`, no links out);
 - mesh arrays are consistent (polygon sizes, corner indices in range, parts, vertex ranges), so no
   Blender call can be handed a mesh that crashes it or a range that costs gigabytes;
-- images are PNG files whose header and end chunk are present (a truncated file is refused).
+- images are PNG files whose header and end chunk are present (a truncated file is refused), and so is
+  every file Blender would take as another UDIM tile of a listed image (it scans the folder for them);
+- npz members are sized from their headers before any is read (no object arrays, no zip bombs), and
+  result.json's sections have the types the importer uses.
 Schema 2 keeps the topology, UVs, parts and expression deltas in the face model file named by its
 hash: looked up inside the bundle, then in LIKENESS_MODEL_DIR, then in the per-user cache folder that
 the backend writes it to; never at a path the bundle names.
@@ -14,9 +17,12 @@ the backend writes it to; never at a path the bundle names.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +31,13 @@ import numpy as np
 READABLE_SCHEMAS = (1, 2)
 RESULT_NAME = "result.json"
 MAX_RESULT_BYTES = 16 << 20
+MAX_PNG_BYTES = 256 << 20        # a 4096 px RGB map is ~30 MB
 MAX_VERTICES = 2_000_000
+MAX_EXPRESSIONS = 256
+MAX_NPZ_BYTES = 512 << 20          # all arrays of one npz file, uncompressed (the model file is ~40 MB)
+COLORSPACES = ("sRGB", "Non-Color", "Linear Rec.709", "Linear", "Raw")
+# result.json sections the importer reads: each is an object when present.
+OBJECT_SECTIONS = ("input", "model", "material", "metrics", "timings_s", "expression", "camera", "pose")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _HEX = set("0123456789abcdef")
 
@@ -126,39 +138,99 @@ def inside(folder: Path, relative) -> Path:
 
 
 def check_png(path: Path) -> tuple[int, int]:
-    """(width, height) of a PNG after checking its signature, header and that its end chunk is there."""
+    """(width, height) of a PNG after checking its structure: signature, IHDR first with a sane size,
+    every chunk's length and CRC, IEND last (so a truncated or damaged file is refused here; a file
+    damaged and given fresh CRCs is caught by the importer, which checks what Blender decoded)."""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(33)
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 12))
-            tail = fh.read(12)
+        if path.stat().st_size > MAX_PNG_BYTES:
+            raise _invalid(f"{path.name} is larger than {MAX_PNG_BYTES >> 20} MB")
+        data = memoryview(path.read_bytes())
     except OSError as ex:
         raise _invalid(f"cannot read {path.name}: {ex.strerror or ex}") from ex
-    if len(head) < 33 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+    if len(data) < 33 or data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR":
         raise _invalid(f"{path.name} is not a PNG image")
-    width, height = struct.unpack(">II", head[16:24])
+    width, height = struct.unpack(">II", data[16:24])
     if not (0 < width <= 65536 and 0 < height <= 65536):
         raise _invalid(f"{path.name} has an impossible size {width}x{height}")
-    if tail[4:8] != b"IEND":
-        raise _invalid(f"{path.name} is truncated (no end chunk)")
+    depth, colour, interlace = data[24], data[25], data[28]
+    pos, kind, idat = 8, b"", []
+    while kind != b"IEND":
+        if pos + 12 > len(data):
+            raise _invalid(f"{path.name} is truncated")
+        length = struct.unpack(">I", data[pos:pos + 4])[0]
+        end = pos + 12 + length
+        if end > len(data):
+            raise _invalid(f"{path.name} is truncated")
+        kind = bytes(data[pos + 4:pos + 8])
+        if zlib.crc32(data[pos + 4:end - 4]) != struct.unpack(">I", data[end - 4:end])[0]:
+            raise _invalid(f"{path.name} is damaged (bad {kind.decode('latin-1')!r} chunk)")
+        if kind == b"IDAT":
+            idat.append(data[pos + 8:end - 4])
+        pos = end
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour)
+    if channels is None or depth not in (1, 2, 4, 8, 16) or not idat:
+        raise _invalid(f"{path.name} is not a PNG we can read (colour type {colour}, depth {depth})")
+    expected = None if interlace else height * (1 + (width * channels * depth + 7) // 8)
+    _check_deflate(path.name, idat, expected)
     return width, height
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
+def _check_deflate(name: str, parts: list, expected: int | None) -> None:
+    """The image data must be one whole zlib stream (its Adler-32 checked by zlib) that inflates to
+    exactly the rows the header promises. Inflated in bounded pieces and thrown away: no more than a
+    megabyte is held whatever the header claims (a damaged stream with fresh chunk CRCs fails here)."""
+    inflater = zlib.decompressobj()
+    total = 0
     try:
+        for part in parts:
+            chunk = inflater.decompress(part, 1 << 20)
+            while True:
+                total += len(chunk)
+                if expected is not None and total > expected:
+                    raise _invalid(f"{name} holds more image data than its size")
+                if not inflater.unconsumed_tail:
+                    break
+                chunk = inflater.decompress(inflater.unconsumed_tail, 1 << 20)
+        rest = inflater.flush()
+        total += len(rest)
+    except zlib.error as ex:
+        raise _invalid(f"{name} is damaged ({ex})") from ex
+    if not inflater.eof or (expected is not None and total != expected):
+        raise _invalid(f"{name} is damaged (its image data is incomplete)")
+
+
+def _load_npz(path: Path, keys=None) -> dict[str, np.ndarray]:
+    """The arrays of an npz file (only `keys`, when given), after checking every member's npy header:
+    plain numeric or string dtypes, and at most MAX_NPZ_BYTES in all, known before anything is read."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            total = 0
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    raise _invalid(f"{path.name} holds {info.filename!r}, which is not an array")
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    shape, _, dtype = (np.lib.format.read_array_header_1_0(fh) if version == (1, 0)
+                                       else np.lib.format.read_array_header_2_0(fh))
+                if dtype.hasobject or dtype.kind not in "biufcUS":
+                    raise _invalid(f"{path.name}: {info.filename} is not a plain array ({dtype})")
+                total += math.prod(shape) * dtype.itemsize
+                if total > MAX_NPZ_BYTES:
+                    raise _invalid(f"{path.name} holds more than {MAX_NPZ_BYTES >> 20} MB of arrays")
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as ex:
-        raise _invalid(f"cannot read {path.name}: {ex}") from ex
+            return {k: z[k] for k in z.files if keys is None or k in keys}
+    except BundleError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile, zipfile.LargeZipFile,
+            NotImplementedError, RuntimeError) as ex:  # RuntimeError: zlib, NotImplementedError: compression
+        raise _invalid(f"cannot read {path.name}: {type(ex).__name__}: {ex}") from ex
 
 
 def _strings(a) -> list[str]:
     return [str(x) for x in np.asarray(a).reshape(-1)]
 
 
-def _model_arrays(folder: Path, result: dict, entries: list[FileEntry]) -> dict[str, np.ndarray]:
+def _model_arrays(folder: Path, result: dict, entries: list[FileEntry], keys=None) -> dict[str, np.ndarray]:
     """Schema 2: the face model file, by hash, from the bundle or the model folders."""
     model = result.get("model")
     digest = model.get("hash") if isinstance(model, dict) else None
@@ -169,7 +241,7 @@ def _model_arrays(folder: Path, result: dict, entries: list[FileEntry]) -> dict[
     candidates += [d / name for d in model_dirs()]
     for path in candidates:
         if path.is_file():
-            data = _load_npz(path)
+            data = _load_npz(path, None if keys is None else ("model_hash",) + tuple(keys))
             if str(data.get("model_hash", "")) == digest:
                 return data
     raise BundleError("ASSETS_MISSING", f"the face model file {name} of this bundle was not found (looked in the "
@@ -217,8 +289,14 @@ def validate_mesh(vertices, basis, topo: dict, want_deltas: bool) -> MeshArrays:
                 raise _invalid("part_vertex_ranges do not match part_range_names")
             if len(r) and (r.min() < 0 or r.max() >= V or (r[:, 1] < r[:, 0]).any()):
                 raise _invalid("a part vertex range lies outside the vertices")
+            order = np.argsort(r[:, 0], kind="stable")
+            if len(r) > 1 and (r[order[1:], 0] <= r[order[:-1], 1]).any():
+                # Disjoint (as ICT's are), so the vertex groups hold at most V indices in all.
+                raise _invalid("part vertex ranges overlap")
             ranges = [(n, int(a), int(z)) for n, (a, z) in zip(rn, r)]
         exp_names = _strings(topo["expression_names"]) if "expression_names" in topo else []
+        if len(exp_names) > MAX_EXPRESSIONS:
+            raise _invalid(f"{len(exp_names)} expression shapes (at most {MAX_EXPRESSIONS})")
         deltas = None
         if want_deltas and "expression_deltas" in topo:
             deltas = np.asarray(topo["expression_deltas"])
@@ -226,7 +304,55 @@ def validate_mesh(vertices, basis, topo: dict, want_deltas: bool) -> MeshArrays:
                 raise _invalid(f"expression_deltas have shape {deltas.shape}")
     except KeyError as ex:
         raise _invalid(f"the mesh lacks the array {ex.args[0]!r}") from ex
+    except (ValueError, TypeError, OverflowError) as ex:  # an array of the wrong kind (strings for numbers...)
+        raise _invalid(f"the mesh arrays are malformed: {type(ex).__name__}: {ex}") from ex
     return MeshArrays(v, b, sizes, fvi, uvs, part, names, ranges, exp_names, deltas)
+
+
+TOPOLOGY_KEYS = ("face_sizes", "face_vertex_indices", "corner_uvs", "face_part", "part_names",
+                 "part_vertex_ranges", "part_range_names", "expression_names")
+
+
+def _check_sections(result: dict) -> None:
+    """The sections the importer reads have the types it expects (else BUNDLE_INVALID, not a crash)."""
+    for key in OBJECT_SECTIONS:
+        if key in result and result[key] is not None and not isinstance(result[key], dict):
+            raise _invalid(f"result.json {key!r} is not an object")
+    name = (result.get("input") or {}).get("name")
+    if name is not None and not isinstance(name, str):
+        raise _invalid("result.json input.name is not a string")
+    skin = ((result.get("material") or {}).get("skin"))
+    if skin is not None:
+        ior = skin.get("ior") if isinstance(skin, dict) else None
+        if not (isinstance(ior, (int, float)) and not isinstance(ior, bool) and 1.0 <= ior <= 3.0):
+            raise _invalid("result.json material.skin.ior is not an index of refraction (1..3)")
+    expr = result.get("expression") or {}
+    names, coeffs = expr.get("names"), expr.get("coefficients")
+    if names is not None or coeffs is not None:
+        if not (isinstance(names, list) and isinstance(coeffs, list) and len(names) == len(coeffs)
+                and all(isinstance(n, str) for n in names)
+                and all(isinstance(c, (int, float)) and not isinstance(c, bool) and abs(c) <= 10 for c in coeffs)):
+            raise _invalid("result.json expression names and coefficients do not match")
+
+
+def _check_udim_siblings(folder: Path, entries: list[FileEntry]) -> None:
+    """Blender loads a tiled image's other tiles itself: every file in the folder named like a tile of
+    a listed image (`diffuse.1003.png` next to `diffuse.1001.png`) must be a PNG inside the bundle
+    too, or a link named like that would be read, and packed, from anywhere."""
+    patterns = []
+    for e in entries:
+        if e.tile is not None and str(e.tile) in e.path.name:
+            head, _, tail = e.path.name.rpartition(str(e.tile))
+            patterns.append(re.compile(re.escape(head) + r"\d{4}" + re.escape(tail), re.IGNORECASE))
+    if not patterns:
+        return
+    try:
+        children = sorted(p.name for p in folder.iterdir())
+    except OSError as ex:
+        raise _invalid(f"cannot list {folder}: {ex.strerror or ex}") from ex
+    for name in children:
+        if any(p.fullmatch(name) for p in patterns):
+            check_png(inside(folder, name))
 
 
 def read_bundle(path, want_deltas: bool = False) -> Bundle:
@@ -239,13 +365,14 @@ def read_bundle(path, want_deltas: bool = False) -> Bundle:
         if rj.stat().st_size > MAX_RESULT_BYTES:
             raise _invalid(f"{RESULT_NAME} is too large to be a bundle's")
         result = json.loads(rj.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as ex:
+    except (OSError, ValueError, RecursionError) as ex:  # ValueError: JSON, UTF-8, over-long integers
         raise _invalid(f"cannot read {rj}: {ex}") from ex
     if not isinstance(result, dict):
         raise _invalid(f"{RESULT_NAME} is not a JSON object")
     schema = result.get("schema_version")
-    if schema not in READABLE_SCHEMAS:
-        raise _invalid(f"unsupported bundle schema_version {schema!r} (this add-on reads {READABLE_SCHEMAS})")
+    if isinstance(schema, bool) or schema not in READABLE_SCHEMAS:
+        raise _invalid(f"unsupported bundle schema_version {str(schema)[:40]!r} (this add-on reads {READABLE_SCHEMAS})")
+    _check_sections(result)
     files = result.get("files")
     if not isinstance(files, list):
         raise _invalid(f"{RESULT_NAME} has no file list")
@@ -255,27 +382,32 @@ def read_bundle(path, want_deltas: bool = False) -> Bundle:
             raise _invalid(f"a file entry is not an object with a role: {str(f)[:80]}")
         tile = f.get("tile")
         if tile is not None and not (isinstance(tile, int) and not isinstance(tile, bool) and 1001 <= tile <= 1100):
-            raise _invalid(f"{f.get('path')!r} has an invalid UDIM tile {tile!r}")
+            raise _invalid(f"{str(f.get('path'))[:80]!r} has an invalid UDIM tile {str(tile)[:20]}")
         cs = f.get("colorspace")
-        entries.append(FileEntry(inside(folder, f.get("path")), f["role"], tile, cs if isinstance(cs, str) else None))
+        entries.append(FileEntry(inside(folder, f.get("path")), f["role"], tile, cs if cs in COLORSPACES else None))
     for e in entries:
         if e.path.suffix.lower() == ".png":
             if not e.path.is_file():
                 raise _invalid(f"{e.path.name} is listed but missing")
             check_png(e.path)
+    _check_udim_siblings(folder, entries)
     mesh_entry = next((e for e in entries if e.role == "mesh"), None)
     mesh_path = mesh_entry.path if mesh_entry else inside(folder, "mesh.npz")
     if not mesh_path.is_file():
         raise _invalid(f"mesh file missing: {mesh_path.name}")
-    per_photo = _load_npz(mesh_path)
+    wanted = TOPOLOGY_KEYS + ("expression_deltas",) if want_deltas else TOPOLOGY_KEYS
+    per_photo = _load_npz(mesh_path, ("vertices", "basis_vertices") + (wanted if schema == 1 else ()))
     if "vertices" not in per_photo:
         raise _invalid("mesh.npz has no vertices")
-    topo = per_photo if schema == 1 else _model_arrays(folder, result, entries)
+    vertices = per_photo["vertices"]
+    if vertices.ndim != 2:
+        raise _invalid(f"vertices have shape {vertices.shape}")
+    topo = per_photo if schema == 1 else _model_arrays(folder, result, entries, wanted)
     if schema == 2:
         nv = (result.get("model") or {}).get("num_vertices")
-        if isinstance(nv, int) and nv != len(per_photo["vertices"]):
+        if isinstance(nv, int) and nv != len(vertices):
             raise _invalid("mesh.npz does not have the face model's vertex count")
-    mesh = validate_mesh(per_photo["vertices"], per_photo.get("basis_vertices", per_photo["vertices"]), topo, want_deltas)
+    mesh = validate_mesh(vertices, per_photo.get("basis_vertices", vertices), topo, want_deltas)
     return Bundle(folder, result, int(schema), entries, mesh)
 
 

@@ -16,6 +16,7 @@ written once per model into the per-user cache (or into the bundle with `embed_m
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -70,7 +71,7 @@ IMAGE_FILES = {"eyes": ("eyes.png", "sRGB")}
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nesting too deep for the parser
         return None
 
 
@@ -94,9 +95,10 @@ def is_bundle(folder: Path) -> bool:
 
 
 def check_output(out_dir: Path, overwrite: bool) -> None:
-    """Refuse early, before any work, to touch what is there. An empty folder may be used; an existing
-    bundle of ours only with overwrite; anything else never."""
-    out_dir = Path(out_dir)
+    """Refuse early, before any work, to touch what is there, or to write where we cannot. An empty
+    folder may be used; an existing bundle of ours only with overwrite; anything else never."""
+    out_dir = Path(out_dir).absolute()
+    _check_writable(out_dir.parent)
     if not out_dir.exists() and not out_dir.is_symlink():
         return
     if out_dir.is_symlink() or not out_dir.is_dir():
@@ -109,56 +111,156 @@ def check_output(out_dir: Path, overwrite: bool) -> None:
         raise LikenessError("OUTPUT_EXISTS", f"{out_dir} already holds a bundle; choose another folder or allow overwrite")
 
 
+def _check_writable(parent: Path) -> None:
+    """WRITE_FAILED now, not after minutes of work, when the bundle's folder cannot be created: the
+    nearest existing folder up from `parent` must let us create entries (a read-only disk or folder
+    fails here; a full disk can only be found out by writing)."""
+    folder = parent
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        raise LikenessError("WRITE_FAILED", f"cannot write the bundle in {folder}: the folder is read-only "
+                            "or not ours; choose another output folder")
+
+
 # ---------------------------------------------------------------------------------------------
 # Staged writing
 
 
-def _temp_marker() -> dict:
-    return {"format": "likeness-temp", "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
+def _temp_marker(role: str, out_name: str) -> dict:
+    """What the sweep needs to tell a live job's folder from a dead one's: who wrote it, where, when."""
+    return {"format": "likeness-temp", "role": role, "bundle": out_name, "pid": os.getpid(),
+            "host": socket.gethostname(), "time": time.time()}
 
 
-def _pid_alive(pid: int) -> bool:
+def _write_temp_marker(folder: Path, role: str, out_name: str) -> None:
+    with open(folder / TEMP_MARKER, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(_temp_marker(role, out_name)))
+
+
+def _process_gone(pid: int, since: float) -> bool:
+    """True when process `pid` no longer runs, or a later process has taken its number (it started
+    after the marker was written)."""
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil is in requirements.txt
+        psutil = None
+    if pid <= 0:
+        return True
+    if psutil is not None:
+        try:
+            proc = psutil.Process(pid)
+            return proc.status() == psutil.STATUS_ZOMBIE or proc.create_time() > since + 1.0
+        except psutil.NoSuchProcess:
+            return True
+        except (psutil.Error, OSError):
+            return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
         return True
-    return True
+    except OSError:
+        return False
+    return False
+
+
+def _temp_name(out_name: str, kind: str) -> str:
+    return f".{out_name}.{kind}-{uuid.uuid4().hex[:8]}"
+
+
+def _parse_temp_name(name: str) -> tuple[str, str] | None:
+    """`.<bundle>.tmp-<8 hex>` or `.<bundle>.old-<8 hex>` -> (bundle, kind); else None."""
+    if not name.startswith(".") or len(name) < 15 or name[-9] != "-" or not set(name[-8:]) <= _HEX:
+        return None
+    kind = name[-12:-9]
+    if name[-13] != "." or kind not in ("tmp", "old"):
+        return None
+    return name[1:-13], kind
+
+
+_HEX = set("0123456789abcdef")
+UNMARKED_TEMP_AGE_S = 600   # an empty temp folder without a marker (killed between mkdir and marker)
 
 
 def sweep_stale(parent: Path) -> list[str]:
-    """Remove temporary and set-aside folders that a killed job left in `parent`: only folders with our
-    temp marker whose process is gone (same machine) or that are a day old (another machine), and only
-    the files we wrote in them. Returns the names removed."""
-    removed = []
+    """Tidy what killed jobs left in `parent` (SIGKILL, power loss); returns the names handled.
+    Only folders named like ours (`.<bundle>.tmp-*`, `.<bundle>.old-*`) that hold our temp marker and
+    whose job is gone (its process ended on this machine, or a day passed on another), and of those
+    only the files we wrote:
+    - a set-aside old bundle (`.old-`) goes back to `<bundle>` if nothing is there (the job died
+      between its two renames), else its files that are not ours move into `<bundle>`;
+    - a temporary folder (`.tmp-`) is deleted (all in it is ours: a job writes nothing else there);
+    - an empty temporary folder without a marker is removed once it is UNMARKED_TEMP_AGE_S old."""
+    handled = []
     try:
-        entries = list(Path(parent).iterdir())
+        entries = sorted(Path(parent).iterdir(), key=lambda p: ".tmp-" in p.name)  # restore olds first
     except OSError:
-        return removed
+        return handled
     host = socket.gethostname()
     for d in entries:
-        if not (d.name.startswith(".") and (".tmp-" in d.name or ".old-" in d.name)) or not d.is_dir():
+        parsed = _parse_temp_name(d.name)
+        if parsed is None or d.is_symlink() or not d.is_dir():
             continue
+        bundle_name, kind = parsed
         m = _read_json(d / TEMP_MARKER)
-        if not (isinstance(m, dict) and m.get("format") == "likeness-temp"):
+        try:
+            if not (isinstance(m, dict) and m.get("format") == "likeness-temp"):
+                if kind == "tmp" and time.time() - d.stat().st_mtime > UNMARKED_TEMP_AGE_S:
+                    d.rmdir()  # only ever succeeds on an empty folder
+                    handled.append(d.name)
+                continue
+            when = float(m.get("time", 0))
+            if m.get("host") == host:
+                stale = _process_gone(int(m.get("pid", -1)), when)
+            else:
+                stale = time.time() - when > STALE_FOREIGN_HOST_S
+            if not stale:
+                continue
+            if kind == "old":
+                _settle_old(d, Path(parent) / bundle_name)
+            else:
+                _remove_ours(d, allow_unlisted=True)
+            handled.append(d.name)
+        except (OSError, ValueError, TypeError):
+            continue  # never let tidying up fail a job
+    return handled
+
+
+def _settle_old(old: Path, out_dir: Path) -> list[str]:
+    """Finish with a set-aside old bundle: put it back if out_dir is free, else carry the user's files
+    (anything we did not write) into out_dir and delete ours. Returns warnings."""
+    if not out_dir.exists() and not out_dir.is_symlink():
+        os.rename(old, out_dir)
+        with contextlib.suppress(OSError):
+            (out_dir / TEMP_MARKER).unlink()
+        return [f"restored {out_dir.name} from an interrupted overwrite"]
+    if not is_bundle(out_dir):  # someone else's folder is there now: leave the old bundle as it is
+        return [f"kept {old}: {out_dir} is not a bundle of ours"]
+    warnings = []
+    ours = owned_files(old) or set()
+    for p in list(old.iterdir()):
+        if p.name in ours or p.name == TEMP_MARKER:
             continue
-        same_host = m.get("host") == host
-        stale = (not _pid_alive(int(m.get("pid", -1)))) if same_host else \
-            time.time() - float(m.get("time", 0)) > STALE_FOREIGN_HOST_S
-        if stale and _remove_ours(d, allow_unlisted=".tmp-" in d.name):
-            removed.append(d.name)
-    return removed
+        if (out_dir / p.name).exists() or (out_dir / p.name).is_symlink():
+            warnings.append(f"kept your {p.name} in {old}: the new bundle has a file of that name")
+            continue
+        os.rename(p, out_dir / p.name)
+    if not _remove_ours(old):
+        warnings.append(f"kept {old}: it holds files that are not ours")
+    return warnings
 
 
 def _remove_ours(folder: Path, allow_unlisted: bool = False) -> bool:
     """Delete the files we wrote in `folder` and the folder if that empties it. A temp folder holds only
-    what we wrote (allow_unlisted); a set-aside old bundle keeps anything not listed as ours."""
+    what we wrote (allow_unlisted); a set-aside old bundle keeps anything not listed as ours. The temp
+    marker goes last, so an interrupted removal is still recognised as ours."""
     ours = owned_files(folder) or set()
     for p in list(folder.iterdir()):
-        if p.name in ours or p.name == TEMP_MARKER or (allow_unlisted and p.is_file()):
+        if p.name != TEMP_MARKER and (p.name in ours or (allow_unlisted and (p.is_file() or p.is_symlink()))):
             with contextlib.suppress(OSError):
                 p.unlink()
+    with contextlib.suppress(OSError):
+        (folder / TEMP_MARKER).unlink()
     try:
         folder.rmdir()
         return True
@@ -184,18 +286,27 @@ def _rename_no_replace(src: Path, dst: Path) -> None:
 
 
 def _commit(tmp: Path, out_dir: Path, overwrite: bool) -> list[str]:
-    """Move the finished temp folder into place. Returns warnings (files of the user kept elsewhere)."""
-    warnings: list[str] = []
+    """Move the finished temp folder into place (it still holds its temp marker, so that a job killed
+    here leaves a folder the sweep recognises). Returns warnings (files of the user kept elsewhere)."""
     if not (out_dir.exists() and any(out_dir.iterdir())):
         _rename_no_replace(tmp, out_dir)
-        return warnings
+        _drop_temp_marker(out_dir)
+        return []
     ours = owned_files(out_dir)
     if ours is None or not overwrite:  # it changed since check_output: never touch it
         raise LikenessError("OUTPUT_EXISTS", f"{out_dir} was changed while the bundle was written; "
                             "the new result was not kept")
-    old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-    os.rename(out_dir, old)
-    (old / TEMP_MARKER).write_text(json.dumps(_temp_marker()), encoding="utf-8")
+    # Overwrite: set the old bundle aside (marked first, so that if we die between the two renames the
+    # sweep puts it back), put the new one in place, then carry the user's files over.
+    old = out_dir.parent / _temp_name(out_dir.name, "old")
+    _write_temp_marker(out_dir, "old", out_dir.name)
+    try:
+        os.rename(out_dir, old)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            (out_dir / TEMP_MARKER).unlink()
+        raise LikenessError("OUTPUT_EXISTS", f"{out_dir} changed while the bundle was written "
+                            f"({exc.strerror or exc}); the new result was not kept") from exc
     try:
         _rename_no_replace(tmp, out_dir)
     except BaseException:
@@ -203,43 +314,44 @@ def _commit(tmp: Path, out_dir: Path, overwrite: bool) -> list[str]:
         with contextlib.suppress(OSError):
             (out_dir / TEMP_MARKER).unlink()
         raise
-    # Carry the user's own files (anything we did not write) into the new bundle.
-    for p in list(old.iterdir()):
-        if p.name in ours or p.name == TEMP_MARKER:
-            continue
-        if (out_dir / p.name).exists():
-            warnings.append(f"kept your {p.name} in {old}: the new bundle has a file of that name")
-            continue
-        os.rename(p, out_dir / p.name)
-    if not _remove_ours(old):
-        warnings.append(f"kept {old}: it holds files that are not ours")
-    return warnings
+    _drop_temp_marker(out_dir)
+    try:
+        return _settle_old(old, out_dir)
+    except OSError as exc:  # the new bundle is in place; the old one waits for the next sweep
+        return [f"kept {old} ({exc.strerror or exc}): the next job in this folder finishes moving your files"]
+
+
+def _drop_temp_marker(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        (folder / TEMP_MARKER).unlink()
 
 
 @contextlib.contextmanager
 def staged_bundle(out_dir: Path, overwrite: bool = False):
     """Yield a temporary folder next to out_dir; on success it becomes out_dir, else it is removed.
-    The yielded object's `warnings` list receives what the commit had to say."""
+    The yielded object's `warnings` list receives what the commit had to say. Any OSError (a folder
+    that is not writable, a full disk) becomes WRITE_FAILED, with nothing left behind."""
+    from .signals import critical
     out_dir = Path(out_dir).absolute()
     check_output(out_dir, overwrite)
+    tmp = None
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         sweep_stale(out_dir.parent)
-        tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = out_dir.parent / _temp_name(out_dir.name, "tmp")
         tmp.mkdir()
-        (tmp / TEMP_MARKER).write_text(json.dumps(_temp_marker()), encoding="utf-8")
-    except OSError as exc:
-        raise _write_error(out_dir, exc) from exc
-    stage = _Stage(tmp)
-    try:
+        _write_temp_marker(tmp, "tmp", out_dir.name)
+        stage = _Stage(tmp)
         yield stage
-        (tmp / TEMP_MARKER).unlink()
-        stage.warnings += _commit(tmp, out_dir, overwrite)
+        with critical():  # a SIGTERM waits for the renames: never between "old aside" and "new in place"
+            stage.warnings += _commit(tmp, out_dir, overwrite)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise _write_error(out_dir, exc) from exc
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
@@ -265,6 +377,15 @@ def write_png(path: Path, image: np.ndarray) -> None:
         raise OSError(f"could not encode {path.name}")
     with open(path, "wb") as fh:  # OSError (ENOSPC, EACCES) propagates: the stage turns it into WRITE_FAILED
         fh.write(buf.tobytes())
+
+
+def write_npz(path: Path, **arrays) -> None:
+    """An npz built in memory (mesh.npz is 0.6 MB), then written in one go: a write that fails (a full
+    disk) raises here, instead of leaving numpy's half-written zip to fail again when it is collected."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    with open(path, "wb") as fh:
+        fh.write(buf.getbuffer())
 
 
 def write_json(path: Path, data) -> None:
@@ -345,8 +466,8 @@ def write_bundle(out_dir: Path, obs, fit, tex, model: FaceModel, extra: dict, ho
             name, colorspace = IMAGE_FILES[role]
             write_png(stage / name, np.asarray(image))
             files.append({"path": name, "role": role, "colorspace": colorspace})
-        np.savez(stage / "mesh.npz", vertices=fit.vertices.detach().cpu().numpy().astype(np.float32),
-                 basis_vertices=fit.basis_vertices.detach().cpu().numpy().astype(np.float32))
+        write_npz(stage / "mesh.npz", vertices=fit.vertices.detach().cpu().numpy().astype(np.float32),
+                  basis_vertices=fit.basis_vertices.detach().cpu().numpy().astype(np.float32))
         files.insert(0, {"path": "mesh.npz", "role": "mesh"})
         if embed_model:
             shutil.copyfile(model_path, stage / model_file_name(model.hash))
@@ -383,7 +504,8 @@ def result_json(obs, fit, tex, model: FaceModel, files: list[dict], extra: dict)
     return {
         "schema_version": SCHEMA_VERSION,
         "software": {"name": "likeness", "version": __version__, "torch": torch.__version__},
-        "input": {"name": photo.name, "sha256": photo.sha256, "width": photo.width, "height": photo.height},
+        "input": {"name": photo.name, "sha256": photo.sha256, "width": photo.width, "height": photo.height,
+                  "rotation_deg": photo.rotation_deg},
         "files": files,
         "model": {"name": "ICT-FaceKit Light", "hash": model.hash, "file": model_file_name(model.hash),
                   "num_vertices": model.num_vertices},
@@ -406,7 +528,7 @@ def result_json(obs, fit, tex, model: FaceModel, files: list[dict], extra: dict)
         "options": extra.get("options", {}),
         "metrics": fit.metrics,
         "timings_s": {},
-        "warnings": list(extra.get("warnings", [])),
+        "warnings": list(photo.warnings) + list(extra.get("warnings", [])),
     }
 
 

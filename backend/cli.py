@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 from .errors import LikenessError
+from .signals import Interrupted
+from .signals import install as install_signal_handlers
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 DEMO_DIR = Path("out/demo")
@@ -37,17 +39,24 @@ def cmd_reconstruct(args) -> int:
     return 0
 
 
+def list_photos(in_dir: Path) -> list[Path]:
+    """The image files of a folder, by extension (`.jpg` counts: Path.suffix would see none)."""
+    from .naming import split_name
+    return sorted(p for p in in_dir.iterdir() if "." + split_name(p.name)[1] in IMAGE_SUFFIXES and p.is_file())
+
+
 def cmd_batch(args) -> int:
-    from .bundle import is_bundle
+    from .naming import batch_outputs, bundle_photo_name
     from .pipeline import reconstruct
     in_dir, out_dir = Path(args.in_dir), Path(args.out_dir)
     if not in_dir.is_dir():
         raise LikenessError("FILE_NOT_FOUND", f"{in_dir} is not a folder")
-    photos = sorted(p for p in in_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    photos = list_photos(in_dir)
+    names = batch_outputs(photos, out_dir)   # one safe, unique folder per photo (backend/naming.py)
     done, skipped, failed = [], [], []
     for photo in photos:
-        target = out_dir / photo.stem
-        if is_bundle(target):
+        target = out_dir / names[photo]
+        if bundle_photo_name(target) == photo.name:
             skipped.append(photo.name)
             continue
         try:
@@ -57,7 +66,8 @@ def cmd_batch(args) -> int:
         except LikenessError as err:
             failed.append({"photo": photo.name, "code": err.code, "message": err.message})
             print(f"FAILED  {photo.name}: {err.code}: {err.message}", file=sys.stderr)
-    summary = {"done": done, "skipped": skipped, "failed": failed}
+    summary = {"done": done, "skipped": skipped, "failed": failed,
+               "bundles": {p.name: names[p] for p in photos}}
     print(json.dumps(summary, indent=1))
     print(f"batch: {len(done)} done, {len(skipped)} skipped (already there), {len(failed)} failed", file=sys.stderr)
     return 1 if failed else 0
@@ -117,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_reconstruct)
 
-    p = sub.add_parser("batch", help="every photo of a folder -> OUT_DIR/<photo stem>/ (finished ones skipped)")
+    p = sub.add_parser("batch", help="every photo of a folder -> OUT_DIR/<photo stem>/ (finished ones skipped; "
+                       "a stem shared by two photos gets the extension: a_jpg, a_png)")
     p.add_argument("in_dir")
     p.add_argument("out_dir")
     common(p)
@@ -148,11 +159,16 @@ def main(argv: list[str] | None = None) -> int:
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
+    # SIGTERM/SIGINT/SIGHUP raise Interrupted: a job stopped by one cleans up like a failed one.
+    install_signal_handlers()
     try:
         return args.func(args)
     except LikenessError as err:
         print(f"error {err.code}: {err.message}", file=sys.stderr)
         return 2
+    except Interrupted as it:
+        print(f"{it}: stopped; nothing half-written was left", file=sys.stderr)
+        return it.exit_code
     finally:
         if args.command != "worker":
             print(f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)

@@ -1,9 +1,10 @@
 """`python -m backend.doctor`: everything a generation needs, checked, as one JSON line on stdout.
 
-Run by Blender's "Check Backend" in the backend's own Python. Imports only the standard library at
-the top, so it reports a Python without torch (or without anything) instead of failing to start.
-Each problem names the button that fixes it ("fix": install | install_folder | python), never make
-or a checkout.
+Run by Blender's "Check Backend" in the backend's own Python. The assets: face_landmarker.task,
+ICT-FaceKit, and the prepared hair and person segmentation models (reconstructions need them).
+Imports only the standard library at the top, so it reports a Python without torch (or without
+anything) instead of failing to start. Each problem names the button that fixes it ("fix": install |
+install_folder | python), never make or a checkout.
 """
 from __future__ import annotations
 
@@ -44,6 +45,29 @@ def _partial_pack(ict: Path) -> bool:
         return json.loads((ict / "manifest.json").read_text()).get("complete") is False
     except (OSError, ValueError):
         return False
+
+
+def _check_segmentation(out: dict, problems: list) -> None:
+    """The prepared hair and person segmentation models where the backend looks for them (the first
+    copy with the sha256 that segmentation_models.py records is the one a reconstruction uses)."""
+    try:
+        from .segmentation_models import MODELS, prepared_candidates  # needs numpy: reported above without it
+    except ImportError:
+        return
+    for model in MODELS:
+        candidates = prepared_candidates(model)
+        present = [p for p in candidates if p.is_file()]
+        good = next((p for p in present if _sha256(p) == model.prepared_sha256), None)
+        if good is not None:
+            out.setdefault("segmentation", {})[model.key] = str(good)
+        elif present:
+            problems.append({"what": f"the MediaPipe {model.key} segmentation model {present[0]} is damaged or "
+                                     f"another version (sha256 {_sha256(present[0])[:12]}..., expected "
+                                     f"{model.prepared_sha256[:12]}...)", "fix": INSTALL})
+        else:
+            problems.append({"what": f"the MediaPipe {model.key} segmentation model ({model.prepared_name}) is not "
+                                     "prepared; looked in " + ", ".join(str(p.parent) for p in candidates),
+                             "fix": INSTALL})
 
 
 def check(ict_dir: str | None = None, landmarker: str | None = None, load_model: bool = True) -> dict:
@@ -102,6 +126,7 @@ def check(ict_dir: str | None = None, landmarker: str | None = None, load_model:
                                      f"(shape_modes.npz sha256 {out['ict_sha256'][:12]}...)", "fix": INSTALL})
     except LikenessError:
         problems.append({"what": "ICT-FaceKit is not installed", "fix": INSTALL})
+    _check_segmentation(out, problems)
     corr = WEIGHTS_DIR / "mediapipe_to_ict.npz"
     if not corr.is_file():
         problems.append({"what": f"{corr} is missing: reinstall the extension", "fix": "reinstall"})

@@ -109,21 +109,22 @@ class FitContext:
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.params[name].value
 
-    def _once(self, key: str, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def once(self, key: str, make: Callable[[], object]):
+        """What `make()` returns, computed once per step (terms share renders, projections)."""
         if key not in self._memo:
             self._memo[key] = make()
         return self._memo[key]
 
     def rotation(self) -> torch.Tensor:
-        return self._once("rotation", lambda: axis_angle_to_matrix(self["rotation"]))
+        return self.once("rotation", lambda: axis_angle_to_matrix(self["rotation"]))
 
     def landmarks_model(self) -> torch.Tensor:
         """(L, 3) the landmark surface points in model space (cm)."""
-        return self._once("landmarks", lambda: self.basis.points(self["identity"], self["expression"]))
+        return self.once("landmarks", lambda: self.basis.points(self["identity"], self["expression"]))
 
     def landmarks_px(self) -> torch.Tensor:
         """(L, 2) the landmark surface points projected into the photo (full-resolution px)."""
-        return self._once("landmarks_px", lambda: project(
+        return self.once("landmarks_px", lambda: project(
             to_camera(self.landmarks_model(), self.rotation(), self["translation"]), self.intrinsics)[:, :2])
 
 

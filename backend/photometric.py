@@ -45,6 +45,8 @@ class PhotometricSettings:
     albedo_prior: float = 0.5    # weight of mean(c^2), c ~ N(0, 1)
     light_prior: float = 0.05    # weight of mean(sh[4:9]^2) relative to the DC term (smooth light)
     light_colour_prior: float = 20.0  # weight of the spread of the channels' directional terms (one colour)
+    identity_weight: float = 0.0  # weight of the face-descriptor distance (dlib's same-person threshold: 0.6)
+    part_weight: float = 0.0      # weight of the part re-projection distance (inter-ocular units)
     lr_lighting: float = 0.05
     lr_albedo: float = 0.1
     lr_rotation: float = 0.002
@@ -64,6 +66,14 @@ class Crop:
     def at(self, pixel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Photo colour (N, 3) and skin weight (N,) at flat crop pixel indices."""
         return self.image.reshape(-1, 3)[pixel], self.skin.reshape(-1)[pixel]
+
+
+def crop_points(obs: Observation, crop: Crop) -> torch.Tensor:
+    """The detected landmarks in the crop's pixels."""
+    k, kc = obs.intrinsics, crop.intrinsics
+    s = kc.focal_px / k.focal_px
+    pts = (obs.detection.points - np.array([crop.box[0], crop.box[1]])) * s
+    return torch.as_tensor(pts, dtype=torch.float32, device=crop.image.device)
 
 
 def face_box(obs: Observation, margin: float) -> tuple[int, int, int, int]:
@@ -112,6 +122,7 @@ class FaceSkin:
         dev = model.device
         idx = torch.from_numpy(used).to(dev)
         self.vertex_ids = used
+        self.vertex_map = remap                                      # model vertex -> index here (-1: not here)
         self.triangles = torch.from_numpy(remap[tris]).to(dev)
         self.corner_uvs = torch.from_numpy(topo.triangle_uvs[keep].astype(np.float32)).to(dev)  # (T, 3, 2)
         self.neutral = model.neutral.index_select(0, idx)
@@ -176,24 +187,101 @@ def least_squares_lighting(photo: torch.Tensor, albedo: torch.Tensor, normals: t
 RASTER_EVERY = 5  # steps between rasterizations while the geometry moves
 
 
-def photometric_term(skin: FaceSkin, crop: Crop, albedo_model: AlbedoModel | None, sigma: float, weight: float,
-                     fixed: Drawn | None = None) -> Term:
-    """Mean robust colour error over the skin pixels of the crop; `fixed` reuses one raster (geometry fixed),
-    else the head is rasterized again every RASTER_EVERY steps."""
-    state = {"calls": 0, "raster": None}
+class CropRenderer:
+    """The textured face skin in one crop, drawn once per step and shared by the terms that need it
+    (photometric, identity): re-rasterized every RASTER_EVERY steps while the geometry moves, or never
+    (`fixed`) while it is held still."""
 
+    def __init__(self, skin: FaceSkin, crop: Crop, albedo_model: AlbedoModel | None, fixed: Drawn | None = None):
+        self.skin, self.crop, self.albedo_model, self.fixed = skin, crop, albedo_model, fixed
+        self._steps, self._raster = 0, None
+
+    def drawn(self, ctx: FitContext) -> tuple[Drawn, torch.Tensor]:
+        """(the drawn pixels, their predicted linear colour) for this step."""
+        def make():
+            if self.fixed is not None:
+                d = self.fixed
+            else:
+                reuse = self._raster if self._steps % RASTER_EVERY else None
+                d = draw(self.skin, self.crop, self.skin.vertices(ctx["identity"], ctx["expression"]),
+                         ctx.rotation(), ctx["translation"], reuse)
+                self._steps += 1
+                self._raster = d.raster
+            pred = albedo_at(self.albedo_model, d.uv, ctx["albedo"]) * render.sh_shading(d.normal, ctx["lighting"])
+            return d, pred
+        return ctx.once(f"drawn:{id(self)}", make)
+
+
+def photometric_term(renderer: CropRenderer, sigma: float, weight: float) -> Term:
+    """Mean robust colour error over the skin pixels of the crop."""
     def value(ctx: FitContext) -> torch.Tensor:
-        if fixed is not None:
-            d = fixed
-        else:
-            reuse = state["raster"] if state["calls"] % RASTER_EVERY else None
-            d = draw(skin, crop, skin.vertices(ctx["identity"], ctx["expression"]), ctx.rotation(),
-                     ctx["translation"], reuse)
-            state["calls"] += 1
-            state["raster"] = d.raster
-        pred = albedo_at(albedo_model, d.uv, ctx["albedo"]) * render.sh_shading(d.normal, ctx["lighting"])
+        d, pred = renderer.drawn(ctx)
         return (cauchy(pred - d.photo, sigma) * d.skin).sum() / d.skin.sum().clamp_min(1.0)
     return Term("photometric", weight, value)
+
+
+def identity_term(renderer: CropRenderer, points_crop: torch.Tensor, weight: float) -> Term:
+    """Distance between dlib's face descriptors (backend/face_descriptor.py, a torch port) of the photo and
+    of the render pasted into it (the face skin over the photo's own eyes, mouth and hair), both cut to
+    dlib's aligned 150 px chip from the same landmarks: the fit is pulled towards a head that a face
+    recogniser takes for the same person."""
+    from .colour import linear_to_srgb
+    from .face_descriptor import descriptor, load_face_descriptor
+    net = load_face_descriptor(device=str(renderer.crop.image.device))
+    photo = (linear_to_srgb(renderer.crop.image) * 255.0).permute(2, 0, 1)      # (3, h, w) 0..255 sRGB
+    with torch.no_grad():
+        target = descriptor(photo, points_crop, net=net)
+
+    def value(ctx: FitContext) -> torch.Tensor:
+        d, pred = renderer.drawn(ctx)
+        flat = photo.reshape(3, -1)
+        pasted = flat.index_copy(1, d.pixel, (linear_to_srgb(pred) * 255.0).T).view_as(photo)
+        return (descriptor(pasted, points_crop, net=net) - target).norm()
+    return Term("identity", weight, value)
+
+
+def part_distance_term(skin: FaceSkin, sets, intrinsics: Intrinsics, weight: float) -> Term:
+    """Part re-projection distance (part_distance.py) of the face skin's vertices, front-facing ones only."""
+    from .part_distance import part_distance
+
+    def value(ctx: FitContext) -> torch.Tensor:
+        cam = render.to_camera(skin.vertices(ctx["identity"], ctx["expression"]), ctx.rotation(), ctx["translation"])
+        with torch.no_grad():
+            n = render.vertex_normals(cam, skin.triangles)
+            facing = (n * cam).sum(1) < 0
+        return part_distance(sets, render.project(cam, intrinsics)[:, :2], facing)
+    return Term("part_distance", weight, value)
+
+
+def render_identity_distance(crop: Crop, d: Drawn, pred: torch.Tensor, points_crop: torch.Tensor) -> float | None:
+    """dlib descriptor distance between the photo's face and the render pasted into it (no gradient):
+    below 0.6 a face recogniser takes them for the same person. None when the descriptor is not installed."""
+    from .colour import linear_to_srgb
+    from .errors import LikenessError
+    from .face_descriptor import descriptor, load_face_descriptor
+    try:
+        net = load_face_descriptor(device=str(crop.image.device))
+    except LikenessError:
+        return None
+    photo = (linear_to_srgb(crop.image) * 255.0).permute(2, 0, 1)
+    pasted = photo.reshape(3, -1).index_copy(1, d.pixel, (linear_to_srgb(pred) * 255.0).T).view_as(photo)
+    return float((descriptor(pasted, points_crop, net=net) - descriptor(photo, points_crop, net=net)).norm())
+
+
+# Residuals -> a 0..1 confidence: (good, bad) per measure, linear in between; the score is the worst one.
+CONFIDENCE_RAMPS = {"landmark_error_iod": (0.03, 0.10), "photometric_rms": (0.06, 0.20),
+                    "photometric_outlier_share": (0.45, 0.90), "identity_distance": (0.45, 0.80)}
+
+
+def fit_confidence(metrics: dict) -> dict:
+    """How far the fit can be trusted, from its residuals (result.json `metrics.confidence`)."""
+    parts = {}
+    for key, (good, bad) in CONFIDENCE_RAMPS.items():
+        value = metrics.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            parts[key] = float(np.clip((bad - value) / (bad - good), 0.0, 1.0))
+    score = min(parts.values()) if parts else 0.0
+    return {"score": score, "parts": parts, "weakest": min(parts, key=parts.get) if parts else None}
 
 
 def light_prior_term(weight: float) -> Term:
@@ -258,8 +346,8 @@ def fit_photometric(obs: Observation, fit: SceneFit, model: FaceModel, corr: Cor
         def context() -> FitContext:
             return FitContext(params, basis, obs.intrinsics)
 
-        light_terms = [photometric_term(skin, coarse, albedo_model, settings.robust_sigma, settings.photo_weight,
-                                        fixed)] + priors
+        light_terms = [photometric_term(CropRenderer(skin, coarse, albedo_model, fixed), settings.robust_sigma,
+                                        settings.photo_weight)] + priors
         # Without a model the albedo stays the face's mean colour: it pins the light's scale (the albedo
         # model's own bootstrap: scripts/build_albedo_model.py).
         light_lrs = {"lighting": settings.lr_lighting, **({"albedo": settings.lr_albedo} if albedo_model else {})}
@@ -268,8 +356,14 @@ def fit_photometric(obs: Observation, fit: SceneFit, model: FaceModel, corr: Cor
         losses = optimise(params, light_terms, stages, context, split)
 
         fine = make_crop(obs, box, settings.fine_size, dev)
-        joint_terms = landmarks + [photometric_term(skin, fine, albedo_model, settings.robust_sigma,
-                                                    settings.photo_weight)] + priors
+        fine_renderer = CropRenderer(skin, fine, albedo_model)
+        joint_terms = landmarks + [photometric_term(fine_renderer, settings.robust_sigma, settings.photo_weight)] + priors
+        if settings.identity_weight > 0:
+            joint_terms.append(identity_term(fine_renderer, crop_points(obs, fine), settings.identity_weight))
+        if settings.part_weight > 0:
+            from .part_distance import targets
+            sets = targets(model, corr, points, dev, skin.vertex_map)
+            joint_terms.append(part_distance_term(skin, sets, obs.intrinsics, settings.part_weight))
         joint = [Stage("joint", settings.joint_steps,
                        {"rotation": settings.lr_rotation, "translation": settings.lr_translation,
                         "identity": settings.lr_identity, "expression": settings.lr_expression,
@@ -291,13 +385,16 @@ def fit_photometric(obs: Observation, fit: SceneFit, model: FaceModel, corr: Cor
         on_skin = d.skin > 0.5
         terms = term_values(joint_terms, ctx)
         vertices, basis_vertices = model.vertices(identity, expression), model.vertices(identity)
+        id_distance = render_identity_distance(fine, d, pred, crop_points(obs, fine))
     used = corr.weight > 0
     error_px = float(np.linalg.norm(uv - points, axis=1)[used].mean())
     metrics = dict(fit.metrics)
     metrics.update({"landmark_error_px": error_px, "landmark_error_iod": error_px / iod_px,
                     "photometric_rms": float(err[on_skin].square().mean().sqrt()) if on_skin.any() else None,
                     "photometric_outlier_share": float((inlier[on_skin] < 0.5).float().mean()) if on_skin.any() else None,
-                    "photometric_pixels": int(on_skin.sum()), "final_loss": losses[-1] if losses else None})
+                    "photometric_pixels": int(on_skin.sum()), "final_loss": losses[-1] if losses else None,
+                    "identity_distance": id_distance})
+    metrics["confidence"] = fit_confidence(metrics)
     settings_rec = {**fit.settings, "method": "landmarks+photometric", "photometric": dataclasses.asdict(settings),
                     "albedo_model_sha256": albedo_model.sha256 if albedo_model is not None else None}
     out = SceneFit(fit.intrinsics, rotation, translation, identity, expression, vertices, basis_vertices, uv,

@@ -44,6 +44,10 @@ DEVICES = ("auto", "cpu", "cuda")
 MEMORY_TARGET_MB = 3072
 PREVIEW_EVENT_SIDE = 256
 PHOTOMETRIC_PREVIEW_HEIGHT = 384
+# Fit confidence (photometric.fit_confidence, 0..1): below WARN a warning, below REFUSE no bundle (FIT_FAILED)
+# rather than a head that does not belong to the photo. Chosen so that no London or wild_dev photo is refused.
+WARN_CONFIDENCE = 0.5
+REFUSE_CONFIDENCE = 0.05
 
 
 def estimated_peak_mb(texture_size: int) -> float:
@@ -184,7 +188,10 @@ class Run:
 
 
 def observe(photo: Photo, analyzer: FaceAnalyzer) -> Observation:
-    det = analyzer.detect(photo)
+    """Find the face, with the photo turned upright first when the face is sideways or upside down
+    (landmarks.upright turns the Photo in place and records photo.rotation_deg and a warning)."""
+    from .landmarks import upright
+    det = upright(photo, analyzer)
     return Observation(photo, det, Intrinsics.for_image(photo.width, photo.height, photo.focal_35mm))
 
 
@@ -218,6 +225,11 @@ def reconstruct(photo: str | Path | Photo, out_dir: str | Path, options: Options
                             hooks=Hooks(hooks.cancel_check, lambda f: hooks.progress(0.25 * f)))
         fit = fit_photometric(obs, fit, model, corr, albedo_model,
                               hooks=Hooks(hooks.cancel_check, lambda f: hooks.progress(0.25 + 0.75 * f)))
+        conf = fit.metrics["confidence"]
+        if conf["score"] < REFUSE_CONFIDENCE:
+            raise LikenessError("FIT_FAILED", f"the fitted head does not match {photo.name} (confidence "
+                                f"{conf['score']:.2f}; weakest: {conf['weakest']}): the face may be too dark, "
+                                "blurred, covered or not a real face; try a clearer photo")
         previews = {"preview": draw_preview(photo.rgb, model, fit.vertices, fit, det)}
         hooks.preview("fit", small(previews["preview"], PREVIEW_EVENT_SIDE))
         panels = photometric_panels(fit, PHOTOMETRIC_PREVIEW_HEIGHT)
@@ -250,6 +262,10 @@ def collect_warnings(obs: Observation, fit: SceneFit) -> list[str]:
         out.append("no focal length in EXIF; assumed a 50 mm-equivalent lens")
     if fit.metrics["landmark_error_iod"] > 0.05:
         out.append(f"landmark fit error is high ({fit.metrics['landmark_error_iod']:.1%} of the inter-ocular distance)")
+    conf = fit.metrics.get("confidence")
+    if conf and conf["score"] < WARN_CONFIDENCE:
+        out.append(f"the fit matches the photo poorly (confidence {conf['score']:.2f}, weakest: {conf['weakest']}): "
+                   "check the head against the photo")
     yaw, pitch, _ = yaw_pitch_roll_deg(fit.rotation.cpu().numpy())
     if abs(yaw) > 45:
         out.append(f"the head is turned {yaw:.0f} degrees: the far side of the texture is mirrored or filled")

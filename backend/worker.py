@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import queue
 import sys
 import threading
 import traceback
@@ -13,6 +14,7 @@ import numpy as np
 
 from . import __version__
 from .errors import LikenessError
+from .signals import Interrupted, critical
 
 # The protocol's version: a client refuses a worker whose `ready.protocol` it does not know.
 PROTOCOL_VERSION = 2
@@ -43,11 +45,20 @@ def capabilities() -> dict:
             "bundle_schema": SCHEMA_VERSION, "events": ["ready", "progress", "preview", "result", "error", "pong"]}
 
 
-def parse_request(line: str) -> dict:
-    """One request line -> a dict with a string 'op'; ValueError (with a reason) for anything else,
-    including nesting too deep for the parser (RecursionError) and lines that are too long."""
-    if len(line) > MAX_LINE_BYTES:
+MAX_PATH_CHARS = 4096
+
+
+def parse_request(line: str | bytes | None) -> dict:
+    """One request line -> a dict with a string 'op'; ValueError (with a reason) for anything else:
+    a line cut off at MAX_LINE_BYTES (None), bytes that are not UTF-8, nesting too deep for the
+    parser (RecursionError), numbers too long to convert, or JSON that is not an object with an op."""
+    if line is None or len(line) > MAX_LINE_BYTES:
         raise ValueError(f"a request line is at most {MAX_LINE_BYTES} bytes")
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("a request line must be UTF-8 text") from None
     try:
         req = json.loads(line)
     except RecursionError:
@@ -55,6 +66,47 @@ def parse_request(line: str) -> dict:
     if not isinstance(req, dict) or not isinstance(req.get("op"), str):
         raise ValueError("a request is a JSON object with an 'op'")
     return req
+
+
+def path_field(req: dict, key: str) -> str | None:
+    """A request's file path: a non-empty string without NUL characters, of a sane length."""
+    value = req.get(key)
+    if isinstance(value, str) and value.strip() and "\x00" not in value and len(value) <= MAX_PATH_CHARS:
+        return value
+    return None
+
+
+def read_lines(read, limit: int = MAX_LINE_BYTES):
+    """Lines (bytes, with their newline) from `read(n) -> bytes` (b"" at the end), never holding more
+    than `limit` bytes of one: a longer line is read through to its end and yielded as None (refused,
+    not parsed). The worker reads fd 0 with os.read rather than through sys.stdin: the reading thread
+    may still be blocked in it when the process exits, and a thread blocked inside sys.stdin's
+    buffered reader holds its lock, which makes interpreter shutdown abort."""
+    buf = bytearray()
+    skipping = False
+    while True:
+        chunk = read(65536)
+        if not chunk:
+            if buf and not skipping:
+                yield bytes(buf)
+            elif skipping:
+                yield None
+            return
+        buf += chunk
+        while True:
+            end = buf.find(b"\n")
+            if end < 0:
+                if len(buf) > limit:  # no end in sight: drop what we have, remember to refuse it
+                    skipping = True
+                    buf.clear()
+                break
+            line = bytes(buf[:end + 1])
+            del buf[:end + 1]
+            if skipping or len(line) > limit + 1:
+                skipping = False
+                yield None
+            else:
+                yield line
 
 
 def png_data(image: np.ndarray) -> str:
@@ -69,15 +121,16 @@ class Worker:
         self.job: tuple[str, threading.Thread, threading.Event] | None = None
 
     def emit(self, event: dict) -> None:
-        with self.lock:
-            self.out.write(json.dumps(event) + "\n")
+        line = json.dumps(event) + "\n"
+        with self.lock, critical():  # a signal never cuts an event line in two
+            self.out.write(line)
             self.out.flush()
 
     def busy(self) -> bool:
         return self.job is not None
 
-    def handle(self, line: str) -> bool:
-        """Handle one request line; False when the worker should stop."""
+    def handle(self, line: str | bytes | None) -> bool:
+        """Handle one request line (None: one too long to read); False when the worker should stop."""
         try:
             req = parse_request(line)
         except ValueError as err:
@@ -98,8 +151,9 @@ class Worker:
         elif op == "reconstruct":
             if self.busy():
                 self.emit({"event": "error", "id": rid, "code": "BUSY", "message": "another request is running"})
-            elif not isinstance(req.get("photo"), str) or not isinstance(req.get("out"), str):
-                self.emit({"event": "error", "id": rid, "code": "BAD_REQUEST", "message": "reconstruct needs 'photo' and 'out'"})
+            elif path_field(req, "photo") is None or path_field(req, "out") is None:
+                self.emit({"event": "error", "id": rid, "code": "BAD_REQUEST",
+                           "message": "reconstruct needs 'photo' and 'out' (non-empty paths)"})
             else:
                 cancel = threading.Event()
                 thread = threading.Thread(target=self.run, args=(rid, req, cancel), daemon=True)
@@ -159,6 +213,34 @@ class Worker:
             job[1].join(timeout=30)
 
 
+_EOF = object()
+
+
+def _pumped(lines, poll_s: float = 0.2):
+    """The lines of a blocking reader, read in a thread of their own. The main thread then never sits
+    in a read(): a signal that the kernel hands to another thread (any thread may get a process's
+    SIGTERM) still runs its Python handler within poll_s, where a blocked read would not wake up.
+    The queue is bounded, so a client that floods stdin is slowed down, not buffered in memory."""
+    q: queue.Queue = queue.Queue(maxsize=8)
+
+    def pump():
+        try:
+            for line in lines:
+                q.put(line)
+        finally:
+            q.put(_EOF)
+
+    threading.Thread(target=pump, name="likeness-stdin", daemon=True).start()
+    while True:
+        try:
+            item = q.get(timeout=poll_s)
+        except queue.Empty:
+            continue
+        if item is _EOF:
+            return
+        yield item
+
+
 def main() -> int:
     out = protocol_stream()
     worker = Worker(out)
@@ -170,8 +252,15 @@ def main() -> int:
         print(f"warm-up failed: {err}", file=sys.stderr)
     worker.emit({"event": "ready", "protocol": PROTOCOL_VERSION, "version": __version__, "torch": torch.__version__,
                  "cuda": bool(torch.cuda.is_available()), "capabilities": capabilities()})
-    for line in sys.stdin:
-        if line.strip() and not worker.handle(line):
-            break
+    try:
+        for line in _pumped(read_lines(lambda n: os.read(0, n))):
+            if (line is None or line.strip()) and not worker.handle(line):
+                break
+    except Interrupted as it:
+        # SIGTERM/SIGINT/SIGHUP: cancel the job and wait for it, so its staged write removes its
+        # temporary folder, then exit with the signal's code.
+        print(f"worker {it}: cancelling the running request", file=sys.stderr)
+        worker.stop()
+        return it.exit_code
     worker.stop()
     return 0

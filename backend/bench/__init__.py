@@ -1,7 +1,7 @@
 """`python -m backend bench`: speed, memory and reconstruction fidelity (docs/bench.md).
 
   python -m backend bench --data DIR [--pair-with DIR2] [--out DIR] [--device D] [--limit N] [--repeat K]
-  python -m backend bench --synthetic N [--seed S]
+  python -m backend bench --synthetic N [--seed S] [--baseline projection|none]
   python -m backend bench --quick
 """
 from __future__ import annotations
@@ -47,7 +47,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-from", type=Path, metavar="DIR",
                    help="only rewrite DIR/report.md from DIR/report.json (after a change to the report layout)")
     p.add_argument("--no-identity", action="store_true", help="skip the dlib identity measure")
+    p.add_argument("--texture", default=None, metavar="STRATEGY",
+                   help="texture strategy of the measured reconstructions (default: the pipeline's default)")
+    p.add_argument("--baseline", default=None, metavar="STRATEGY|none",
+                   help="texture strategy the relighting rows compare against (v0: projection). Default: "
+                        "projection for --synthetic, none for --data; give it to compare photo sets too")
+    p.add_argument("--baseline-rerun", action="store_true",
+                   help="reconstruct the baseline even when its options equal the current ones (by default "
+                        "the current bundle stands for it: the pipeline is deterministic)")
+    p.add_argument("--no-relight", action="store_true",
+                   help="skip the relighting rows (albedo, relit, shading and hair leakage, photo re-render)")
     return p
+
+
+def baseline_for(args, kind: str) -> str | None:
+    """The baseline strategy of the synthetic set (`kind` "synthetic", on by default) or the photo sets."""
+    if args.no_relight or args.baseline == "none":
+        return None
+    if args.baseline:
+        return args.baseline
+    return "projection" if kind == "synthetic" else None
 
 
 def git_commit() -> str:
@@ -89,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out or Path("out") / "bench" / title
     out_dir.mkdir(parents=True, exist_ok=True)
     options = {"device": args.device, "texture_size": args.texture_size, "ict_dir": args.ict_dir}
+    if args.texture:
+        options["texture"] = args.texture
     meta = {"title": title, "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "commit": git_commit(),
             "command": "python -m backend bench " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
             "cpu_count": os.cpu_count(), "repeat": args.repeat or (3 if args.quick else 1),
@@ -110,25 +131,30 @@ def main(argv: list[str] | None = None) -> int:
             return 0
 
         from .evaluate import Evaluator
-        evaluator = Evaluator(appearance=not args.no_appearance, identity=not (args.no_identity or args.no_appearance),
-                              device="cpu")
+        evaluator = Evaluator(appearance=not (args.no_appearance and args.no_relight),
+                              identity=not (args.no_identity or args.no_appearance), device="cpu")
+        relight_photos = None if args.no_relight else session.variants(baseline_for(args, "data"), args.baseline_rerun)
         sheet, syn_sheet = [], []
         sets = []
         if args.data:
             for folder in [args.data] + ([args.pair_with] if args.pair_with else []):
                 label = folder.name
                 s = suite.run_photo_set(session, evaluator, suite.list_photos(folder, args.limit), label,
-                                        meta["repeat"], sheet)
+                                        meta["repeat"], sheet, relight_photos)
                 s["landmarks"] = suite.landmark_summary(s["photos"])
                 s["appearance"] = suite.appearance_summary(s["photos"])
+                if relight_photos:
+                    s["relight"] = suite.relight_summary(s["photos"], relight_photos)
                 sets.append(s)
             rep["sets"] = sets
             if len(sets) == 2:
                 rep["shape_consistency"] = suite.shape_consistency(sets[0], sets[1])
         if args.synthetic:
+            variants = None if args.no_relight else session.variants(baseline_for(args, "synthetic"),
+                                                                     args.baseline_rerun)
             rep["synthetic"] = suite.run_synthetic(session, args.synthetic, args.seed, args.textures,
                                                    args.backgrounds, not args.no_exif, syn_sheet, args.n_textures,
-                                                   args.texture_cache)
+                                                   args.texture_cache, variants, evaluator.lpips)
         extra = [r["run"] for r in (rep.get("synthetic") or {}).get("samples", []) if r.get("run")]
         rep["speed"] = suite.speed_summary(sets, extra, session.cold_run)
         meta["device"] = ", ".join(rep["speed"].get("devices") or []) or args.device
@@ -141,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             pics["contact_sheet"] = "contact_sheet.png"
         if syn_sheet:
             rp.contact_sheet(syn_sheet, out_dir / "synthetic_sheet.png",
-                             ["synthetic input", "mesh overlay", "pipeline error", "mean-face error"])
+                             ["synthetic input", "mesh overlay", "pipeline error", "mean-face error",
+                              "relit truth", "relit current"])
             pics["synthetic_sheet"] = "synthetic_sheet.png"
         rep["pictures"] = pics
         meta["bench_s"] = time.perf_counter() - t0
@@ -153,3 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         session.close()
+        close_segmenters()
+
+
+def close_segmenters() -> None:
+    """Close the mask nets now: at interpreter exit MediaPipe's dispatcher may already be shut down, and
+    segmentation.py's own atexit close then fails noisily."""
+    mod = sys.modules.get("backend.segmentation")
+    if mod is not None:
+        mod._close_segmenters()

@@ -55,19 +55,26 @@ class Evaluator:
         out = {"render_pixels": int(rend.drawn.sum()), "face_skin_pixels": int(rend.face_skin.sum())}
         if rend.face_skin.sum() < 50:
             return out, rend
-        crop = bbox(rend.face_skin, 0.1)
-        a, b, m = (resize_crop(x, crop, CROP_SIDE, nearest=(x.dtype == bool))
-                   for x in (photo_rgb, rend.image, rend.face_skin))
-        out["ssim"] = metrics.ssim(a, b, m)
-        out["psnr_db"] = metrics.psnr(a, b, m)
-        if self.lpips is not None:
-            out["lpips"] = self.lpips(a, b, m)
+        out.update(masked_image_measures(photo_rgb, rend.image, rend.face_skin, self.lpips))
         if self.face is not None:
             box = self.face.find_box(photo_rgb, tuple(result["detection"]["face_box"]))
             d_photo = self.face(photo_rgb, box)
             d_render = self.face(rend.image, box)
             out["id_distance"] = float(np.linalg.norm(d_photo - d_render))
         return out, rend
+
+
+def masked_image_measures(a: np.ndarray, b: np.ndarray, mask: np.ndarray, lpips=None) -> dict:
+    """SSIM, PSNR (dB) and, with an `lpips` net, ST-LPIPS of two uint8 images inside `mask`, on the
+    mask's bounding box (+10 %) resized to CROP_SIDE px: every image row of the bench compares this way."""
+    if mask.sum() < 50:
+        return {}
+    crop = bbox(mask, 0.1)
+    a, b, m = (resize_crop(x, crop, CROP_SIDE, nearest=(x.dtype == bool)) for x in (a, b, mask))
+    out = {"ssim": metrics.ssim(a, b, m), "psnr_db": metrics.psnr(a, b, m)}
+    if lpips is not None:
+        out["lpips"] = lpips(a, b, m)
+    return out
 
 
 def bbox(mask: np.ndarray, pad: float) -> tuple[int, int, int, int]:

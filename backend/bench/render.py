@@ -1,12 +1,19 @@
-"""Draw a result bundle back into its photo, and draw synthetic heads (SH lighting, UV textures).
+"""Draw a result bundle back into its photo, and draw synthetic heads (UV textures, SH lighting and
+hard directional lights with cast shadows).
 
 Both draw with the project's render module (backend/render.py) in linear light, and read bundles with
 the backend's bundle reader (backend/bundle.py): the camera and pose of result.json, the fitted
 vertices, the model's polygons and corner UVs, the diffuse UDIM tiles.
+
+Lighting (`Light`) is in shading units on camera-space normals, as render.py defines them: a
+Lambertian surface of linear albedo a shows a * S, with
+    S(n, x) = sh_basis(n) @ sh  +  intensity * max(0, n . direction) * lit(x),
+the second term only for a directional light; lit(x) in 0..1 is its shadow map test (`shadow_factor`).
+Every surface is shaded with its own mesh's area-weighted vertex normals (render.vertex_normals).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -21,6 +28,46 @@ from ..facemodel import NARROW_FACE_LAST_VERTEX, PART_NAMES
 
 # Thin transparent shells: never drawn (they would hide the eyes behind flat colour).
 HIDDEN_PARTS = ("lashes", "eye_wet")
+DEFAULT_SKIN_SRGB8 = (180, 140, 120)   # skin where a head has no diffuse tile
+
+# Shadow maps: an orthographic z-buffer of the head seen from the light. The bias keeps a lit surface
+# from shadowing itself (its own depth, sampled a texel away, is a little nearer the light where the
+# surface slopes away from it): a constant plus a slope term, in shadow-map texels.
+SHADOW_MAP_SIDE = 512        # texels across the head's extent seen from the light (~0.06 cm each)
+SHADOW_BIAS_CM = 0.05
+SHADOW_SLOPE_TEXELS = 1.5
+SHADOW_MAX_SLOPE = 8.0
+
+
+@dataclass
+class Light:
+    """Lighting in shading units on camera-space normals (module docstring): SH (9, 3) and, for a hard
+    light, a directional term of `intensity` (3,) from the unit `direction` (3,, towards the light)."""
+    sh: np.ndarray
+    direction: np.ndarray | None = None
+    intensity: np.ndarray | None = None
+
+    @property
+    def kind(self) -> str:
+        return "sh" if self.direction is None else "directional"
+
+    def to_dict(self) -> dict:
+        out = {"kind": self.kind, "sh": np.asarray(self.sh, np.float64).round(6).tolist()}
+        if self.direction is not None:
+            out["direction"] = np.asarray(self.direction, np.float64).round(6).tolist()
+            out["intensity"] = np.asarray(self.intensity, np.float64).round(6).tolist()
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Light":
+        if d.get("direction") is None:
+            return cls(np.asarray(d["sh"], np.float64))
+        return cls(np.asarray(d["sh"], np.float64), np.asarray(d["direction"], np.float64),
+                   np.asarray(d["intensity"], np.float64))
+
+    @classmethod
+    def uniform(cls, level) -> "Light":
+        return cls(render.uniform_sh(level, dtype=torch.float64).numpy())
 
 
 @dataclass
@@ -125,10 +172,15 @@ class Rendering:
     covered: np.ndarray      # (H, W) bool: any visible (non-hidden) polygon
 
 
+def drawn_triangles(mesh: Mesh) -> np.ndarray:
+    """Ids of the triangles that are drawn (and cast shadows): all but the thin transparent shells."""
+    return np.flatnonzero(~np.isin(mesh.triangle_part, [mesh.part_names.index(p) for p in HIDDEN_PARTS
+                                                        if p in mesh.part_names]))
+
+
 def _raster(mesh: Mesh, k: Intrinsics, rot, trans, height: int, width: int):
     """Rasterize the visible parts; returns the fragments (triangle = index into mesh.triangles) and coverage."""
-    keep = ~np.isin(mesh.triangle_part, [mesh.part_names.index(p) for p in HIDDEN_PARTS if p in mesh.part_names])
-    tri_ids = torch.from_numpy(np.flatnonzero(keep))
+    tri_ids = torch.from_numpy(drawn_triangles(mesh))
     scr = screen_points(mesh.vertices, k, rot, trans)
     r = render.rasterize(scr, torch.from_numpy(mesh.triangles)[tri_ids], height, width, cull_backfaces=True)
     frags = render.fragments(r)
@@ -143,14 +195,46 @@ def _skin_uv(mesh: Mesh, frags: render.Fragments, sel: np.ndarray) -> tuple[np.n
     return uv, np.floor(mesh.triangle_uvs[t, :, 0].min(1)).astype(np.int64) + 1001
 
 
-def render_bundle(bundle_dir: Path, photo_rgb: np.ndarray) -> Rendering:
-    """The fitted, textured head drawn into the photo with the bundle's camera: skin polygons get
-    the diffuse tiles (bilinear, in linear light), every other pixel keeps the photo (eyes and mouth have
-    no texture, but they still hide the skin behind them)."""
+@dataclass
+class Head:
+    """A textured head in a camera: a bundle's reconstruction, or a synthetic head's truth."""
+    mesh: Mesh
+    k: Intrinsics
+    rotation: np.ndarray                       # (3, 3) model -> camera
+    translation: np.ndarray                    # (3,) cm
+    tiles: dict[int, np.ndarray]               # linear diffuse (S, S, 3) float32 by UDIM tile
+    visibility: dict[int, np.ndarray] = field(default_factory=dict)   # (S, S) 0..1 by tile
+    lighting: np.ndarray | None = None         # (9, 3) fitted SH shading (result.json "lighting"), if any
+    strategy: str = ""                         # the texture strategy that made the tiles
+
+    def camera_vertices(self) -> np.ndarray:
+        """(V, 3) float64 camera-space vertices."""
+        return np.asarray(self.mesh.vertices, np.float64) @ np.asarray(self.rotation).T + np.asarray(self.translation)
+
+
+def bundle_lighting(result: dict) -> np.ndarray | None:
+    """The (9, 3) SH shading coefficients of result.json["lighting"] (render.py convention), or None."""
+    light = result.get("lighting")
+    if not light or light.get("model") != "sh2-shading":
+        return None
+    return np.asarray(light["coefficients"], np.float64).reshape(9, 3)
+
+
+def head_of_bundle(bundle_dir: Path) -> Head:
     bundle = load_bundle(Path(bundle_dir))
-    mesh = mesh_of(bundle)
-    tiles = linear_tiles(bundle)
     k, rot, trans = camera_of(bundle.result)
+    vis = {t: img.astype(np.float32) / 255.0 for t, img in bundle.tiles("visibility").items()}
+    return Head(mesh_of(bundle), k, rot, trans, linear_tiles(bundle), vis, bundle_lighting(bundle.result),
+                bundle.result.get("texture", {}).get("strategy", ""))
+
+
+def render_bundle(bundle: Path | Head, photo_rgb: np.ndarray, light: Light | None = None) -> Rendering:
+    """The fitted, textured head drawn into the photo with the bundle's camera: skin polygons get
+    the diffuse tiles (bilinear, in linear light), times the shading of `light` when one is given (None:
+    the tiles as they are, i.e. a texture that holds the photo's light); every other pixel keeps the
+    photo (eyes and mouth have no texture, but they still hide the skin behind them)."""
+    head = bundle if isinstance(bundle, Head) else head_of_bundle(Path(bundle))
+    mesh, tiles, k, rot, trans = head.mesh, head.tiles, head.k, head.rotation, head.translation
     h, w = photo_rgb.shape[:2]
     if (k.width, k.height) != (w, h):
         k = k.scaled(w / k.width)
@@ -159,6 +243,8 @@ def render_bundle(bundle_dir: Path, photo_rgb: np.ndarray) -> Rendering:
     skin = np.flatnonzero(part == mesh.part_names.index("skin"))
     uv, tile_of = _skin_uv(mesh, frags, skin)
     colour, ok = sample_tiles(uv, tile_of, tiles)
+    if light is not None:
+        colour = colour * shading_at(mesh, frags, rot, trans, light)[skin]
     pix = frags.pixel.numpy()[skin[ok]]
     image = photo_rgb.copy().reshape(-1, 3)
     image[pix] = encode_srgb8(colour[ok])
@@ -169,6 +255,80 @@ def render_bundle(bundle_dir: Path, photo_rgb: np.ndarray) -> Rendering:
     return Rendering(image.reshape(h, w, 3), drawn.reshape(h, w), face.reshape(h, w), covered)
 
 
+# ---------------------------------------------------------------------------------------------
+# Shading and shadows
+
+
+def shading_at(mesh: Mesh, frags: render.Fragments, rot, trans, light: Light, shadows: bool = True) -> np.ndarray:
+    """(N, 3) float32 shading of the fragments under `light` (module docstring), on the mesh's own
+    interpolated camera-space vertex normals; a directional light's term is shadowed by the mesh itself."""
+    v_cam = render.to_camera(torch.from_numpy(np.asarray(mesh.vertices, np.float64)),
+                             torch.from_numpy(np.asarray(rot, np.float64)), torch.from_numpy(np.asarray(trans, np.float64)))
+    tris = torch.from_numpy(mesh.triangles)
+    n = torch.nn.functional.normalize(render.interpolate(frags, render.vertex_normals(v_cam, tris)), dim=1)
+    s = render.sh_shading(n, torch.from_numpy(np.asarray(light.sh, np.float64)))
+    if light.direction is not None:
+        d = torch.nn.functional.normalize(torch.from_numpy(np.asarray(light.direction, np.float64)), dim=0)
+        cos = n @ d
+        lit = shadow_factor(render.interpolate(frags, v_cam), v_cam, tris[torch.from_numpy(drawn_triangles(mesh))],
+                            d, cos) if shadows else torch.ones_like(cos)
+        s = s + (cos.clamp_min(0.0) * lit)[:, None] * torch.from_numpy(np.asarray(light.intensity, np.float64))[None]
+    return s.clamp_min(0.0).float().numpy()
+
+
+def light_frame(direction: torch.Tensor) -> torch.Tensor:
+    """(3, 3) rows e1, e2, d: an orthonormal frame whose third axis points towards the light."""
+    d = torch.nn.functional.normalize(direction.double(), dim=0)
+    helper = torch.tensor([0.0, 1.0, 0.0] if abs(float(d[1])) < 0.9 else [1.0, 0.0, 0.0], dtype=torch.float64)
+    e1 = torch.nn.functional.normalize(torch.linalg.cross(helper, d), dim=0)
+    return torch.stack([e1, torch.linalg.cross(d, e1), d])
+
+
+def bilinear_taps(x: torch.Tensor, y: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 4 pixels around (x, y) (pixel coordinates, centres at +0.5): flat indices (4, N), weights (4, N)."""
+    fx, fy = x - 0.5, y - 0.5
+    x0, y0 = torch.floor(fx), torch.floor(fy)
+    ax, ay = fx - x0, fy - y0
+    x0, y0 = x0.long(), y0.long()
+    idx, wts = [], []
+    for dy, wy in ((0, 1.0 - ay), (1, ay)):
+        for dx, wx in ((0, 1.0 - ax), (1, ax)):
+            idx.append((y0 + dy).clamp(0, h - 1) * w + (x0 + dx).clamp(0, w - 1))
+            wts.append(wx * wy)
+    return torch.stack(idx), torch.stack(wts)
+
+
+def shadow_factor(points: torch.Tensor, cam_vertices: torch.Tensor, triangles: torch.Tensor, direction: torch.Tensor,
+                  cos_to_light: torch.Tensor | None = None, side: int = SHADOW_MAP_SIDE) -> torch.Tensor:
+    """(N,) 0..1: how much of a directional light reaches camera-space `points` (N, 3), with the mesh
+    (`cam_vertices` (V, 3), `triangles` (T, 3)) as the occluder. A shadow map: the mesh rasterized in an
+    orthographic view along the light (render.rasterize, linear depth = distance away from the light),
+    then each point's depth tested against the 4 nearest map texels (percentage-closer: a one-texel soft
+    edge instead of stair steps). `cos_to_light` (N,) (n . direction) sets the slope part of the bias."""
+    frame = light_frame(direction)
+    q = cam_vertices.double() @ frame.T
+    used_ids = torch.zeros(len(q), dtype=torch.bool)
+    used_ids[triangles.reshape(-1)] = True      # (torch.unique is slow on the CPU)
+    used = q[used_ids]
+    lo = used[:, :2].amin(0)
+    scale = (side - 4) / float((used[:, :2].amax(0) - lo).max().clamp_min(1e-6))
+
+    def to_map(x: torch.Tensor) -> torch.Tensor:  # light frame -> map px x, y and depth (smaller = nearer the light)
+        return torch.stack([(x[:, 0] - lo[0]) * scale + 2.0, (x[:, 1] - lo[1]) * scale + 2.0, -x[:, 2]], dim=1)
+
+    zmap = render.rasterize(to_map(q).float(), triangles, side, side, perspective_correct=False).depth.double()
+    p = to_map(points.double() @ frame.T)
+    slope = torch.zeros(len(p), dtype=torch.float64)
+    if cos_to_light is not None:
+        c = cos_to_light.double().clamp(1e-3, 1.0)
+        slope = ((1.0 - c * c).sqrt() / c).clamp(max=SHADOW_MAX_SLOPE)
+    bias = SHADOW_BIAS_CM + SHADOW_SLOPE_TEXELS * slope / scale
+    idx, wts = bilinear_taps(p[:, 0], p[:, 1], side, side)
+    z = zmap.reshape(-1)[idx]                                    # (4, N), inf where the map is empty
+    return (wts * (p[:, 2][None] <= z + bias[None])).sum(0)
+
+
+# ---------------------------------------------------------------------------------------------
 # ---------------------------------------------------------------------------------------------
 # Synthetic heads
 
@@ -194,12 +354,15 @@ PART_ALBEDO = {"teeth": (0.85, 0.82, 0.72), "mouth": (0.35, 0.10, 0.10), "eyes":
 
 
 def render_head(mesh: Mesh, k: Intrinsics, rot: np.ndarray, trans: np.ndarray, tiles: dict[int, np.ndarray],
-                sh: np.ndarray, background: np.ndarray, eye_albedo: np.ndarray | None = None,
-                supersample: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """A textured head lit by 2nd-order spherical harmonics (render.sh_shading: sh (9, 3) on camera-space
-    normals) over `background` (H, W, 3) uint8, all in linear light. Returns the image (uint8 sRGB) and its
-    coverage mask. Skin albedo comes from the UDIM tiles (linear float, `linear_tiles`), other parts get
-    plain colours (eyes per vertex, sRGB values)."""
+                light: "Light | np.ndarray", background: np.ndarray, eye_albedo: np.ndarray | None = None,
+                supersample: int = 2, shadows: bool = True) -> Rendering:
+    """A textured head under `light` (a Light, or SH coefficients (9, 3): render.sh_shading on
+    camera-space normals) over `background` (H, W, 3) uint8, all in linear light; a directional light
+    casts shadows (shadow_factor). Returns the image (uint8 sRGB) and its masks (`drawn`: textured skin,
+    `face_skin`: skin of the narrow face region, `covered`: any drawn polygon), at the background's size.
+    Skin albedo comes from the UDIM tiles (linear float, `linear_tiles`), other parts get plain colours
+    (eyes per vertex, sRGB values)."""
+    light = light if isinstance(light, Light) else Light(np.asarray(light, np.float64))
     h, w = background.shape[:2]
     kk = k.scaled(supersample)
     H, W = h * supersample, w * supersample
@@ -213,7 +376,7 @@ def render_head(mesh: Mesh, k: Intrinsics, rot: np.ndarray, trans: np.ndarray, t
     if len(skin):
         uv, tile_of = _skin_uv(mesh, frags, skin)
         col, ok = sample_tiles(uv, tile_of, tiles)
-        col[~ok] = srgb_to_linear(np.array([180, 140, 120]) / 255.0)
+        col[~ok] = srgb_to_linear(np.asarray(DEFAULT_SKIN_SRGB8) / 255.0)
         albedo[skin] = col
     for name, rgb in PART_ALBEDO.items():
         albedo[part == mesh.part_names.index(name)] = srgb_to_linear(np.asarray(rgb))
@@ -222,20 +385,21 @@ def render_head(mesh: Mesh, k: Intrinsics, rot: np.ndarray, trans: np.ndarray, t
         cols = np.asarray(eye_albedo)[mesh.triangles[t[eyes]]]          # (N, 3 corners, 3)
         albedo[eyes] = srgb_to_linear((cols * bary[eyes, :, None]).sum(1))
 
-    # Shading: SH on the interpolated camera-space normals.
-    v_cam = render.to_camera(torch.from_numpy(mesh.vertices).double(), torch.from_numpy(np.asarray(rot)).double(),
-                             torch.zeros(3, dtype=torch.float64))
-    nrm = render.vertex_normals(v_cam, torch.from_numpy(mesh.triangles))
-    n_pix = torch.nn.functional.normalize(render.interpolate(frags, nrm.float()), dim=1)
-    shading = render.sh_shading(n_pix, torch.as_tensor(np.asarray(sh), dtype=torch.float32)).clamp_min(0.0).numpy()
-
+    shading = shading_at(mesh, frags, rot, trans, light, shadows)
     img = decode_srgb8(cv2.resize(background, (W, H), interpolation=cv2.INTER_LINEAR)).reshape(-1, 3)
-    img[frags.pixel.numpy()] = np.clip(albedo * shading, 0.0, 1.0)
+    pix = frags.pixel.numpy()
+    img[pix] = np.clip(albedo * shading, 0.0, 1.0)
     img = img.reshape(H, W, 3)
+    drawn = np.zeros(H * W, bool)
+    drawn[pix[skin]] = True
+    face = np.zeros(H * W, bool)
+    face[pix[skin[mesh.triangle_face[t[skin]]]]] = True
+    drawn, face = drawn.reshape(H, W), face.reshape(H, W)
     if supersample > 1:
         img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-        covered = cv2.resize(covered.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0.5
-    return encode_srgb8(img), covered
+        covered, drawn, face = (cv2.resize(m.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0.5
+                                for m in (covered, drawn, face))
+    return Rendering(encode_srgb8(img), drawn, face, covered)
 
 
 def render_vertex_colours(mesh: Mesh, colours: np.ndarray, size: int = 256, yaw_deg: float = 0.0,

@@ -113,7 +113,217 @@ def summary_rows(rep: dict) -> list[list]:
                 m = syn["methods"][k]["pooled_mm"]
                 rows.append([f"synthetic vertex error, {name}: mean / median / p90",
                              f"{f(m['mean'], 2)} / {f(m['median'], 2)} / {f(m['p90'], 2)}", "mm", "lower"])
+    # Rows of 4 (metric, value, unit, better) get empty baseline and target cells; relighting rows have 6.
+    rows = [r[:2] + [""] + r[2:] + [""] if len(r) == 4 else r for r in rows]
+    for st in rep.get("sets", []):
+        rows += photo_relight_rows(st)
+    if syn:
+        rows += synthetic_relight_rows(syn)
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Relighting (issue #8)
+
+
+def _mean(summary: dict | None):
+    return summary["mean"] if summary and summary.get("n") else None
+
+
+def fmt_measure(key: str, x) -> str:
+    """A relighting value in its unit: shares as %, dB with 2 decimals, the rest with 3."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    if key == "hair_leakage":
+        return f"{100 * x:.1f} %"
+    return f(x, 2) if key.endswith("_db") else f(x, 3)
+
+
+def fmt_delta(key: str, cur, base) -> str:
+    if cur is None or base is None:
+        return "-"
+    d = cur - base
+    return f"{100 * d:+.1f} pp" if key == "hair_leakage" else (f"{d:+.2f}" if key.endswith("_db") else f"{d:+.3f}")
+
+
+def verdict(ok) -> str:
+    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
+
+
+def target_text(key: str, target: dict | None) -> str:
+    """'<= 0.1 (in-the-wild photos): FAIL' for a photo target."""
+    if not target:
+        return ""
+    t = fmt_measure(key, target["target"])
+    return f"{'≤' if target['op'] == '<=' else '≥'} {t} ({target['for']}): {verdict(target['pass'])}"
+
+
+SYN_TARGET_TEXT = {"relit_psnr_db": "≥ v0 + 3 dB in every yaw bin", "albedo_psnr_db": "> v0 in every yaw bin"}
+
+
+def relight_variants(rel: dict) -> tuple[str, str | None]:
+    """Labels of the current variant and of the baseline (None without one)."""
+    v = rel["variants"]
+    return v["current"], v.get("baseline")
+
+
+def synthetic_relight_rows(syn: dict) -> list[list]:
+    from .relight import SYNTHETIC_MEASURES
+    rel = syn.get("relight")
+    if not rel:
+        return []
+    cur_label, base_label = relight_variants(rel)
+    rows = []
+    for key, (name, unit, better) in SYNTHETIC_MEASURES.items():
+        cur = _mean(rel["all"]["current"].get(key))
+        base = _mean(rel["all"].get("baseline", {}).get(key)) if base_label else None
+        tgt = (rel.get("targets") or {}).get(key)
+        rows.append([f"synthetic {name}, mean", fmt_measure(key, cur),
+                     f"{fmt_measure(key, base)} ({fmt_delta(key, cur, base)})" if base_label else "",
+                     unit, better, f"{SYN_TARGET_TEXT[key]}: {verdict(tgt['pass'])}" if tgt else ""])
+    return rows
+
+
+def photo_relight_rows(s: dict) -> list[list]:
+    from .relight import PHOTO_MEASURES
+    rel = s.get("relight")
+    if not rel:
+        return []
+    cur_label, base_label = relight_variants(rel)
+    rows = []
+    for key, (name, unit, better) in PHOTO_MEASURES.items():
+        cur = _mean(rel["measures"]["current"][key])
+        base = _mean(rel["measures"]["baseline"][key]) if base_label else None
+        unit = "%" if key == "hair_leakage" else unit
+        rows.append([f"{name}, mean ({s['label']})", fmt_measure(key, cur),
+                     f"{fmt_measure(key, base)} ({fmt_delta(key, cur, base)})" if base_label else "",
+                     unit, better, target_text(key, rel["targets"]["current"].get(key))])
+    return rows
+
+
+RELIGHT_EXPLAIN_SYNTHETIC = [
+    "**Albedo error** (PSNR, SSIM; higher is better). The bundle's diffuse tile 1001 (decoded to linear "
+    "light) against the truth albedo (the UV maps the head was textured with), on a 512 x 512 UV grid, over "
+    "the visible face texels: narrow-face triangles (vertices 0-6705) whose bundle visibility is above 0.5. "
+    "A least-squares gain per channel is applied first (albedo and light trade a scale per channel that no "
+    "photo shows); PSNR and SSIM are then computed on sRGB-encoded values. A map that kept the capture light "
+    "(v0) carries its shading and shadows into the albedo and scores lower, most on the hard-light samples.",
+    "**Relit error** (PSNR, SSIM higher, ST-LPIPS lower is better). A new random light per sample (its own "
+    "seed; 2nd-order SH, or 40 % of the time a hard directional light with cast shadows): the reconstruction "
+    "(fitted mesh, the bundle's camera and pose, its diffuse map times the albedo gains above) and the truth "
+    "(true mesh, pose and albedo) are drawn under it with the same renderer into the same 512 px image, each "
+    "shaded with its own mesh's vertex normals (and casting its own shadows), and compared inside the truth's "
+    "face-skin coverage, cropped and resized as the appearance rows. This is what a user sees when relighting "
+    "the head in Blender: geometry errors count as well as baked-in light, for both variants alike.",
+    "**Relit ceiling of this fit** (dB, higher is better; a diagnostic). The relit PSNR of the *truth* albedo "
+    "drawn on the reconstruction's mesh, camera and pose: what a perfect map would score with this geometry. "
+    "A map can reach it but rarely pass it; the gap between the two is the map's fault (baked-in "
+    "light), the rest is the fit's geometry.",
+    "**Shading leakage against the true shading** (|r|, lower is better). Pearson's r between the luminance "
+    "of the diffuse map and of the true capture shading (the capture light on the true mesh at each texel, "
+    "cast shadows included) over the same texels as the albedo error. Defined for every bundle, v0 included, "
+    "because the synthetic truth knows the light; the truth albedo's own |r| over the same texels is the "
+    "floor (albedo is not independent of shape, and the maps made from photos keep a little studio light).",
+]
+
+RELIGHT_EXPLAIN_PHOTOS = [
+    "**Shading leakage** (|r|, lower is better; target ≤ 0.1 on in-the-wild photos). Pearson's r between the "
+    "luminance of the diffuse map and of the bundle's fitted shading (result.json `lighting`, SH on the texel's "
+    "camera-space normal of the fitted mesh) over skin texels: tile-1001 texels with visibility above 0.5 whose "
+    "photo pixel is in the skin mask (backend/segmentation.py). A bundle without a fitted lighting (v0) has no "
+    "shading to correlate with: n/a.",
+    "**Photo re-render** (SSIM, PSNR higher, ST-LPIPS lower is better; targets SSIM ≥ 0.95, PSNR ≥ 35 dB, "
+    "ST-LPIPS ≤ 0.04 on the London dev photos; the seed texture paper reports 0.9412 / 37.20 dB / 0.0287). The "
+    "diffuse map times the fitted shading, drawn into the photo with the bundle's camera, compared with the "
+    "photo inside the rendered face skin that the skin mask also calls skin, cropped and resized as the "
+    "appearance rows. Without a fitted lighting the shading is uniform: the photo's mean skin luminance over "
+    "the map's at the same texels (about 1 for v0, whose map is the photo: its re-render is the appearance "
+    "rows' re-render, on the skin mask).",
+    "**Hair leakage** (share of texels, lower is better; target ≤ 1 %). The share of tile-1001 texels seen in "
+    "the photo (visibility above 0.5) whose photo pixel the hair mask calls hair (probability above 0.5): hair "
+    "painted into the skin map, e.g. a fringe projected onto the forehead.",
+]
+
+
+def synthetic_relight_section(syn: dict) -> list[str]:
+    from .relight import SYNTHETIC_MEASURES
+    rel = syn.get("relight")
+    if not rel:
+        return []
+    cur_label, base_label = relight_variants(rel)
+    n_hard = rel["by_capture_light"]["directional"]["n"]
+    out = [f"## Relighting: synthetic truth ({rel['all']['n']} heads, {n_hard} of them lit by a hard directional "
+           "light with cast shadows)", ""]
+    if base_label and rel["reused"].get("baseline"):
+        out += [f"The baseline's options resolve to the current ones ({cur_label} is {base_label}), so the "
+                "current bundles stand for it (the pipeline is deterministic; `--baseline-rerun` reconstructs it "
+                "anyway): the two columns agree and every difference is 0.", ""]
+    for para in RELIGHT_EXPLAIN_SYNTHETIC:
+        out += [para, ""]
+    groups = [(b["yaw"], b) for b in rel["by_yaw"]] + [("all", rel["all"]),
+                                                       ("SH captures", rel["by_capture_light"]["sh"]),
+                                                       ("hard-light captures", rel["by_capture_light"]["directional"])]
+    targets = rel.get("targets") or {}
+    for key, (name, unit, better) in SYNTHETIC_MEASURES.items():
+        out += [f"### {name[0].upper() + name[1:]} ({unit}, {better} is better)", ""]
+        per_bin = {x["yaw"]: x for x in targets.get(key, {}).get("per_bin", [])}
+        rows = []
+        for label, g in groups:
+            cur = _mean(g["current"].get(key))
+            row = [label if label[0].isalpha() else f"{label} deg", g["n"]]
+            if base_label:
+                base = _mean(g.get("baseline", {}).get(key))
+                row += [fmt_measure(key, base), fmt_measure(key, cur), fmt_delta(key, cur, base)]
+                if key in targets:
+                    row.append(verdict(per_bin[label]["pass"]) if label in per_bin else "")
+            else:
+                row.append(fmt_measure(key, cur))
+            rows.append(row)
+        header = ["abs(yaw) / group", "images"] + ([base_label, cur_label, "difference"] if base_label else [cur_label])
+        if base_label and key in targets:
+            header.append(f"target: {SYN_TARGET_TEXT[key]}")
+        out += table(header, rows)
+        if key in targets:
+            out += ["", f"Target {SYN_TARGET_TEXT[key]}: **{verdict(targets[key]['pass'])}**."]
+        out += [""]
+    return out
+
+
+def photo_relight_section(s: dict, explain: bool = True) -> list[str]:
+    from .relight import PHOTO_MEASURES
+    rel = s.get("relight")
+    if not rel:
+        return []
+    cur_label, base_label = relight_variants(rel)
+    m = rel["measures"]["current"]
+    out = [f"## Relighting: photos ({s['label']}: {rel['photos']} photos)", ""]
+    if explain:
+        for para in RELIGHT_EXPLAIN_PHOTOS:
+            out += [para, ""]
+    if m["with_lighting"] < rel["photos"]:
+        out += [f"{rel['photos'] - m['with_lighting']} of {rel['photos']} bundles ({cur_label}) have no fitted "
+                "lighting: their shading leakage is n/a and their re-render uses a uniform shading (mean "
+                f"{fmt_measure('x', _mean(m['uniform_shading']))}).", ""]
+    if base_label and rel["reused"].get("baseline"):
+        out += [f"The baseline ({base_label}) resolves to the current options: the current bundles stand for it.", ""]
+    rows = []
+    for key, (name, unit, better) in PHOTO_MEASURES.items():
+        c = m[key]
+        row = [name, fmt_measure(key, _mean(c)), fmt_measure(key, c["median"] if c["n"] else None),
+               fmt_measure(key, c["p90"] if c["n"] else None)]
+        if base_label:
+            base = _mean(rel["measures"]["baseline"][key])
+            row += [fmt_measure(key, base), fmt_delta(key, _mean(c), base)]
+        row += ["%" if key == "hair_leakage" else unit, better, target_text(key, rel["targets"]["current"].get(key))]
+        rows.append(row)
+    header = ["measure", "mean", "median", "p90"] + ([f"{base_label} mean", "difference"] if base_label else []) + \
+             ["unit", "better", "target (mean)"]
+    out += table(header, rows)
+    over = [p["name"] for p in s["photos"] if (p.get("relight") or {}).get("current", {}).get("hair_leakage") is not None
+            and p["relight"]["current"]["hair_leakage"] > rel["targets"]["current"]["hair_leakage"]["target"]]
+    if over:
+        out += ["", f"Photos over the hair-leakage target: {', '.join(over)}."]
+    return out + [""]
 
 
 def speed_section(rep: dict) -> list[str]:
@@ -279,9 +489,14 @@ def failures_section(rep: dict) -> list[str]:
 def write_markdown(rep: dict, path: Path) -> str:
     meta = rep["meta"]
     lines = [f"# Likeness bench: {meta['title']}", "",
-             f"{meta['date']} · commit `{meta.get('commit', '?')}` · `{meta['command']}`", "",
+             f"{meta['date']} · commit `{meta.get('commit', '?')}` · `{meta['command']}`"
+             + (f" · bench run {meta['bench_s']:.0f} s" if meta.get("bench_s") else ""), "",
              "## Summary", ""]
-    lines += table(["metric", "value", "unit", "better"], summary_rows(rep)) + [""]
+    summary = summary_rows(rep)
+    base_labels = sorted({relight_variants(x["relight"])[1] for x in rep.get("sets", []) + [rep.get("synthetic") or {}]
+                          if x.get("relight") and relight_variants(x["relight"])[1]})
+    lines += table(["metric", "value", f"{' / '.join(base_labels) or 'baseline'} (difference)", "unit", "better",
+                    "target"], summary) + [""]
     if rep.get("speed"):
         lines += speed_section(rep)
     for s in rep.get("sets", []):
@@ -291,8 +506,11 @@ def write_markdown(rep: dict, path: Path) -> str:
         lines += appearance_section(s, explain=(i == 0))
     if rep.get("shape_consistency"):
         lines += shape_section(rep["shape_consistency"], rep["sets"][0]["label"], rep["sets"][1]["label"])
+    for i, s in enumerate(x for x in rep.get("sets", []) if x.get("relight")):
+        lines += photo_relight_section(s, explain=(i == 0))
     if rep.get("synthetic"):
         lines += synthetic_section(rep["synthetic"])
+        lines += synthetic_relight_section(rep["synthetic"])
     lines += failures_section(rep)
     pics = rep.get("pictures", {})
     if pics:
@@ -305,7 +523,8 @@ def write_markdown(rep: dict, path: Path) -> str:
         if "synthetic_sheet" in pics:
             lines += [f"![synthetic sheet]({pics['synthetic_sheet']})", "",
                       "Columns: synthetic input, the bundle's preview, per-vertex error of the pipeline on the true "
-                      "shape, the same for the mean face (colour scale 0 mm blue to 10 mm and more red).", ""]
+                      "shape, the same for the mean face (colour scale 0 mm blue to 10 mm and more red); with the "
+                      "relighting rows, the truth and the current reconstruction under the relighting test light.", ""]
     text = "\n".join(lines)
     path.write_text(text, encoding="utf-8")
     return text

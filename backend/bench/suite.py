@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,15 @@ def prefix_of(name: str) -> str:
     return Path(name).stem.split("_")[0]
 
 
+@dataclass(frozen=True)
+class Variant:
+    """A way to reconstruct that the relighting rows compare: the current default, or a baseline."""
+    key: str             # "current" or "baseline" (report.json keys)
+    label: str           # for people: "current default (projection)", "v0 projection"
+    overrides: dict      # options over the session's
+    reuse: bool = False  # its options resolve to the current ones: the current bundle stands for it
+
+
 class Session:
     """One runner process for the whole bench invocation (the first request of it is the cold one)."""
 
@@ -47,9 +57,27 @@ class Session:
         self.cold_run = None      # the first reconstruct of the process, whatever it was for
         self.maxrss_mb = None
 
-    def reconstruct(self, photo: str, bundle: Path, **extra) -> dict:
+    def current_strategy(self) -> str:
+        from ..pipeline import parse_options
+        return parse_options({k: v for k, v in self.options.items() if v is not None}).texture
+
+    def variants(self, baseline: str | None, rerun_identical: bool = False) -> list[Variant]:
+        """The current default, and the baseline strategy when one is asked for. A baseline whose
+        options resolve to the current ones (v0 while projection is the default) would make the same
+        bundle byte for byte (the pipeline is deterministic), so it reuses the current one unless
+        `rerun_identical`."""
+        from ..pipeline import parse_options
+        current = Variant("current", f"current default ({self.current_strategy()})", {})
+        if not baseline:
+            return [current]
+        same = (parse_options({k: v for k, v in self.options.items() if v is not None})
+                == parse_options({k: v for k, v in dict(self.options, texture=baseline).items() if v is not None}))
+        return [current, Variant("baseline", f"v0 {baseline}" if baseline == "projection" else baseline,
+                                 {"texture": baseline}, reuse=same and not rerun_identical)]
+
+    def reconstruct(self, photo: str, bundle: Path, options: dict | None = None, **extra) -> dict:
         ans = self.runner.request(op="reconstruct", photo=photo, out=str(Path(bundle).absolute()),
-                                  options=dict(self.options, overwrite=True), **extra)
+                                  options=dict(self.options, overwrite=True, **(options or {})), **extra)
         ans["cold"] = not self.cold_done
         if ans["cold"]:
             ans["spawn_to_ready_s"] = self.runner.ready["spawn_to_ready_s"]
@@ -80,8 +108,10 @@ def run_record(ans: dict) -> dict:
 
 
 def run_photo_set(session: Session, evaluator: Evaluator, photos: list[Path], label: str, repeat: int = 1,
-                  sheet_rows: list | None = None) -> dict:
-    """Reconstruct and measure every photo; returns {"label", "folder", "photos": [records]}."""
+                  sheet_rows: list | None = None, variants: list[Variant] | None = None) -> dict:
+    """Reconstruct and measure every photo; returns {"label", "folder", "photos": [records]}. With
+    `variants` (Session.variants), the relighting measures of each (a baseline is reconstructed into
+    bundles/<label>.<key>/)."""
     from ..imageio import load_photo
     from ..landmarks import read_tem
     bundles = session.out_dir / "bundles" / label
@@ -114,6 +144,10 @@ def run_photo_set(session: Session, evaluator: Evaluator, photos: list[Path], la
                 rec["landmarks_error"] = str(err)
         appearance, rendering = evaluator.appearance(bundle, photo.rgb, res)
         rec["appearance"] = appearance
+        if variants:
+            with measure_threads():
+                rec["relight"] = photo_relight(session, evaluator, path, photo, bundle, res, variants,
+                                               session.out_dir / "bundles" / label)
         if sheet_rows is not None and len(sheet_rows) < SHEET_ROWS:
             sheet_rows.append((f"{label}/{path.name}", row_caption(rec), photo_cells(bundle, photo.rgb, rendering, res)))
         records.append(rec)
@@ -123,8 +157,52 @@ def run_photo_set(session: Session, evaluator: Evaluator, photos: list[Path], la
             f"peak {ans['peak_rss_mb']:.0f} MB" + (f", NME {np.mean(lm):.3f}" if lm else "")
             + (f", SSIM {a['ssim']:.3f}" if "ssim" in a else "")
             + (f", id {a['id_distance']:.3f}" if "id_distance" in a else "")
+            + relight_log(rec.get("relight"))
             + f" (measures {time.perf_counter() - t0 - ans['wall_s'] * repeat:.1f} s)")
     return {"label": label, "folder": str(photos[0].parent) if photos else "", "photos": records}
+
+
+def measure_threads():
+    """Torch threads for the bench's own renders: no more than the idle cores (threads.idle_cpu_threads;
+    on a busy 2-core machine 2 threads rasterized 3-5x slower than 1). The runner is idle meanwhile."""
+    from ..threads import idle_cpu_threads, torch_threads
+    return torch_threads(idle_cpu_threads())
+
+
+def photo_relight(session: Session, evaluator: Evaluator, path: Path, photo, bundle: Path, result: dict,
+                  variants: list[Variant], bundles: Path) -> dict:
+    """Shading leakage, photo re-render and hair leakage (relight.photo_measures) of each variant."""
+    from ..errors import LikenessError
+    from . import relight
+    from .render import head_of_bundle
+    try:
+        skin, hair = relight.photo_masks(photo, result)
+    except LikenessError as err:
+        return {"error": f"{err.code}: {err.message}"}
+    out = {}
+    for v in variants:
+        if v.reuse:   # the same bundle: the same numbers (variants() puts "current" first)
+            out[v.key] = dict(out["current"], reused=True)
+            continue
+        b = bundle
+        if v.key != "current":
+            b = bundles.parent / f"{bundles.name}.{v.key}" / path.stem
+            ans = session.reconstruct(str(path.absolute()), b, options=v.overrides)
+            if ans.get("event") != "result":
+                out[v.key] = {"error": f"{ans.get('code')}: {ans.get('message')}"}
+                continue
+        out[v.key], _ = relight.photo_measures(head_of_bundle(b), photo.rgb, skin, hair, evaluator.lpips)
+        out[v.key]["reused"] = False
+    return out
+
+
+def relight_log(rel: dict | None) -> str:
+    m = (rel or {}).get("current") or {}
+    if "hair_leakage" not in m:
+        return ""
+    leak = m.get("shading_leakage")
+    return (f", hair {100 * m['hair_leakage']:.1f} %, leakage " + ("n/a" if leak is None else f"{leak:.2f}")
+            + (f", re-render SSIM {m['rerender_ssim']:.3f}" if "rerender_ssim" in m else ""))
 
 
 def row_caption(rec: dict) -> str:
@@ -209,6 +287,25 @@ def appearance_summary(records: list[dict]) -> dict | None:
     return out
 
 
+def relight_summary(records: list[dict], variants: list[Variant]) -> dict | None:
+    """Per variant: each photo measure summarised, and its target checked on the mean (relight.TARGETS)."""
+    from . import relight
+    rows = [r["relight"] for r in records if r.get("ok") and r.get("relight") and "error" not in r["relight"]]
+    if not rows:
+        return None
+    out = {"photos": len(rows), "variants": {v.key: v.label for v in variants},
+           "reused": {v.key: v.reuse for v in variants}, "measures": {}, "targets": {}}
+    for v in variants:
+        got = [r[v.key] for r in rows if v.key in r and "error" not in r[v.key]]
+        m = {k: metrics.summarize([g.get(k) for g in got]) for k in relight.PHOTO_MEASURES}
+        m["uniform_shading"] = metrics.summarize([g.get("uniform_shading") for g in got])
+        m["with_lighting"] = sum(bool(g.get("lighting")) for g in got)
+        out["measures"][v.key] = m
+        out["targets"][v.key] = {k: relight.check_target(k, m[k]["mean"] if m[k]["n"] else None)
+                                 for k in relight.TARGETS}
+    return out
+
+
 def shape_consistency(set_a: dict, set_b: dict) -> dict | None:
     """Neutral-expression (identity-only) shapes of photos with the same file-name prefix vs
     different prefixes: mean per-vertex distance over the narrow face region (mm), no alignment
@@ -247,8 +344,10 @@ def shape_consistency(set_a: dict, set_b: dict) -> dict | None:
 
 def run_synthetic(session: Session, n: int, seed: int, textures_dir: Path | None, backgrounds_dir: Path | None,
                   exif_focal: bool, sheet_rows: list | None, n_textures: int = 6,
-                  cache: Path = Path("out/bench_cache/textures")) -> dict:
-    import torch
+                  cache: Path = Path("out/bench_cache/textures"), variants: list[Variant] | None = None,
+                  lpips=None) -> dict:
+    """Render, reconstruct and measure N synthetic heads. With `variants` (Session.variants), the
+    relighting measures of each variant (a baseline reconstructed into synthetic/bundles.<key>/)."""
     from ..facemodel import load_face_model
     from .render import mesh_from_model, render_vertex_colours
     from .synthetic import FACE_IDS, load_backgrounds, make_sample, texture_sources, vertex_errors_mm
@@ -304,15 +403,21 @@ def run_synthetic(session: Session, n: int, seed: int, textures_dir: Path | None
                    landmark_only_mm=float(e_lm.mean()), fitted_yaw_deg=res["pose"]["yaw_deg"],
                    yaw_error_deg=res["pose"]["yaw_deg"] - s.params["yaw_deg"], rotation_error_deg=pose_err,
                    true_landmarks_mm=float(e_true.mean()), detector_nme=det_nme)
+        relit = None
+        if variants:
+            with measure_threads():
+                rec["relight"], relit = synthetic_relight(session, s, i, seed, bundle, model, variants, lpips, out_dir)
         samples.append(rec)
         if sheet_rows is not None and len(sheet_rows) < SHEET_ROWS:
             sheet_rows.append((f"synthetic/{s.name}", f"{s.name}  yaw {s.params['yaw_deg']:+.0f}  "
-                               f"fit {e_fit.mean():.2f} mm  mean face {e_mean.mean():.2f} mm",
-                               synthetic_cells(s, bundle, model, truth, e_fit, e_mean)))
+                               f"fit {e_fit.mean():.2f} mm  mean face {e_mean.mean():.2f} mm"
+                               + synthetic_relight_caption(rec.get("relight")),
+                               synthetic_cells(s, bundle, model, truth, e_fit, e_mean, relit)))
         log(f"[synthetic {i + 1}/{n}] {s.name}: yaw {s.params['yaw_deg']:+.0f}, fit {e_fit.mean():.2f} mm, "
             f"landmark-only {e_lm.mean():.2f} mm, true landmarks {e_true.mean():.2f} mm, "
-            f"mean face {e_mean.mean():.2f} mm, detector NME {det_nme:.3f} "
-            f"({time.perf_counter() - t0:.1f} s)")
+            f"mean face {e_mean.mean():.2f} mm, detector NME {det_nme:.3f}"
+            + synthetic_relight_caption(rec.get("relight"), ", ")
+            + f" ({time.perf_counter() - t0:.1f} s)")
     ok = [r for r in samples if r["ok"]]
     out = {"n": n, "seed": seed, "succeeded": len(ok), "exif_focal": exif_focal,
            "textures": [p.name for p in tex_photos], "backgrounds": str(backgrounds_dir) if backgrounds else "noise",
@@ -331,12 +436,88 @@ def run_synthetic(session: Session, n: int, seed: int, textures_dir: Path | None
                               "landmark_only_mm": float(np.mean([r["landmark_only_mm"] for r in sel])) if sel else float("nan"),
                               "mean_face_mm": float(np.mean([r["mean_face_mm"] for r in sel])) if sel else float("nan"),
                               "failed": sum(1 for r in samples if not r["ok"] and lo <= abs(r["params"]["yaw_deg"]) < hi)})
+    if variants:
+        out["relight"] = synthetic_relight_summary(ok, variants, bins)
     if ok:
         out["rotation_error_deg"] = metrics.summarize([r["rotation_error_deg"] for r in ok])
         out["yaw_error_deg"] = metrics.summarize([r["yaw_error_deg"] for r in ok])
         out["abs_yaw_error_deg"] = metrics.summarize([abs(r["yaw_error_deg"]) for r in ok])
         out["fit_beats_mean_face_share"] = float(np.mean([r["fit_mm"] < r["mean_face_mm"] for r in ok]))
         out["detector_nme"] = metrics.summarize([r["detector_nme"] for r in ok])
+    return out
+
+
+def synthetic_relight(session: Session, sample, index: int, seed: int, bundle: Path, model, variants: list[Variant],
+                      lpips, out_dir: Path) -> tuple[dict, tuple]:
+    """Albedo error, relit error and leakage against the true shading of each variant's bundle; and
+    the relit pictures (truth, current) for the sheet."""
+    from . import relight
+    from .render import head_of_bundle
+    from .synthetic import relight_light, truth_head, truth_light
+    truth = truth_head(sample.truth, model)   # the truth relit render is shared by the variants
+    capture = truth_light(np.load(sample.truth))
+    new_light = relight_light(seed, index)
+    side = sample.params.get("side", 512)
+    truth_relit = relight.relit_render(truth, new_light, side)
+    out = {"capture_light": capture.kind, "relight_light": new_light.to_dict()}
+    from .evaluate import bbox, square_box
+    h, w = truth_relit.covered.shape
+    box = square_box(bbox(truth_relit.covered, 0.0), 1.15, w, h) if truth_relit.covered.any() else None
+    pictures = (truth_relit.image, None, box)
+    for v in variants:
+        if v.reuse:   # the same bundle: the same numbers (variants() puts "current" first)
+            out[v.key] = dict(out["current"], reused=True)
+            continue
+        b = bundle
+        if v.key != "current":
+            b = out_dir / f"bundles.{v.key}" / sample.name
+            ans = session.reconstruct(str(sample.image.absolute()), b, options=v.overrides)
+            if ans.get("event") != "result":
+                out[v.key] = {"error": f"{ans.get('code')}: {ans.get('message')}"}
+                continue
+        head = head_of_bundle(b)
+        m = relight.albedo_error(head, truth)
+        rend = relight.relit_render(head, new_light, side, m.get("albedo_gain"))
+        m.update(relight.relit_error(rend, truth_relit, lpips))
+        m.update(relight.true_shading_leakage(head, truth, capture))
+        m.update(relight.oracle_relit_error(head, truth, new_light, truth_relit, side))
+        m["reused"] = False
+        out[v.key] = m
+        if v.key == "current":
+            pictures = (truth_relit.image, rend.image, box)
+    return out, pictures
+
+
+def synthetic_relight_caption(rel: dict | None, sep: str = "  ") -> str:
+    m = (rel or {}).get("current") or {}
+    if "relit_psnr_db" not in m:
+        return ""
+    return (f"{sep}albedo {m.get('albedo_psnr_db', float('nan')):.1f} dB{sep}relit {m['relit_psnr_db']:.1f} dB"
+            f" ({rel['capture_light']} -> {rel['relight_light']['kind']})")
+
+
+def synthetic_relight_summary(ok: list[dict], variants: list[Variant], bins: list[tuple[int, int]]) -> dict:
+    """Each relighting measure per variant: over all samples, per yaw bin (the geometry rows' bins) and
+    per capture light; the synthetic targets (relight.synthetic_targets)."""
+    from . import relight
+    recs = [r for r in ok if r.get("relight")]
+
+    def group(sel: list[dict]) -> dict:
+        g = {"n": len(sel)}
+        for v in variants:
+            got = [r["relight"][v.key] for r in sel if v.key in r["relight"] and "error" not in r["relight"][v.key]]
+            g[v.key] = {k: metrics.summarize([x.get(k) for x in got]) for k in relight.SYNTHETIC_MEASURES}
+        return g
+
+    by_yaw = []
+    for lo, hi in bins:
+        b = group([r for r in recs if lo <= abs(r["params"]["yaw_deg"]) < hi])
+        by_yaw.append({"yaw": f"{lo}-{min(hi, 60)}", **b})
+    out = {"variants": {v.key: v.label for v in variants}, "reused": {v.key: v.reuse for v in variants},
+           "all": group(recs), "by_yaw": by_yaw,
+           "by_capture_light": {kind: group([r for r in recs if r["relight"]["capture_light"] == kind])
+                                for kind in ("sh", "directional")}}
+    out["targets"] = relight.synthetic_targets(by_yaw) if any(v.key == "baseline" for v in variants) else None
     return out
 
 
@@ -386,16 +567,23 @@ def error_colours(err_mm: np.ndarray, n_vertices: int, vmax: float = 10.0) -> np
     return out
 
 
-def synthetic_cells(sample, bundle: Path, model, truth: np.ndarray, e_fit: np.ndarray, e_mean: np.ndarray) -> list:
+def synthetic_cells(sample, bundle: Path, model, truth: np.ndarray, e_fit: np.ndarray, e_mean: np.ndarray,
+                    relit: tuple | None = None) -> list:
+    """input, preview, error maps of the pipeline and the mean face; with `relit` (truth and current
+    images under the relighting test light, and the head's box), those two as well."""
     import cv2
     from .evaluate import cell
     from .render import mesh_from_model, render_vertex_colours
     img = cv2.cvtColor(cv2.imread(str(sample.image)), cv2.COLOR_BGR2RGB)
     prev = cv2.cvtColor(cv2.imread(str(bundle / "preview.png")), cv2.COLOR_BGR2RGB)
     mesh = mesh_from_model(model, truth)
-    return [cell(img), cell(prev),
-            cell(render_vertex_colours(mesh, error_colours(e_fit, len(truth)))),
-            cell(render_vertex_colours(mesh, error_colours(e_mean, len(truth))))]
+    cells = [cell(img), cell(prev),
+             cell(render_vertex_colours(mesh, error_colours(e_fit, len(truth)))),
+             cell(render_vertex_colours(mesh, error_colours(e_mean, len(truth))))]
+    if relit is not None:
+        *images, box = relit
+        cells += [cell(x, box) if x is not None else np.full_like(cells[0], 96) for x in images]
+    return cells
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,10 +1,16 @@
-"""Synthetic heads with known 3D truth: random ICT identity, expression, pose, lens and lighting.
+"""Synthetic heads with known 3D truth: random ICT identity, expression, pose, lens, albedo and lighting.
 
 Each sample is drawn from its own generator seeded by (seed, index), so a sample does not change
-when N does, and a run is reproducible. Skin textures are UV maps the real pipeline made from
-photos (London neutral set by default), backgrounds are crops of real photos with structure
-(wild_dev by default: corners, away from the face). The image is written as a JPEG whose EXIF
-gives the 35 mm-equivalent focal length (as a phone camera would), and the truth as .npz.
+when N does, and a run is reproducible. Skin albedo is a set of UV maps the real pipeline made from
+photos (London neutral set by default): those linear tiles *are* the truth albedo of the head, and the
+truth file keeps them (8-bit sRGB, as the bundle stored them: decoding is exact). Lighting is random
+second-order SH on camera-space normals; for HARD_LIGHT_SHARE of the samples (indices 1 and 3 of every
+5, so any run of 3 or more has one) it is a hard directional light with cast shadows (a shadow map, see
+render.shadow_factor) over a dim SH ambient. The draws for the hard light and for the relighting test
+light come from generators of their own ((seed, index, 1) and (seed, index, 2)), so adding them left
+every earlier draw (geometry, pose, lens, texture, background) as it was. Backgrounds are crops of
+real photos with structure (wild_dev by default: corners, away from the face). The image is written as
+a JPEG whose EXIF gives the 35 mm-equivalent focal length (as a phone camera would), and the truth as .npz.
 """
 from __future__ import annotations
 
@@ -17,8 +23,9 @@ import numpy as np
 from PIL import Image
 
 from ..camera import Intrinsics, focal_px_from_35mm
+from ..colour import decode_srgb8
 from ..facemodel import NARROW_FACE_LAST_VERTEX, VERTEX_RANGES
-from .render import eye_colours, linear_tiles, mesh_from_model, render_head
+from .render import DEFAULT_SKIN_SRGB8, Head, Light, eye_colours, mesh_from_model, render_head
 
 IMAGE_SIDE = 512
 YAW_MAX, PITCH_MAX, ROLL_MAX = 60.0, 25.0, 10.0   # degrees
@@ -26,6 +33,10 @@ FOCAL_35MM = (24, 85)                              # mm, uniform
 FACE_FRACTION = (0.35, 0.55)                       # face-region height / image height
 IRIS_COLOURS = ((0.25, 0.15, 0.08), (0.35, 0.25, 0.12), (0.25, 0.35, 0.45), (0.30, 0.38, 0.25), (0.12, 0.08, 0.05))
 FACE_IDS = np.arange(NARROW_FACE_LAST_VERTEX + 1)
+HARD_LIGHT_EVERY = (5, (1, 3))                     # index % 5 in (1, 3): 40 % of the samples
+HARD_LIGHT_SHARE = len(HARD_LIGHT_EVERY[1]) / HARD_LIGHT_EVERY[0]
+RELIGHT_HARD_SHARE = 0.4                           # of the relighting test lights
+TILES = (1001, 1002)
 
 
 @dataclass
@@ -76,6 +87,42 @@ def sample_sh(rng: np.random.Generator) -> np.ndarray:
     return c * tint[None, :] * (1.05 / (amb + strength))
 
 
+def has_hard_light(index: int) -> bool:
+    return index % HARD_LIGHT_EVERY[0] in HARD_LIGHT_EVERY[1]
+
+
+def sample_direction(rng: np.random.Generator, min_z: float, max_z: float) -> np.ndarray:
+    """A unit camera-space direction towards a light on the camera's side (z = cos of its angle to the
+    view axis in [min_z, max_z], azimuth uniform, a little more often from above)."""
+    z = rng.uniform(min_z, max_z)
+    phi = rng.uniform(0.0, 2.0 * np.pi)
+    r = np.sqrt(1.0 - z * z)
+    d = np.array([r * np.cos(phi), r * np.sin(phi), z])
+    d[1] = abs(d[1]) if rng.random() < 0.7 else d[1]
+    return d / np.linalg.norm(d)
+
+
+def sample_hard_light(rng: np.random.Generator) -> Light:
+    """A directional light from well off the view axis (45-78 deg, so the nose and brows cast shadows
+    the camera sees) of intensity 0.7-1.0 (shading units), slightly tinted, over a dim SH ambient
+    (0.15-0.35 uniform plus a weak band 1 from elsewhere)."""
+    d = sample_direction(rng, 0.2, 0.7)
+    intensity = rng.uniform(0.7, 1.0) * (1.0 + rng.normal(0.0, 0.04, size=3))
+    amb = rng.uniform(0.15, 0.35)
+    fill = sample_direction(rng, 0.3, 1.0) * rng.uniform(0.0, 0.1)
+    sh = np.zeros((9, 3))
+    sh[0] = amb / 0.282095
+    sh[1:4] = (np.array([fill[1], fill[2], fill[0]]) / 0.488603)[:, None]
+    return Light(sh * (1.0 + rng.normal(0.0, 0.03, size=3))[None], d, intensity)
+
+
+def relight_light(seed: int, index: int) -> Light:
+    """The relighting test light of sample `index`: new and random (its own generator), SH as the
+    captures' or, RELIGHT_HARD_SHARE of the time, a hard directional light with shadows."""
+    rng = np.random.default_rng([seed, index, 2])
+    return sample_hard_light(rng) if rng.random() < RELIGHT_HARD_SHARE else Light(sample_sh(rng))
+
+
 def load_backgrounds(folder: Path | None, limit: int = 64) -> list[tuple[str, np.ndarray]]:
     if folder is None or not Path(folder).is_dir():
         return []
@@ -121,7 +168,7 @@ def make_sample(index: int, seed: int, model, textures: list[tuple[str, dict]], 
     frac = rng.uniform(*FACE_FRACTION)
     jitter = rng.uniform(-0.08, 0.08, size=2) * side
     sh = sample_sh(rng)
-    tex_name, tiles = textures[rng.integers(len(textures))] if textures else ("flat", {})
+    tex_name, tiles8 = textures[rng.integers(len(textures))] if textures else ("flat", {})
     bg_name, bg = background_crop(rng, backgrounds, side)
     iris = np.asarray(IRIS_COLOURS[rng.integers(len(IRIS_COLOURS))])
     noise_sigma = rng.uniform(0.5, 2.5)
@@ -139,9 +186,12 @@ def make_sample(index: int, seed: int, model, textures: list[tuple[str, dict]], 
     offset = np.array([jitter[0] * dist / k.focal_px, -jitter[1] * dist / k.focal_px, -dist])
     trans = offset - rot @ centre
 
+    light = sample_hard_light(np.random.default_rng([seed, index, 1])) if has_hard_light(index) else Light(sh)
     rest = model.neutral.cpu().numpy()
     eyes = eye_colours(rest, [VERTEX_RANGES["eyeball_left"], VERTEX_RANGES["eyeball_right"]], iris)
-    img, covered = render_head(mesh_from_model(model, verts), k, rot, trans, tiles, sh, bg, eye_albedo=eyes)
+    tiles = {t: decode_srgb8(img) for t, img in tiles8.items()}
+    rend = render_head(mesh_from_model(model, verts), k, rot, trans, tiles, light, bg, eye_albedo=eyes)
+    img, covered = rend.image, rend.covered
     img = np.clip(img.astype(np.float32) + rng.normal(0, noise_sigma, img.shape), 0, 255).astype(np.uint8)
 
     name = f"synth_{index:04d}"
@@ -156,16 +206,21 @@ def make_sample(index: int, seed: int, model, textures: list[tuple[str, dict]], 
     params = {"side": side, "yaw_deg": yaw, "pitch_deg": pitch, "roll_deg": roll, "focal_35mm": f35, "focal_px": k.focal_px,
               "exif_focal": exif_focal, "face_fraction": frac, "texture": tex_name, "background": bg_name,
               "expressions": {n: float(w) for n, w in zip(model.expression_names, expression) if w > 0},
-              "noise_sigma": noise_sigma, "jpeg_quality": jpeg_quality, "head_pixels": int(covered.sum())}
+              "noise_sigma": noise_sigma, "jpeg_quality": jpeg_quality, "head_pixels": int(covered.sum()),
+              "face_skin_pixels": int(rend.face_skin.sum()), "light": light.to_dict()}
     truth_path = out_dir / "truth" / f"{name}.npz"
+    # The truth albedo: the tiles themselves (8-bit sRGB as stored; decode_srgb8 gives the linear values
+    # the head was rendered with). `sh` is the SH part of the light (all of it, or a hard light's ambient).
+    albedo = {f"albedo_{t}": img for t, img in tiles8.items()}
     np.savez_compressed(truth_path, vertices=verts.astype(np.float32), identity=identity, expression=expression,
-                        rotation=rot, translation=trans, focal_px=k.focal_px, sh=sh,
-                        params=json.dumps(params))
+                        rotation=rot, translation=trans, focal_px=k.focal_px, sh=light.sh,
+                        light=json.dumps(light.to_dict()), params=json.dumps(params), **albedo)
     return Sample(name, image_path, truth_path, params)
 
 
 def texture_sources(session, photos: list[Path], cache: Path) -> list[tuple[str, dict]]:
-    """Diffuse tiles (linear) made by the real pipeline from `photos`, cached as bundles under `cache`."""
+    """Diffuse tiles (8-bit sRGB, as stored) made by the real pipeline from `photos`, cached as bundles
+    under `cache`."""
     from ..bundle import is_bundle, load_bundle
     out = []
     for p in photos:
@@ -175,7 +230,7 @@ def texture_sources(session, photos: list[Path], cache: Path) -> list[tuple[str,
             if ans.get("event") != "result":
                 print(f"bench: texture photo {p.name} failed: {ans.get('code')} {ans.get('message')}")
                 continue
-        out.append((p.name, linear_tiles(load_bundle(bundle), "diffuse")))
+        out.append((p.name, load_bundle(bundle).tiles("diffuse")))
     return out
 
 
@@ -183,3 +238,25 @@ def vertex_errors_mm(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Per-vertex error (mm) over the narrow face region after a similarity alignment."""
     from .metrics import aligned_vertex_errors
     return 10.0 * aligned_vertex_errors(np.asarray(pred)[FACE_IDS], np.asarray(truth)[FACE_IDS])
+
+
+def truth_light(truth) -> Light:
+    """The light a sample was rendered with (truth files from before hard lights hold only `sh`)."""
+    if "light" in truth.files:
+        return Light.from_dict(json.loads(str(truth["light"])))
+    return Light(np.asarray(truth["sh"], np.float64))
+
+
+def truth_head(truth_path: Path, model) -> Head:
+    """The true head of a sample: true mesh, camera and pose, the truth albedo as its tiles (a flat
+    skin colour where the sample had none), and no fitted lighting."""
+    t = np.load(truth_path)
+    side = json.loads(str(t["params"])).get("side", IMAGE_SIDE)
+    k = Intrinsics(float(t["focal_px"]), side / 2, side / 2, side, side)
+    tiles = {}
+    for tile in TILES:
+        key = f"albedo_{tile}"
+        img = t[key] if key in t.files else np.broadcast_to(np.asarray(DEFAULT_SKIN_SRGB8, np.uint8), (8, 8, 3))
+        tiles[tile] = decode_srgb8(img)
+    return Head(mesh_from_model(model, t["vertices"]), k, np.asarray(t["rotation"]), np.asarray(t["translation"]),
+                tiles, {}, None, "truth")

