@@ -294,7 +294,9 @@ def test_bundle_writes_roughness_16_bit_normals_and_eyes(model, tmp_path):
     k = Intrinsics(500.0, 32.0, 32.0, 64, 64)
     det = FaceDetection(np.zeros((478, 2), np.float32), np.zeros(478, np.float32), {}, np.eye(4), (0, 0, 1, 1), 1)
     obs = Observation(photo_from_array(np.zeros((64, 64, 3), np.uint8), "x.png"), det, k)
-    fit = SceneFit.posed(k, torch.eye(3), torch.tensor([0.0, 0.0, -60.0]), model.neutral.clone())
+    v = model.neutral.clone()
+    fit = SceneFit(k, torch.eye(3), torch.tensor([0.0, 0.0, -60.0]), torch.zeros(model.num_identity),
+                   torch.zeros(model.num_expression), v, v, np.zeros((0, 2), np.float32), {}, {}, {})
     n = np.zeros((32, 32, 3), np.float32)
     n[..., 2] = 1
     n[5, 5] = (0.6, 0.0, 0.8)
@@ -340,7 +342,7 @@ def _build_scene(model, corr):
     k = Intrinsics(1.9 * SIDE, SIDE / 2, SIDE / 2, SIDE, SIDE)
     rot, verts, trans = np.eye(3), model.neutral.numpy(), np.array([0.0, 1.0, -62.0])
     tiles = {t: np.broadcast_to(ALBEDO.astype(np.float32), (64, 64, 3)).copy() for t in (1001, 1002)}
-    img, _ = render_head(mesh_from_model(model, verts), k, rot, trans, tiles, side_light(), np.full((SIDE, SIDE, 3), 40, np.uint8))
+    img = render_head(mesh_from_model(model, verts), k, rot, trans, tiles, side_light(), np.full((SIDE, SIDE, 3), 40, np.uint8)).image
     pts = (verts[corr.vertex_ids] * corr.bary[..., None]).sum(1)
     uv = render.project(render.to_camera(torch.from_numpy(pts), torch.from_numpy(rot).float(),
                                          torch.from_numpy(trans).float()), k)[:, :2].numpy()

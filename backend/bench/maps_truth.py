@@ -635,9 +635,6 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
 
 # ---------------------------------------------------------------------------------------------
 # Real photos: the eyes' colour against the photo's mean iris pixel
@@ -700,3 +697,7 @@ def real_eye_scores(photo_path: Path, model, corr, albedo_model) -> dict:
     if ref is not None:
         out["delta_e"] = float(deltaE_ciede2000(lab(ours), lab(ref)))
     return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

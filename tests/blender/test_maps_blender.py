@@ -6,7 +6,8 @@
   Normal Map node, tangent space), bakes back to the same normals (so nothing flips or loses precision
   between writer, reader and material), and flat stays flat;
 - the importer wires the roughness map into Principled Roughness and the bundle's eyes.png into the eyes;
-  a glb export carries the roughness in the green channel of its metallic-roughness texture."""
+  a glb export carries the roughness in the green channel of its metallic-roughness texture, and the
+  bundle's eyes image."""
 from __future__ import annotations
 
 import sys
@@ -188,7 +189,8 @@ def bundle(likeness, model, tmp_path_factory):
     det = FaceDetection(np.zeros((478, 2), np.float32), np.zeros(478, np.float32), {}, np.eye(4), (0, 0, 1, 1), 1)
     obs = Observation(photo_from_array(np.zeros((128, 128, 3), np.uint8), "maps.png"), det, k)
     v = model.neutral.clone()
-    fit = SceneFit.posed(k, torch.eye(3), torch.tensor([0.0, 0.0, -60.0]), v)
+    fit = SceneFit(k, torch.eye(3), torch.tensor([0.0, 0.0, -60.0]), torch.zeros(model.num_identity),
+                   torch.zeros(model.num_expression), v, v, np.zeros((0, 2), np.float32), {}, {}, {})
     frames = skin_maps.texel_frames(model, _blender_vertices(model), S, tiles=(1001, 1002))
     u = (np.arange(S) + 0.5) / S
     vv = 1.0 - (np.arange(S) + 0.5) / S
@@ -250,7 +252,7 @@ def test_importer_wires_roughness_and_the_bundles_eyes(likeness, bundle):
     assert Path(eimg.filepath).name == "eyes.png" and eimg.colorspace_settings.name == "sRGB"
 
 
-def test_gltf_export_carries_roughness_in_green(likeness, bundle, tmp_path):
+def test_gltf_export_carries_roughness_in_green_and_the_bundles_eyes(likeness, bundle, tmp_path):
     from likeness.operators import export, importer
 
     from .reimport import reimport, upstream_images
@@ -269,3 +271,10 @@ def test_gltf_export_carries_roughness_in_green(likeness, bundle, tmp_path):
     img.pixels.foreach_get(px)
     green = px.reshape(img.size[1], img.size[0], 4)[::-1, :S, 1]      # atlas: tile 1001 on the left
     np.testing.assert_allclose(green.mean(axis=0), np.linspace(0.2, 0.8, S), atol=0.01)
+    # the eyes keep the bundle's own image (the photo's iris), not the importer's default drawing
+    eyes = next(m for m in bpy.data.materials if m.name.startswith("rough_eyes"))
+    ebsdf = next(n for n in eyes.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+    eimg = upstream_images(ebsdf.inputs["Base Color"])[0]
+    epx = np.empty(eimg.size[0] * eimg.size[1] * 4, np.float32)
+    eimg.pixels.foreach_get(epx)
+    np.testing.assert_allclose(epx.reshape(-1, 4)[:, :3].mean(0), np.array([40, 90, 160]) / 255.0, atol=0.01)
