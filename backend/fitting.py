@@ -72,6 +72,7 @@ class FitSettings:
     expression_prior: float = 10.0   # weight of mean(beta^2)
     expression_l1: float = 10.0      # weight of mean(beta) (beta >= 0): sparse expressions
     contour_weight: float = 0.3
+    sliding_contour: bool = True     # lateral face-oval landmarks follow the silhouette (ContourSlider)
     wing_w: float = 10.0             # Wing loss, in units where the inter-ocular distance is 64
     wing_eps: float = 2.0
     # Learning rates: (rigid stage, full stage) for rotation (rad) and translation (cm); identity and
@@ -97,13 +98,72 @@ def clamp_unit(x: torch.Tensor) -> None:
     x.clamp_(0.0, 1.0)
 
 
+class ContourSlider:
+    """Face-oval landmarks that slide along the silhouette. On a turned head the outline of the far cheek
+    is wherever the surface turns away from the camera, not a fixed point of the mesh: for each lateral
+    oval landmark, the candidates are the face vertices at its height on its side (a band on the neutral
+    head); while its fixed surface point faces away or grazes the view, the landmark is the visible
+    candidate closest to grazing (the silhouette) instead."""
+
+    BAND_CM = 0.45           # half-height of a landmark's band of candidates (neutral head)
+    MIDLINE_CM = 2.0         # oval points closer to the midline (chin, forehead top) do not slide
+    GRAZE = 0.25             # slide while the fixed point's cos(normal, view) is above -GRAZE
+
+    def __init__(self, model: FaceModel, corr: Correspondence):
+        from .facemodel import NARROW_FACE_LAST_VERTEX
+        from .render import vertex_normals
+        verts = model.neutral.cpu().numpy()
+        tris = torch.from_numpy(model.topology.triangles)
+        normals = vertex_normals(model.neutral.cpu(), tris).numpy()
+        fixed = (verts[corr.vertex_ids] * corr.bary[..., None]).sum(1)
+        fixed_n = (normals[corr.vertex_ids] * corr.bary[..., None]).sum(1)
+        face = np.arange(NARROW_FACE_LAST_VERTEX + 1)
+        ids, bands = [], []
+        for j in np.flatnonzero(corr.contour & (corr.weight > 0)):
+            x, y = fixed[j, 0], fixed[j, 1]
+            if abs(x) < self.MIDLINE_CM:
+                continue
+            band = face[(np.abs(verts[face, 1] - y) < self.BAND_CM) & (np.sign(verts[face, 0]) == np.sign(x))
+                        & (np.abs(verts[face, 0]) > abs(x) - 3.0)]
+            if len(band) >= 3:
+                ids.append(j)
+                bands.append(band)
+        width = max(len(b) for b in bands)
+        cand = np.stack([np.pad(b, (0, width - len(b)), mode="edge") for b in bands])   # (J, C)
+        dev = model.device
+        self.landmarks = torch.as_tensor(np.array(ids), device=dev)
+        self.candidates = torch.as_tensor(cand, device=dev)
+        flat = cand.reshape(-1)
+        self.basis = model.surface_basis(np.repeat(flat[:, None], 3, 1), np.tile([1.0, 0.0, 0.0], (len(flat), 1)))
+        self.normals = torch.as_tensor(normals[flat], dtype=torch.float32, device=dev)     # (J*C, 3) model space
+        self.fixed_normals = torch.as_tensor(fixed_n[ids], dtype=torch.float32, device=dev)
+
+    def replace(self, ctx: "FitContext", points_cam: torch.Tensor) -> torch.Tensor:
+        """Camera-space landmark points (L, 3) with the sliding ones moved to the silhouette."""
+        rot = ctx.rotation()
+        cand = to_camera(self.basis.points(ctx["identity"], ctx["expression"]), rot, ctx["translation"])
+        with torch.no_grad():
+            J, C = self.candidates.shape
+            view = torch.nn.functional.normalize(cand, dim=1)
+            cos = ((self.normals @ rot.T) * view).sum(1).view(J, C)
+            fixed = points_cam.index_select(0, self.landmarks)
+            fixed_cos = ((self.fixed_normals @ rot.T) * torch.nn.functional.normalize(fixed, dim=1)).sum(1)
+            grazing = torch.where(cos < 0, cos, torch.full_like(cos, -2.0)).argmax(1)        # visible, closest to 0
+            slide = (fixed_cos > -self.GRAZE) & (cos < 0).any(1)
+        chosen = cand.view(J, C, 3)[torch.arange(J, device=cand.device), grazing]
+        moved = torch.where(slide[:, None], chosen, fixed)
+        return points_cam.index_copy(0, self.landmarks, moved)
+
+
 class FitContext:
     """What the loss terms see at one step: the parameters and, computed once and shared, what they make."""
 
-    def __init__(self, params: dict[str, Param], basis: SurfaceBasis, intrinsics: Intrinsics):
+    def __init__(self, params: dict[str, Param], basis: SurfaceBasis, intrinsics: Intrinsics,
+                 slider: ContourSlider | None = None):
         self.params = params
         self.basis = basis
         self.intrinsics = intrinsics
+        self.slider = slider
         self._memo: dict[str, torch.Tensor] = {}
 
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -123,9 +183,14 @@ class FitContext:
         return self.once("landmarks", lambda: self.basis.points(self["identity"], self["expression"]))
 
     def landmarks_px(self) -> torch.Tensor:
-        """(L, 2) the landmark surface points projected into the photo (full-resolution px)."""
-        return self.once("landmarks_px", lambda: project(
-            to_camera(self.landmarks_model(), self.rotation(), self["translation"]), self.intrinsics)[:, :2])
+        """(L, 2) the landmark surface points projected into the photo (full-resolution px); with a slider,
+        the lateral face-oval landmarks follow the silhouette."""
+        def make():
+            cam = to_camera(self.landmarks_model(), self.rotation(), self["translation"])
+            if self.slider is not None:
+                cam = self.slider.replace(self, cam)
+            return project(cam, self.intrinsics)[:, :2]
+        return self.once("landmarks_px", make)
 
 
 @dataclass
@@ -295,6 +360,16 @@ def matrix_to_axis_angle(r: np.ndarray) -> np.ndarray:
 # The landmark fit
 
 
+_SLIDERS: dict = {}
+
+
+def contour_slider(model: FaceModel, corr: Correspondence) -> ContourSlider:
+    key = (model.hash, str(model.device), corr.sha256)
+    if key not in _SLIDERS:
+        _SLIDERS[key] = ContourSlider(model, corr)
+    return _SLIDERS[key]
+
+
 def landmark_terms(corr: Correspondence, points: np.ndarray, iod_px: float, settings: FitSettings,
                    device) -> list[Term]:
     target = torch.as_tensor(points, dtype=torch.float32, device=device)
@@ -340,8 +415,10 @@ def fit_landmarks(model: FaceModel, corr: Correspondence, points: np.ndarray, in
     terms = landmark_terms(corr, points, iod_px, settings, dev)
     stages = landmark_stages(settings)
 
+    slider = contour_slider(model, corr) if settings.sliding_contour else None
+
     def context() -> FitContext:
-        return FitContext(params, basis, intrinsics)
+        return FitContext(params, basis, intrinsics, slider)
 
     # The loop is thousands of tiny ops: one CPU thread avoids OpenMP hand-off costs (3-8x faster here).
     with torch_threads(1 if dev.type == "cpu" else torch.get_num_threads()):

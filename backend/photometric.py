@@ -38,10 +38,10 @@ class PhotometricSettings:
     coarse_size: int = 128       # px, longest side of the crop for lighting and albedo
     fine_size: int = 224         # px, for the joint stage
     light_steps: int = 60
-    joint_steps: int = 30
+    joint_steps: int = 100
     crop_margin: float = 0.12    # around the landmarks' box, x its size
     robust_sigma: float = 0.04   # Cauchy scale of the colour residual (linear light, RGB distance)
-    photo_weight: float = 20.0   # photometric term vs the landmark term (IOD = 64 units)
+    photo_weight: float = 100.0  # photometric term vs the landmark term (IOD = 64 units)
     albedo_prior: float = 0.5    # weight of mean(c^2), c ~ N(0, 1)
     light_prior: float = 0.05    # weight of mean(sh[4:9]^2) relative to the DC term (smooth light)
     light_colour_prior: float = 20.0  # weight of the spread of the channels' directional terms (one colour)
@@ -51,8 +51,8 @@ class PhotometricSettings:
     lr_albedo: float = 0.1
     lr_rotation: float = 0.002
     lr_translation: float = 0.05
-    lr_identity: float = 0.02
-    lr_expression: float = 0.01
+    lr_identity: float = 0.05
+    lr_expression: float = 0.02
 
 
 @dataclass
@@ -338,13 +338,15 @@ def fit_photometric(obs: Observation, fit: SceneFit, model: FaceModel, corr: Cor
                   "lighting": Param(leaf(sh0.cpu().numpy())),
                   "albedo": Param(leaf(start_albedo.cpu().numpy()))}
         basis = model.surface_basis(corr.vertex_ids, corr.bary)
+        from .fitting import contour_slider
+        slider = contour_slider(model, corr) if landmark_settings.sliding_contour else None
         landmarks = landmark_terms(corr, points, iod_px, landmark_settings, dev)
         priors = [light_prior_term(settings.light_prior), light_colour_term(settings.light_colour_prior)]
         if albedo_model is not None:
             priors.append(Term("albedo_prior", settings.albedo_prior, lambda ctx: ctx["albedo"].square().mean()))
 
         def context() -> FitContext:
-            return FitContext(params, basis, obs.intrinsics)
+            return FitContext(params, basis, obs.intrinsics, slider)
 
         light_terms = [photometric_term(CropRenderer(skin, coarse, albedo_model, fixed), settings.robust_sigma,
                                         settings.photo_weight)] + priors

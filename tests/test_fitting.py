@@ -191,3 +191,52 @@ def test_blendshape_names_map_onto_ict():
     assert init[names.index("eyeBlink_L")] == pytest.approx(0.9)
     assert init[names.index("cheekPuff_R")] == pytest.approx(0.4)
     assert init[names.index("jawOpen")] == pytest.approx(0.7) and init[names.index("eyeBlink_R")] == 0
+
+
+
+def _slid_landmarks(yaw_deg):
+    """A neutral head turned by yaw_deg, 60 cm away: (fixed, slid) camera-space landmark points and the
+    slider (its landmarks and the model normals), through the real FitContext."""
+    from backend.camera import to_camera
+    from backend.fitting import FitContext, Param, contour_slider
+    model, corr = load_face_model(), Correspondence.load()
+    slider = contour_slider(model, corr)
+    params = {"rotation": Param(torch.tensor([0.0, float(np.radians(yaw_deg)), 0.0])),
+              "translation": Param(torch.tensor([0.0, 0.0, -60.0])),
+              "identity": Param(torch.zeros(model.num_identity)),
+              "expression": Param(torch.zeros(model.num_expression))}
+    ctx = FitContext(params, model.surface_basis(corr.vertex_ids, corr.bary),
+                     Intrinsics(FOCAL, SIDE / 2, SIDE / 2, SIDE, SIDE), slider)
+    fixed = to_camera(ctx.landmarks_model(), ctx.rotation(), ctx["translation"])
+    return fixed, slider.replace(ctx, fixed), slider, ctx
+
+
+def test_contour_landmarks_slide_to_the_silhouette_of_a_turned_head():
+    fixed, slid, slider, ctx = _slid_landmarks(50.0)
+    moved = (slid - fixed).norm(dim=1) > 1e-4
+    assert int(moved.sum()) >= 3, "the far cheek's oval landmarks should leave their fixed surface points"
+    assert not moved[~torch.isin(torch.arange(len(moved)), slider.landmarks)].any(), \
+        "only the slider's lateral oval landmarks may move"
+    # Where they went is the outline: surface points whose normal is perpendicular to the view ray.
+    from backend.render import vertex_normals
+    model = load_face_model()
+    verts = model.vertices(torch.zeros(model.num_identity), torch.zeros(model.num_expression))
+    normals = vertex_normals(verts, torch.from_numpy(model.topology.triangles)) @ ctx.rotation().T
+    cam = verts @ ctx.rotation().T + ctx["translation"]
+    nearest = torch.cdist(slid[moved], cam).argmin(1)
+    cos = (normals[nearest] * torch.nn.functional.normalize(cam[nearest], dim=1)).sum(1)
+    assert float(cos.abs().max()) < 0.2, f"slid landmarks are not on the silhouette: cos {cos.tolist()}"
+
+
+def test_only_the_far_cheek_slides():
+    """Turned one way, then the other: the landmarks that slide are on the side turned away (model x of
+    the opposite sign to the yaw's near side), never on the near cheek, whose fixed points face the camera."""
+    corr = Correspondence.load()
+    model = load_face_model()
+    fixed_model = (model.neutral.numpy()[corr.vertex_ids] * corr.bary[..., None]).sum(1)
+    sides = []
+    for yaw in (50.0, -50.0):
+        fixed, slid, slider, _ = _slid_landmarks(yaw)
+        moved = ((slid - fixed).norm(dim=1) > 0.5).numpy()     # cm: more than a nudge
+        sides.append(set(np.sign(fixed_model[moved, 0]).tolist()))
+    assert sides[0] and sides[1] and len(sides[0]) == 1 and len(sides[1]) == 1 and sides[0] != sides[1]
