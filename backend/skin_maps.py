@@ -394,9 +394,12 @@ class MapSettings:
     detail_visibility: tuple[float, float] = (0.3, 0.7)  # the photo's weight from which detail is trusted
     # Specular: region and local estimates shrunk towards the prior with these strengths (units of the
     # summed squared predicted highlight, per 1024^2 texels), local pooling radius, roughness candidates.
+    spec_evidence: bool = False         # off: the maps are the region priors. On, the photo's highlights move
+    #                                     them, but on the synthetic truth (docs/maps.md) that estimate is no
+    #                                     better than the constant 0.5, so it stays off until it is.
     spec_region_strength: float = 4.0
     spec_chroma_cm: float = 0.5         # window of the skin's local colour for the dichromatic split
-    spec_moments: bool = False          # a region's level from its summed evidence / summed prediction
+    spec_moments: bool = True           # a region's level from its summed evidence / summed prediction
     spec_contaminated_reference: bool = True  # predictions as the evidence sees them (module docstring)
     spec_ratio_range: tuple[float, float] = (0.25, 2.0)   # the photo may scale a region's level by this much
     roughness_grid: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
@@ -404,6 +407,7 @@ class MapSettings:
     smooth_cm: float = 0.15             # final smoothing of the specular and roughness maps
     light_search: bool = True           # find the key light's direction from the highlights themselves
     light_search_min_corr: float = 0.2  # ... used when its highlight correlates with the evidence this well
+    spec_size: int = 256                # the specular estimate runs on tiles of this size (its maps are smooth)
 
 
 DEFAULT_SETTINGS = MapSettings()
@@ -457,7 +461,7 @@ def direction_grid(step_deg: float = 10.0, az=(-80.0, 80.0), el=(-30.0, 75.0)) -
 
 
 def search_light_direction(n: np.ndarray, v: np.ndarray, s: np.ndarray, w: np.ndarray, roughness, f0,
-                           start: np.ndarray, max_samples: int = 40000) -> tuple[np.ndarray, float, float]:
+                           start: np.ndarray, max_samples: int = 6000) -> tuple[np.ndarray, float, float]:
     """The distant light direction whose GGX highlight (prior roughness and F0) correlates best with the
     specular evidence s (weights w): a 10-degree grid, then a 2.5-degree one around the best. Returns the
     direction, its weighted correlation and the correlation of `start` (the SH fit's direction)."""
@@ -664,6 +668,24 @@ def masked_blur(image: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarr
     return np.stack([wide_blur(np.ascontiguousarray(img[..., c] * w), sigma) / den for c in range(img.shape[-1])], -1)
 
 
+def region_maps(frames: dict[int, TileFrames], ratio: np.ndarray, rough: np.ndarray,
+                settings: MapSettings = DEFAULT_SETTINGS) -> tuple[dict, dict]:
+    """Per tile (S, S) level and roughness: each region's prior level times its ratio, and its roughness,
+    blended by the soft region weights and smoothed over settings.smooth_cm."""
+    level_out, rough_out = {}, {}
+    for tile, fr in frames.items():
+        lv_prior, _ = prior_maps(fr)
+        rho = fr.regions.astype(np.float64)
+        level = np.clip(lv_prior * (rho @ ratio), 0.0, 1.0)
+        r_map = rho @ rough
+        smooth = max(0.5, settings.smooth_cm / max(texel_size_cm(fr), 1e-6))
+        lvl_img = cv2.GaussianBlur(fr.image(level.astype(np.float32), fill=float(np.median(level))), (0, 0), smooth)
+        rgh_img = cv2.GaussianBlur(fr.image(r_map.astype(np.float32), fill=float(np.median(r_map))), (0, 0), smooth)
+        level_out[tile] = np.clip(lvl_img, 0.0, 1.0).astype(np.float32)
+        rough_out[tile] = np.clip(rgh_img, 0.05, 1.0).astype(np.float32)
+    return level_out, rough_out
+
+
 def specular_maps(diffuse: dict[int, np.ndarray], visibility: dict[int, np.ndarray],
                   frames: dict[int, TileFrames], rotation: np.ndarray, translation: np.ndarray,
                   sh: np.ndarray | None, settings: MapSettings = DEFAULT_SETTINGS,
@@ -684,9 +706,13 @@ def specular_maps(diffuse: dict[int, np.ndarray], visibility: dict[int, np.ndarr
     4. The maps blend the regions' values by their soft weights, smoothed (`smooth_cm`).
     (A broad sheen is mostly absorbed by the SH fit as light: what is left to see is the highlight's
     colour and its peak; the synthetic truth, backend/bench/maps_truth.py, measures how much that gives.)"""
+    R = len(REGION_NAMES)
+    prior_r = np.array([REGIONS[r].roughness for r in REGION_NAMES])
+    if not settings.spec_evidence:
+        level, rough_maps = region_maps(frames, np.ones(R), prior_r, settings)
+        return SpecularFit(level, rough_maps, {"evidence": False})
     rot = np.asarray(rotation, dtype=np.float64)
     trans = np.asarray(translation, dtype=np.float64)
-    R = len(REGION_NAMES)
     grid = np.asarray(settings.roughness_grid, dtype=np.float64)
     out = SpecularFit()
     priors = {t: prior_maps(f) for t, f in frames.items()}
@@ -796,7 +822,6 @@ def specular_maps(diffuse: dict[int, np.ndarray], visibility: dict[int, np.ndarr
         sums_p1 += wr.T @ pred
     tau = settings.spec_region_strength
     lo, hi = settings.spec_ratio_range
-    prior_r = np.array([REGIONS[r].roughness for r in REGION_NAMES])
     ratio, rough, conf = np.ones(R), prior_r.copy(), np.zeros(R)
     for i in range(R):
         dd = sums_d[i]
@@ -814,16 +839,7 @@ def specular_maps(diffuse: dict[int, np.ndarray], visibility: dict[int, np.ndarr
             ratio[i] = float(np.clip((sums_n[i, j] + tau) / (dd[j] + tau), lo, hi))
         rough[i] = prior_r[i] + c * (grid[j] - prior_r[i])
         conf[i] = c
-    for tile, fr in frames.items():
-        lv_prior, _ = priors[tile]
-        rho = fr.regions.astype(np.float64)
-        level = np.clip(lv_prior * (rho @ ratio), 0.0, 1.0)
-        r_map = rho @ rough
-        smooth = max(0.5, settings.smooth_cm / max(texel_size_cm(fr), 1e-6))
-        lvl_img = cv2.GaussianBlur(fr.image(level.astype(np.float32), fill=float(np.median(level))), (0, 0), smooth)
-        rgh_img = cv2.GaussianBlur(fr.image(r_map.astype(np.float32), fill=float(np.median(r_map))), (0, 0), smooth)
-        out.level[tile] = np.clip(lvl_img, 0.0, 1.0).astype(np.float32)
-        out.roughness[tile] = np.clip(rgh_img, 0.05, 1.0).astype(np.float32)
+    out.level, out.roughness = region_maps(frames, ratio, rough, settings)
     out.info = {"key_light_dir": [round(float(x), 4) for x in d], "key_light_irradiance": round(e_lum, 5),
                 "light_search": search,
                 "regions": {name: {"level_ratio": round(float(ratio[i]), 3), "roughness": round(float(rough[i]), 3),
@@ -849,6 +865,26 @@ def albedo_base(fit, size: int, tiles=TILES) -> dict[int, np.ndarray] | None:
         return out
 
 
+def specular_from_tiles(diffuse: dict[int, np.ndarray], visibility: dict[int, np.ndarray], model: FaceModel,
+                        vertices, rotation, translation, sh, settings: MapSettings = DEFAULT_SETTINGS,
+                        light=None) -> SpecularFit:
+    """specular_maps on the tiles shrunk to settings.spec_size (area average), its maps brought back to the
+    tiles' size (bilinear): the estimate pools regions and smooths over 1.5 mm, which 256 texels per
+    tile resolve (0.6 mm per texel on the face), at a sixteenth of the work of 1024."""
+    S = next(iter(diffuse.values())).shape[0]
+    s = min(settings.spec_size, S)
+    shrink = (lambda img: img) if s == S else (
+        lambda img: cv2.resize(np.asarray(img, np.float32), (s, s), interpolation=cv2.INTER_AREA))
+    grow = (lambda img: img) if s == S else (
+        lambda img: np.ascontiguousarray(cv2.resize(img, (S, S), interpolation=cv2.INTER_LINEAR)))
+    tiles = tuple(diffuse)
+    frames = texel_frames(model, vertices, s, tiles)
+    fit = specular_maps({t: shrink(diffuse[t]) for t in tiles}, {t: shrink(visibility[t]) for t in tiles}, frames,
+                        rotation, translation, sh, settings, light)
+    return SpecularFit({t: grow(v) for t, v in fit.level.items()}, {t: grow(v) for t, v in fit.roughness.items()},
+                       {**fit.info, "size": s})
+
+
 def measured_maps(tex, fit, model: FaceModel, settings: MapSettings = DEFAULT_SETTINGS,
                   frames: dict[int, TileFrames] | None = None) -> tuple[dict, dict]:
     """{role: {tile: map}} for normal, specular and roughness from a de-lit TextureResult and its fit,
@@ -861,7 +897,8 @@ def measured_maps(tex, fit, model: FaceModel, settings: MapSettings = DEFAULT_SE
     sh = fit.lighting.detach().cpu().numpy().astype(np.float64) if fit.lighting is not None else None
     diffuse, vis = tex.maps["diffuse"], tex.maps["visibility"]
     normals = {t: detail_normals(diffuse[t], vis[t], frames[t], rot, sh, settings) for t in tiles}
-    spec = specular_maps(diffuse, vis, frames, rot, trans, sh, settings)
+    spec = specular_from_tiles({t: diffuse[t] for t in tiles}, {t: vis[t] for t in tiles}, model, fit.vertices,
+                               rot, trans, sh, settings)
     tilt = {t: float(np.degrees(np.arccos(np.clip(frames[t].at(normals[t])[:, 2], -1, 1))).mean()) for t in tiles}
     info = {"detail_mean_tilt_deg": {str(t): round(v, 3) for t, v in tilt.items()}, "specular": spec.info,
             "settings": {"cavity_cm": settings.cavity_cm, "shading_gain": settings.shading_gain,

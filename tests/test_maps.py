@@ -7,6 +7,7 @@ constant ones. Cycles' own check of the normal-map convention: tests/blender/tes
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -194,7 +195,8 @@ def test_a_shiny_forehead_is_found_from_its_highlight(model, frames):
         albedo = np.array([0.45, 0.32, 0.25])
         diffuse[tile] = fr.image(((albedo * shading + spec) / shading).astype(np.float32), fill=0.0)
         vis[tile] = fr.image((np.clip(n[:, 2], 0, 1) ** 0.5).astype(np.float32), fill=0.0)
-    fit = skin_maps.specular_maps(diffuse, vis, frames, rot, trans, sh, light=(d, e))
+    on = replace(skin_maps.DEFAULT_SETTINGS, spec_evidence=True)     # off by default (docs/maps.md)
+    fit = skin_maps.specular_maps(diffuse, vis, frames, rot, trans, sh, on, light=(d, e))
     regions = fit.info["regions"]
     print({k: v["level_ratio"] for k, v in regions.items()})
     assert regions["forehead"]["level_ratio"] > 1.25
@@ -203,6 +205,10 @@ def test_a_shiny_forehead_is_found_from_its_highlight(model, frames):
     fore = fr.regions[:, fi] > 0.9
     assert fr.at(fit.level[1001])[fore].mean() > 0.62 > fr.at(fit.level[1001])[fr.regions[:, 2] > 0.9].mean()
     assert all(0.05 <= r.min() and r.max() <= 1.0 for r in fit.roughness.values())
+    # by default the maps are the region priors, whatever the photo shows
+    off = skin_maps.specular_maps(diffuse, vis, frames, rot, trans, sh, light=(d, e))
+    assert off.info == {"evidence": False}
+    assert all(np.allclose(v, 0.5, atol=1e-6) for v in off.level.values())
 
 
 def test_regions_label_the_face(model):

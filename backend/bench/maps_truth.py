@@ -459,7 +459,7 @@ def map_scores(head: TruthHead, maps: dict, tex, frames: dict, tile: int = 1001)
     return out
 
 
-def relit_scores(model, head: TruthHead, maps: dict) -> dict:
+def relit_scores(model, head: TruthHead, maps: dict, maps_evidence: dict | None = None) -> dict:
     """Relative RMS radiance error of re-renders under RELIGHTS, over the face's skin and its highlights."""
     out = {}
     for name, ((az, el), e, amb) in RELIGHTS.items():
@@ -471,6 +471,8 @@ def relit_scores(model, head: TruthHead, maps: dict) -> dict:
                     "flat_normals": (None, maps["specular"], maps["roughness"]),
                     "constant_specular": (maps["normal"], None, None),
                     "v0_constants": (None, None, None)}
+        if maps_evidence is not None:
+            variants["evidence_specular"] = (maps["normal"], maps_evidence["specular"], maps_evidence["roughness"])
         face = truth.face_skin
         hl = face & (truth.specular > 0.1 * np.maximum(truth.diffuse, 1e-4))
         ref = float(np.sqrt(np.mean(truth.radiance[face] ** 2)))
@@ -513,7 +515,7 @@ def prepare(seed: int, heads: int, model, corr, albedo_model, sources, log=print
 
 
 TUNE_GRID = {"cavity_cm": (0.0, 0.002), "shading_gain": (1.0, 1.5, 2.0, 3.0), "shading_eps": (0.3, 0.6, 1.0)}
-SPEC_GRID = {"spec_region_strength": (1.0, 4.0, 16.0, 64.0), "spec_chroma_cm": (0.3, 0.5)}
+SPEC_GRID = {"spec_region_strength": (0.25, 1.0, 4.0, 16.0, 64.0), "spec_moments": (False, True)}
 
 
 def tune(prepared, model, base: skin_maps.MapSettings = skin_maps.DEFAULT_SETTINGS, log=print) -> skin_maps.MapSettings:
@@ -537,8 +539,9 @@ def tune(prepared, model, base: skin_maps.MapSettings = skin_maps.DEFAULT_SETTIN
         s = replace(best, **dict(zip(SPEC_GRID, values)))
         errs = []
         for head, lit, tex, frames in prepared:
-            fit = skin_maps.specular_maps(tex.maps["diffuse"], tex.maps["visibility"], frames, lit.rotation.numpy(),
-                                          lit.translation.numpy(), lit.lighting.numpy(), s)
+            fit = skin_maps.specular_from_tiles(tex.maps["diffuse"], tex.maps["visibility"], model, head.vertices,
+                                                lit.rotation.numpy(), lit.translation.numpy(), lit.lighting.numpy(),
+                                                replace(s, spec_evidence=True))
             fr = frames[1001]
             sel = eval_mask(tex, frames)
             errs.append(np.abs(fr.at(fit.level[1001])[sel] - fr.at(head.maps.level[1001])[sel]).mean()
@@ -554,9 +557,15 @@ def evaluate(prepared, model, settings: skin_maps.MapSettings, relight: bool = T
     rows = []
     for head, lit, tex, frames in prepared:
         maps, _ = skin_maps.measured_maps(tex, lit, model, settings, frames)
+        ev = skin_maps.specular_from_tiles(tex.maps["diffuse"], tex.maps["visibility"], model, head.vertices,
+                                           lit.rotation.numpy(), lit.translation.numpy(), lit.lighting.numpy(),
+                                           replace(settings, spec_evidence=True))
+        maps_ev = {**maps, "specular": ev.level, "roughness": ev.roughness}
         row = {"head": head.name, **map_scores(head, maps, tex, frames), **eye_scores(head, tex)}
+        row.update({f"{k}_evidence": v for k, v in map_scores(head, maps_ev, tex, frames).items()
+                    if k in ("specular_mae", "roughness_mae")})
         if relight:
-            row.update(relit_scores(model, head, maps))
+            row.update(relit_scores(model, head, maps, maps_ev))
         rows.append(row)
         log(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
     return rows
@@ -572,15 +581,18 @@ def table(rows: list[dict]) -> str:
              f"| detail normal, mean angle to truth | {m('normal_deg'):.2f} deg | {m('normal_flat_deg'):.2f} deg | flat (0, 0, 1) |",
              f"| specular level, mean abs error | {m('specular_mae'):.3f} | {m('specular_const_mae'):.3f} | constant 0.5 |",
              f"| roughness, mean abs error | {m('roughness_mae'):.3f} | {m('roughness_const_mae'):.3f} | constant 0.5 |"]
+    if any("specular_mae_evidence" in r for r in rows):
+        lines += [f"| specular level with the photo's evidence (off by default) | {m('specular_mae_evidence'):.3f} | {m('specular_const_mae'):.3f} | constant 0.5 |",
+                  f"| roughness with the photo's evidence (off by default) | {m('roughness_mae_evidence'):.3f} | {m('roughness_const_mae'):.3f} | constant 0.5 |"]
     if any("iris_delta_e" in r for r in rows):
         lines.append(f"| iris colour, CIEDE2000 to the true albedo | {m('iris_delta_e'):.2f} | {m('iris_default_delta_e'):.2f} | the importer's default iris |")
     if any(f"{n}_measured" in r for r in rows for n in RELIGHTS):
         lines += ["", "Relit error (RMS radiance error / RMS truth radiance, face skin; in brackets: over the highlights):",
-                  "", "| light | measured maps | flat normals + measured specular | detail normals + constant specular | v0 constants |",
-                  "|---|---|---|---|---|"]
+                  "", "| light | measured maps (default) | flat normals + measured specular | detail normals + constant specular | v0 constants | detail normals + specular with evidence |",
+                  "|---|---|---|---|---|---|"]
         for n in RELIGHTS:
             cells = [f"{m(f'{n}_{k}'):.4f} ({m(f'{n}_{k}_highlights'):.4f})" for k in
-                     ("measured", "flat_normals", "constant_specular", "v0_constants")]
+                     ("measured", "flat_normals", "constant_specular", "v0_constants", "evidence_specular")]
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
