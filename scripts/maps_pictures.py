@@ -1,12 +1,12 @@
 """Pictures of the measured maps for docs/maps.md: a close-up under a grazing light with flat against
-measured detail normals, and the head under the Rim preset with constant against measured specular and
-roughness (docs/img/maps_grazing.png, docs/img/maps_rim.png).
+measured detail normals, and the head under the Rim preset with v0's constants (flat normals, specular
+0.5, roughness 0.5) against the bundle's measured maps (docs/img/maps_grazing.png, docs/img/maps_rim.png).
 
     .venv/bin/python scripts/maps_pictures.py --photo PHOTO [--samples 16] [--out docs/img]
 
 One de-lit bundle of the photo (the default texture strategy, which writes the measured maps), imported
 with its photo camera and rendered with Cycles on the CPU. The "flat" and "constant" halves are the same
-import with the Normal Map node, or the specular and roughness maps, unlinked (the sockets at the
+import with the Normal Map node and/or the specular and roughness maps unlinked (the sockets at the
 bundle's neutral values: flat normal, Specular IOR Level 0.5, Roughness 0.5), so that nothing else
 differs between the two halves.
 """
@@ -50,9 +50,9 @@ def render(bundle: Path, photo: Path, preset: str, variant: str, size: int, samp
     obj = importer.import_bundle(bundle, scene=scene, location=(0.0, 0.0, 0.0), photo_camera_for=str(photo),
                                  make_scene_camera=True)
     nt, bsdf = _skin_bsdf(obj)
-    if variant == "flat":
+    if variant in ("flat", "v0"):
         _unlink(nt, bsdf.inputs["Normal"], (0.0, 0.0, 0.0))
-    elif variant == "constant":
+    if variant in ("constant", "v0"):
         _unlink(nt, bsdf.inputs["Specular IOR Level"], 0.5)
         _unlink(nt, bsdf.inputs["Roughness"], 0.5)
     relight.apply_preset(preset, scene, [obj])
@@ -93,8 +93,8 @@ def main() -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     for preset, name, variants, zoom in (("GRAZING", "maps_grazing.png", (("flat", "flat normal map"),
                                                                          ("measured", "measured detail normals")), 2.6),
-                                         ("RIM", "maps_rim.png", (("constant", "constant specular 0.5, roughness 0.5"),
-                                                                  ("measured", "measured specular and roughness")), 1.0)):
+                                         ("RIM", "maps_rim.png", (("v0", "v0: flat, specular 0.5, rough 0.5"),
+                                                                  ("measured", "measured maps")), 1.0)):
         cells = [labelled(render(bundle, a.photo, preset, v, a.size, a.samples, zoom),
                           f"{relight.PRESETS[preset]['label']}: {title}") for v, title in variants]
         Image.fromarray(np.concatenate(cells, axis=1)).save(a.out / name, optimize=True)
