@@ -897,8 +897,9 @@ def measured_maps(tex, fit, model: FaceModel, settings: MapSettings = DEFAULT_SE
     sh = fit.lighting.detach().cpu().numpy().astype(np.float64) if fit.lighting is not None else None
     diffuse, vis = tex.maps["diffuse"], tex.maps["visibility"]
     normals = {t: detail_normals(diffuse[t], vis[t], frames[t], rot, sh, settings) for t in tiles}
-    spec = specular_from_tiles({t: diffuse[t] for t in tiles}, {t: vis[t] for t in tiles}, model, fit.vertices,
-                               rot, trans, sh, settings)
+    spec = (specular_from_tiles({t: diffuse[t] for t in tiles}, {t: vis[t] for t in tiles}, model, fit.vertices,
+                                rot, trans, sh, settings) if settings.spec_evidence
+            else specular_maps(diffuse, vis, frames, rot, trans, sh, settings))   # the priors: no photo needed
     tilt = {t: float(np.degrees(np.arccos(np.clip(frames[t].at(normals[t])[:, 2], -1, 1))).mean()) for t in tiles}
     info = {"detail_mean_tilt_deg": {str(t): round(v, 3) for t, v in tilt.items()}, "specular": spec.info,
             "settings": {"cavity_cm": settings.cavity_cm, "shading_gain": settings.shading_gain,

@@ -89,14 +89,19 @@ def main() -> int:
     if bundle is None:
         bundle = Path(tempfile.gettempdir()) / f"likeness-maps-{a.photo.stem}"
         subprocess.run([sys.executable, "-m", "backend", "reconstruct", str(a.photo), "--out", str(bundle),
-                        "--overwrite"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+                        "--texture", "delit", "--overwrite"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     a.out.mkdir(parents=True, exist_ok=True)
     for preset, name, variants, zoom in (("GRAZING", "maps_grazing.png", (("flat", "flat normal map"),
-                                                                         ("measured", "measured detail normals")), 2.6),
+                                                                         ("measured", "measured detail normals")), 5.0),
                                          ("RIM", "maps_rim.png", (("v0", "v0: flat, specular 0.5, rough 0.5"),
                                                                   ("measured", "measured maps")), 1.0)):
         cells = [labelled(render(bundle, a.photo, preset, v, a.size, a.samples, zoom),
                           f"{relight.PRESETS[preset]['label']}: {title}") for v, title in variants]
+        if preset == "GRAZING":   # where the two differ, brightened
+            diff = np.abs(cells[0].astype(np.int16) - cells[1].astype(np.int16)) * 4
+            diff = np.clip(diff, 0, 255).astype(np.uint8)
+            diff[:18] = 0                                       # not the labels' difference
+            cells.append(labelled(diff, "difference x 4"))
         Image.fromarray(np.concatenate(cells, axis=1)).save(a.out / name, optimize=True)
         print(a.out / name)
     return 0
