@@ -20,7 +20,8 @@ tile, all data (Non-Color):
   (ambient occlusion: height = kappa_cavity * r), and a slope towards the fitted light brightens the
   shading (linearised shading: r = -(grad h . g), g = the shading's change per unit tilt along T and B).
 - Specular level and roughness (`specular_maps`): a prior per face region (REGIONS: the values and their
-  sources), modulated by the photo's own specular evidence: the residual above the diffuse fit
+  sources), optionally (MapSettings.spec_evidence, off by default: on the synthetic truth it is no better
+  than the constant, docs/maps.md) modulated by the photo's own specular evidence: the residual above the diffuse fit
   (photo - albedo model x shading) split by the dichromatic model into a part of the light's colour
   (specular, low saturation) and a part of the skin's colour; compared with the highlight a GGX lobe of
   the prior would show under the fitted light's directional part, per region and locally (weighted least
