@@ -40,12 +40,15 @@ class AlbedoModel:
     def resolution(self) -> int:
         return self.mean.shape[-1]
 
-    def images(self, coeffs: torch.Tensor | None = None) -> torch.Tensor:
-        """(T, 3, R, R) albedo for coefficients (K,) (None: the mean); differentiable."""
+    def images(self, coeffs: torch.Tensor | None = None, tile: int | None = None) -> torch.Tensor:
+        """(T, 3, R, R) albedo for coefficients (K,) (None: the mean), or (3, R, R) of one `tile` only
+        (half the work: the fit samples one tile at every step); differentiable."""
+        mean = self.mean if tile is None else self.mean[self.tiles.index(tile)]
         if coeffs is None or self.num_components == 0:
-            return self.mean
+            return mean
         k = min(len(coeffs), self.num_components)
-        return self.mean + (coeffs[:k] @ self.basis[:k].reshape(k, -1)).view_as(self.mean)
+        basis = self.basis[:k] if tile is None else self.basis[:k, self.tiles.index(tile)]
+        return mean + (coeffs[:k] @ basis.reshape(k, -1)).view_as(mean)
 
     def image(self, tile: int, coeffs: torch.Tensor | None = None, size: int | None = None) -> torch.Tensor:
         """(3, S, S) albedo of one tile, resampled to `size` (in linear light). For the texture stage: one
@@ -53,12 +56,12 @@ class AlbedoModel:
         2x upsampling steps, so the texture's bytes do not depend on the thread count."""
         from .threads import torch_threads
         with torch_threads(1):
-            img = self.images(coeffs)[self.tiles.index(tile)]
+            img = self.images(coeffs, tile)
         return img if size is None or size == img.shape[-1] else render.upsample(img, size)
 
     def sample(self, uv: torch.Tensor, coeffs: torch.Tensor | None = None, tile: int = 1001) -> torch.Tensor:
         """Albedo (N, 3) at UDIM uv (N, 2) of one tile (bilinear), differentiable in the coefficients."""
-        img = self.images(coeffs)[self.tiles.index(tile)]
+        img = self.images(coeffs, tile)
         grid = torch.stack([(uv[:, 0] - (tile - 1001)) * 2.0 - 1.0, 1.0 - 2.0 * uv[:, 1]], dim=1)
         out = F.grid_sample(img[None], grid[None, None].to(img.dtype), mode="bilinear", padding_mode="border",
                             align_corners=False)

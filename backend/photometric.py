@@ -26,8 +26,8 @@ from . import render
 from .albedo import AlbedoModel
 from .camera import Intrinsics
 from .facemodel import NARROW_FACE_LAST_VERTEX, PART_NAMES, FaceModel
-from .fitting import (Correspondence, FitContext, FitSettings, Param, Stage, Term, clamp_unit, inter_ocular_px,
-                      landmark_terms, matrix_to_axis_angle, optimise, term_values)
+from .fitting import (Correspondence, FitContext, FitSettings, Param, Stage, Term, clamp_unit,
+                      frontal_inter_ocular_px, inter_ocular_px, landmark_terms, matrix_to_axis_angle, optimise, term_values)
 from .scene import Hooks, Observation, SceneFit
 from .texture import linear_resampled
 from .threads import idle_cpu_threads, torch_threads
@@ -179,7 +179,8 @@ def least_squares_lighting(photo: torch.Tensor, albedo: torch.Tensor, normals: t
     out = []
     for c in range(3):
         a = y * albedo[:, c:c + 1].double()
-        lhs = a.T @ (a * w) + ridge * float(w.sum()) * torch.eye(9, dtype=torch.float64, device=a.device)
+        # The ridge keeps the system solvable when no pixel is skin (a fit that landed off the face).
+        lhs = a.T @ (a * w) + ridge * max(float(w.sum()), 1.0) * torch.eye(9, dtype=torch.float64, device=a.device)
         out.append(torch.linalg.solve(lhs, a.T @ (w[:, 0] * photo[:, c].double())))
     return torch.stack(out, 1).float()
 
@@ -269,7 +270,10 @@ def render_identity_distance(crop: Crop, d: Drawn, pred: torch.Tensor, points_cr
 
 
 # Residuals -> a 0..1 confidence: (good, bad) per measure, linear in between; the score is the worst one.
-CONFIDENCE_RAMPS = {"landmark_error_iod": (0.03, 0.10), "photometric_rms": (0.06, 0.20),
+# The landmark residual is over the head's frontal inter-ocular distance (fitting.frontal_inter_ocular_px), so
+# that a profile is not refused for its small projected eye distance.
+CONFIDENCE_RAMPS = {"landmark_error_frontal_iod": (0.03, 0.10), "photometric_skin_share": (0.35, 0.10),
+                    "photometric_rms": (0.06, 0.20),
                     "photometric_outlier_share": (0.45, 0.90), "identity_distance": (0.45, 0.80)}
 
 
@@ -388,13 +392,17 @@ def fit_photometric(obs: Observation, fit: SceneFit, model: FaceModel, corr: Cor
         terms = term_values(joint_terms, ctx)
         vertices, basis_vertices = model.vertices(identity, expression), model.vertices(identity)
         id_distance = render_identity_distance(fine, d, pred, crop_points(obs, fine))
+        frontal_px = frontal_inter_ocular_px(ctx.landmarks_model(), rotation, translation, obs.intrinsics)
     used = corr.weight > 0
     error_px = float(np.linalg.norm(uv - points, axis=1)[used].mean())
     metrics = dict(fit.metrics)
     metrics.update({"landmark_error_px": error_px, "landmark_error_iod": error_px / iod_px,
+                    "landmark_error_frontal_iod": error_px / max(frontal_px, 1e-3),
                     "photometric_rms": float(err[on_skin].square().mean().sqrt()) if on_skin.any() else None,
                     "photometric_outlier_share": float((inlier[on_skin] < 0.5).float().mean()) if on_skin.any() else None,
-                    "photometric_pixels": int(on_skin.sum()), "final_loss": losses[-1] if losses else None,
+                    "photometric_pixels": int(on_skin.sum()),
+                    "photometric_skin_share": float(on_skin.float().mean()) if len(on_skin) else 0.0,
+                    "final_loss": losses[-1] if losses else None,
                     "identity_distance": id_distance})
     metrics["confidence"] = fit_confidence(metrics)
     settings_rec = {**fit.settings, "method": "landmarks+photometric", "photometric": dataclasses.asdict(settings),

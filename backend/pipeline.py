@@ -260,8 +260,9 @@ def collect_warnings(obs: Observation, fit: SceneFit) -> list[str]:
         out.append(f"{obs.detection.num_faces} faces found; reconstructed the largest")
     if obs.photo.focal_35mm is None:
         out.append("no focal length in EXIF; assumed a 50 mm-equivalent lens")
-    if fit.metrics["landmark_error_iod"] > 0.05:
-        out.append(f"landmark fit error is high ({fit.metrics['landmark_error_iod']:.1%} of the inter-ocular distance)")
+    lm_error = fit.metrics.get("landmark_error_frontal_iod", fit.metrics["landmark_error_iod"])
+    if lm_error > 0.05:
+        out.append(f"landmark fit error is high ({lm_error:.1%} of the inter-ocular distance facing the camera)")
     conf = fit.metrics.get("confidence")
     if conf and conf["score"] < WARN_CONFIDENCE:
         out.append(f"the fit matches the photo poorly (confidence {conf['score']:.2f}, weakest: {conf['weakest']}): "

@@ -1,7 +1,7 @@
 """Render heads through their photo camera under every relight preset, v0 (projected photo) against the
-de-lit texture, into one contact sheet (docs/img/relight_presets.png).
+de-lit texture, into one contact sheet (docs/img/relight_presets.jpg).
 
-    .venv/bin/python scripts/relight_pictures.py --photo PHOTO [--photo PHOTO2] --out docs/img/relight_presets.png
+    .venv/bin/python scripts/relight_pictures.py --photo PHOTO [--photo PHOTO2] --out docs/img/relight_presets.jpg
 
 For each photo: two bundles (texture "projection" = v0, and the default "delit"), each imported with a
 camera matched to the fit, rendered with Cycles (CPU, transparent film, Standard view transform so that
@@ -67,7 +67,7 @@ def label(img: np.ndarray, text: str) -> np.ndarray:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--photo", type=Path, action="append", required=True)
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "img" / "relight_presets.png")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "img" / "relight_presets.jpg")
     ap.add_argument("--samples", type=int, default=24)
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "likeness-relight-pictures")
     a = ap.parse_args()

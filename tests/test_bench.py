@@ -97,6 +97,18 @@ def test_synthetic_fit_beats_the_mean_face(bench_run):
     assert m["fit"]["pooled_mm"]["mean"] < 10.0
 
 
+def test_synthetic_eye_and_mouth_rows(bench_run):
+    _, out, rep = bench_run
+    em = rep["synthetic"]["eyes_mouth"]
+    assert em["heads"] == 3 and em["eyes_closed"] + em["eyes_open"] == 6
+    for k in ("fit", "landmark_only", "mean_face"):
+        for row in ("eye_closure_mm", "mouth_corner_mm"):
+            assert _finite(em["methods"][k][row]["mean"]), (k, row)
+    assert em["methods"]["fit"]["mouth_corner_mm"]["mean"] < em["methods"]["mean_face"]["mouth_corner_mm"]["mean"]
+    assert all(len(p["eyes_mouth"]["fit"]["eye_closure_mm"]) == 2 for p in rep["synthetic"]["samples"])
+    assert "## Eyes and mouth corners" in (out / "report.md").read_text()
+
+
 def test_synthetic_samples_are_deterministic(tmp_path):
     from backend.bench.synthetic import make_sample
     from backend.facemodel import load_face_model

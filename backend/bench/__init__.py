@@ -1,7 +1,7 @@
 """`python -m backend bench`: speed, memory and reconstruction fidelity (docs/bench.md).
 
   python -m backend bench --data DIR [--pair-with DIR2] [--out DIR] [--device D] [--limit N] [--repeat K]
-  python -m backend bench --synthetic N [--seed S] [--baseline projection|none]
+  python -m backend bench --synthetic N [--seed S] [--baseline projection|none] [--expressions] [--v0 DIR]
   python -m backend bench --quick
   python -m backend bench --maps N [--seed S] [--maps-tune] [--maps-eyes DIR]   (backend/bench/maps_truth.py)
 """
@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the texture photos' bundles are kept between runs")
     p.add_argument("--backgrounds", type=Path, default=SHARED_FACES / "wild_dev",
                    help="photos whose corners become synthetic backgrounds")
+    p.add_argument("--expressions", action="store_true",
+                   help="synthetic heads with closed eyes (one or both) and crooked mouths instead of random "
+                        "expressions (the same heads, poses and lights otherwise)")
+    p.add_argument("--v0", type=Path, metavar="DIR",
+                   help="a checkout of v0 (e.g. commit edc1308): the synthetic heads are reconstructed with its "
+                        "code too, for the eye and mouth rows")
     p.add_argument("--no-exif", action="store_true", help="synthetic JPEGs without the EXIF focal length")
     p.add_argument("--no-appearance", action="store_true", help="skip re-render measures (SSIM/PSNR/LPIPS/identity)")
     p.add_argument("--report-from", type=Path, metavar="DIR",
@@ -108,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().print_help(sys.stderr)
         print("\nbench: give --data DIR, --synthetic N or --quick", file=sys.stderr)
         return 2
+    if args.v0 is not None and not (args.v0 / "backend" / "bench" / "runner.py").is_file():
+        print(f"bench: {args.v0} is not a checkout with backend/bench/runner.py", file=sys.stderr)
+        return 2
     for d in (args.data, args.pair_with):
         if d is not None and not d.is_dir():
             print(f"bench: {d} is not a folder", file=sys.stderr)
@@ -122,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         title = args.data.name + (f"+{args.pair_with.name}" if args.pair_with else "") + (
             f"+synthetic{args.synthetic}" if args.synthetic else "")
     else:
-        title = f"synthetic{args.synthetic}"
+        title = f"synthetic{args.synthetic}" + ("-eyes-mouth" if args.expressions else "")
     out_dir = args.out or Path("out") / "bench" / title
     out_dir.mkdir(parents=True, exist_ok=True)
     options = {"device": args.device, "texture_size": args.texture_size, "ict_dir": args.ict_dir}
@@ -134,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_average": [os.getloadavg()[0]]}
     rep: dict = {"meta": meta}
     t0 = time.perf_counter()
-    session = suite.Session(out_dir, options)
+    session = suite.Session(out_dir, options, args.v0)
     meta["torch_threads"] = session.runner.ready.get("torch_threads")
     try:
         if args.quick:
@@ -172,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                      args.baseline_rerun)
             rep["synthetic"] = suite.run_synthetic(session, args.synthetic, args.seed, args.textures,
                                                    args.backgrounds, not args.no_exif, syn_sheet, args.n_textures,
-                                                   args.texture_cache, variants, evaluator.lpips)
+                                                   args.texture_cache, variants, evaluator.lpips,
+                                                   "eyes_mouth" if args.expressions else "random")
         extra = [r["run"] for r in (rep.get("synthetic") or {}).get("samples", []) if r.get("run")]
         rep["speed"] = suite.speed_summary(sets, extra, session.cold_run)
         meta["device"] = ", ".join(rep["speed"].get("devices") or []) or args.device

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import metrics
 from ..bundle import load_bundle
-from .render import camera_of, render_bundle, screen_points
+from .render import Light, camera_of, head_of_bundle, render_bundle, screen_points
 
 CROP_SIDE = 256      # image metrics are computed on the face crop resized to this longest side
 CELL = 256           # contact-sheet cell size (px)
@@ -51,7 +51,10 @@ class Evaluator:
         return out
 
     def appearance(self, bundle: Path, photo_rgb: np.ndarray, result: dict) -> tuple[dict, object]:
-        rend = render_bundle(bundle, photo_rgb)
+        # A bundle that fitted the light is drawn under it (its diffuse map is albedo: unshaded it would
+        # not look like the photo, nor to dlib like the person); v0's map holds the light already.
+        head = head_of_bundle(Path(bundle))
+        rend = render_bundle(head, photo_rgb, Light(head.lighting) if head.lighting is not None else None)
         out = {"render_pixels": int(rend.drawn.sum()), "face_skin_pixels": int(rend.face_skin.sum())}
         if rend.face_skin.sum() < 50:
             return out, rend

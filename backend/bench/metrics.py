@@ -214,6 +214,39 @@ def aligned_vertex_errors(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return point_errors(similarity_align(pred, truth), truth)
 
 
+# ICT-FaceKit vertices of the eye and mouth measures (docs/bench.md), per side [L, R] (ICT's: L = the
+# subject's left, +x). Upper lid centre: the face vertex that eyeBlink_<side> = 1 moves furthest (L 4163,
+# R 1964); lower lid centre: the vertex below it (> 7 mm on the neutral head) that lies closest to it with
+# that eye closed (L 2824, R 583). Neutral opening 11.2 / 11.5 mm, 1.9 / 2.5 mm at eyeBlink = 1 (ICT's
+# lids stop short of touching). Mouth corners: the outermost vertex of the triangle that holds MediaPipe's
+# corner landmark (291 -> L 6238, 61 -> R 5733; mirror images, x = +-2.53 cm). tests/test_geometry.py
+# derives them again from the model.
+EYELID_VERTICES = np.array([[4163, 2824], [1964, 583]])        # [L, R] x [upper, lower]
+MOUTH_CORNER_VERTICES = np.array([6238, 5733])                # [L, R]
+
+
+def eyelid_openings(vertices: np.ndarray) -> np.ndarray:
+    """(2,) [L, R] distance between the upper and lower lid centre vertices (the mesh's units)."""
+    v = np.asarray(vertices, np.float64)
+    return point_errors(v[EYELID_VERTICES[:, 0]], v[EYELID_VERTICES[:, 1]])
+
+
+def eye_closure_errors(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """(2,) [L, R] |opening(pred) - opening(truth)|: how well the fit closed (or opened) each eye. An
+    opening is a distance within one mesh, so no alignment is needed."""
+    return np.abs(eyelid_openings(pred) - eyelid_openings(truth))
+
+
+def mouth_corner_errors(pred: np.ndarray, truth: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """(2,) [L, R] error of the mouth-corner vertices after the similarity alignment of `region` (sorted
+    vertex ids that hold both corners: the face error's region) of pred to truth."""
+    region = np.asarray(region)
+    at = np.searchsorted(region, MOUTH_CORNER_VERTICES)
+    if not np.array_equal(region[np.minimum(at, len(region) - 1)], MOUTH_CORNER_VERTICES):
+        raise ValueError("the region does not hold both mouth corners")
+    return aligned_vertex_errors(np.asarray(pred)[region], np.asarray(truth)[region])[at]
+
+
 def mean_vertex_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Mean per-vertex distance without any alignment (both shapes in the same model frame)."""
     return float(point_errors(a, b).mean())

@@ -113,6 +113,13 @@ def summary_rows(rep: dict) -> list[list]:
                 m = syn["methods"][k]["pooled_mm"]
                 rows.append([f"synthetic vertex error, {name}: mean / median / p90",
                              f"{f(m['mean'], 2)} / {f(m['median'], 2)} / {f(m['p90'], 2)}", "mm", "lower"])
+        em = syn.get("eyes_mouth")
+        for k, name in EYES_MOUTH_METHODS.items():
+            if em and k in em["methods"]:
+                m = em["methods"][k]
+                rows.append([f"eye-closure error, {name}: all / closed eyes", f"{f(m['eye_closure_mm']['mean'], 2)} / "
+                             f"{f(m['eye_closure_closed_mm']['mean'], 2)}", "mm", "lower"])
+                rows.append([f"mouth-corner error, {name}", f(m["mouth_corner_mm"]["mean"], 2), "mm", "lower"])
     # Rows of 4 (metric, value, unit, better) get empty baseline and target cells; relighting rows have 6.
     rows = [r[:2] + [""] + r[2:] + [""] if len(r) == 4 else r for r in rows]
     for st in rep.get("sets", []):
@@ -430,6 +437,30 @@ def shape_section(sc: dict, a: str, b: str) -> list[str]:
     return out + [""]
 
 
+EYES_MOUTH_METHODS = {"fit": "pipeline", "landmark_only": "landmark-only", "v0": "v0 (its own code)",
+                      "mean_face": "mean face"}
+
+
+def eyes_mouth_section(syn: dict) -> list[str]:
+    em = syn.get("eyes_mouth")
+    if not em:
+        return []
+    what = ("closed eyes (one or both) and crooked mouths" if syn.get("expression_set") == "eyes_mouth"
+            else "random expressions")
+    out = [f"## Eyes and mouth corners ({em['heads']} synthetic heads with {what}; {em['eyes_closed']} eyes "
+           f"closed, {em['eyes_open']} open)", "",
+           "Eye-closure error: |fitted - true| distance between the upper and lower lid centre vertices, per eye "
+           "(an eye counts as closed when its true opening is under 5 mm; ICT's neutral opening is 11 mm). "
+           "Mouth-corner error: distance of the two mouth-corner vertices to the truth after the face error's "
+           "similarity alignment. Means in mm; lower is better."
+           + (f" {em['heads_left_out']} heads that not every method reconstructed are left out." if em["heads_left_out"] else ""), ""]
+    rows = [[name, f(m["eye_closure_mm"]["mean"], 2), f(m["eye_closure_closed_mm"]["mean"], 2),
+             f(m["eye_closure_open_mm"]["mean"], 2), f(m["mouth_corner_mm"]["mean"], 2)]
+            for k, name in EYES_MOUTH_METHODS.items() if k in em["methods"] for m in [em["methods"][k]]]
+    out += table(["method", "eye closure, all eyes", "closed eyes", "open eyes", "mouth corners"], rows)
+    return out + [""]
+
+
 def synthetic_section(syn: dict) -> list[str]:
     out = [f"## Synthetic 3D truth ({syn['succeeded']}/{syn['n']} reconstructed, seed {syn['seed']})", "",
            "Random ICT heads: identity ~ N(0,1) (100 modes), 0-3 random expressions, yaw up to +-60 deg, pitch up "
@@ -510,6 +541,7 @@ def write_markdown(rep: dict, path: Path) -> str:
         lines += photo_relight_section(s, explain=(i == 0))
     if rep.get("synthetic"):
         lines += synthetic_section(rep["synthetic"])
+        lines += eyes_mouth_section(rep["synthetic"])
         lines += synthetic_relight_section(rep["synthetic"])
     lines += failures_section(rep)
     pics = rep.get("pictures", {})

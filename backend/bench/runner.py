@@ -145,15 +145,18 @@ if __name__ == "__main__":
 class RunnerClient:
     """The parent's side: starts `python -m backend.bench.runner` and talks to it."""
 
-    def __init__(self, log_path=None, env: dict | None = None):
+    def __init__(self, log_path=None, env: dict | None = None, project_dir=None):
+        """`project_dir`: the checkout whose backend runs (default this one; the bench's --v0 gives v0's:
+        the request and answer lines are the same there)."""
         import subprocess
         from ..paths import PROJECT_DIR
+        project_dir = PROJECT_DIR if project_dir is None else project_dir
         self.t_spawn = time.perf_counter()
         self.log = open(log_path, "ab") if log_path else subprocess.DEVNULL
         child_env = dict(os.environ)
-        child_env["PYTHONPATH"] = str(PROJECT_DIR) + os.pathsep + child_env.get("PYTHONPATH", "")
+        child_env["PYTHONPATH"] = str(project_dir) + os.pathsep + child_env.get("PYTHONPATH", "")
         child_env.update(env or {})
-        self.proc = subprocess.Popen([sys.executable, "-m", "backend.bench.runner"], cwd=str(PROJECT_DIR),
+        self.proc = subprocess.Popen([sys.executable, "-m", "backend.bench.runner"], cwd=str(project_dir),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
                                      text=True, bufsize=1, env=child_env)
         self.ready = self._read()

@@ -48,11 +48,15 @@ class Variant:
 class Session:
     """One runner process for the whole bench invocation (the first request of it is the cold one)."""
 
-    def __init__(self, out_dir: Path, options: dict):
+    def __init__(self, out_dir: Path, options: dict, v0_dir: Path | None = None):
         from .runner import RunnerClient
         self.out_dir = out_dir
         self.options = options
         self.runner = RunnerClient(log_path=out_dir / "runner.log")
+        # v0's own code (a checkout of it, e.g. commit edc1308) in a runner of its own, for the rows that
+        # compare with v0's geometry; started on first use, never timed.
+        self.v0_dir = Path(v0_dir) if v0_dir else None
+        self.v0_runner = None
         self.cold_done = False
         self.cold_run = None      # the first reconstruct of the process, whatever it was for
         self.maxrss_mb = None
@@ -88,8 +92,19 @@ class Session:
         self.cold_done = True
         return ans
 
+    def reconstruct_v0(self, photo: str, bundle: Path) -> dict:
+        """The photo reconstructed by v0's checkout (--v0), its defaults, into `bundle`."""
+        from .runner import RunnerClient
+        if self.v0_runner is None:
+            self.v0_runner = RunnerClient(log_path=self.out_dir / "runner.v0.log", project_dir=self.v0_dir)
+        opts = {k: self.options[k] for k in ("device", "texture_size", "ict_dir") if k in self.options}
+        return self.v0_runner.request(op="reconstruct", photo=photo, out=str(Path(bundle).absolute()),
+                                      options=dict(opts, overwrite=True))
+
     def close(self) -> None:
         self.maxrss_mb = self.runner.close()
+        if self.v0_runner is not None:
+            self.v0_runner.close()
 
 
 def run_record(ans: dict) -> dict:
@@ -345,12 +360,15 @@ def shape_consistency(set_a: dict, set_b: dict) -> dict | None:
 def run_synthetic(session: Session, n: int, seed: int, textures_dir: Path | None, backgrounds_dir: Path | None,
                   exif_focal: bool, sheet_rows: list | None, n_textures: int = 6,
                   cache: Path = Path("out/bench_cache/textures"), variants: list[Variant] | None = None,
-                  lpips=None) -> dict:
+                  lpips=None, expression_set: str = "random") -> dict:
     """Render, reconstruct and measure N synthetic heads. With `variants` (Session.variants), the
-    relighting measures of each variant (a baseline reconstructed into synthetic/bundles.<key>/)."""
+    relighting measures of each variant (a baseline reconstructed into synthetic/bundles.<key>/). The
+    eye and mouth measures of every head (eyes_mouth_errors_mm), for v0 too when the session has --v0;
+    `expression_set` "eyes_mouth" gives the heads closed eyes and crooked mouths (sample_eyes_mouth)."""
     from ..facemodel import load_face_model
     from .render import mesh_from_model, render_vertex_colours
-    from .synthetic import FACE_IDS, load_backgrounds, make_sample, texture_sources, vertex_errors_mm
+    from .synthetic import (FACE_IDS, eyes_mouth_errors_mm, load_backgrounds, make_sample, texture_sources,
+                            vertex_errors_mm)
 
     out_dir = session.out_dir / "synthetic"
     model = load_face_model(session.options.get("ict_dir"), "cpu")
@@ -370,7 +388,7 @@ def run_synthetic(session: Session, n: int, seed: int, textures_dir: Path | None
     errs = {"fit": [], "landmark_only": [], "true_landmarks": [], "mean_face": []}
     for i in range(n):
         t0 = time.perf_counter()
-        s = make_sample(i, seed, model, textures, backgrounds, out_dir)
+        s = make_sample(i, seed, model, textures, backgrounds, out_dir, expression_set=expression_set)
         truth = np.load(s.truth)["vertices"]
         rec = {"name": s.name, "image": str(s.image), "params": s.params, "ok": False}
         baseline_path = out_dir / "baseline" / f"{s.name}.npz"
@@ -403,6 +421,15 @@ def run_synthetic(session: Session, n: int, seed: int, textures_dir: Path | None
                    landmark_only_mm=float(e_lm.mean()), fitted_yaw_deg=res["pose"]["yaw_deg"],
                    yaw_error_deg=res["pose"]["yaw_deg"] - s.params["yaw_deg"], rotation_error_deg=pose_err,
                    true_landmarks_mm=float(e_true.mean()), detector_nme=det_nme)
+        shapes = {"fit": fitted, "landmark_only": np.load(baseline_path)["vertices"], "mean_face": mean_face}
+        if session.v0_dir is not None:
+            v0_bundle = out_dir / "bundles.v0" / s.name
+            v0 = session.reconstruct_v0(str(s.image.absolute()), v0_bundle)
+            if v0.get("event") == "result":
+                shapes["v0"] = load_bundle(v0_bundle).vertices
+            else:
+                rec["v0_error"] = {"code": v0.get("code"), "message": v0.get("message")}
+        rec["eyes_mouth"] = {k: eyes_mouth_errors_mm(v, truth) for k, v in shapes.items()}
         relit = None
         if variants:
             with measure_threads():
@@ -415,11 +442,14 @@ def run_synthetic(session: Session, n: int, seed: int, textures_dir: Path | None
                                synthetic_cells(s, bundle, model, truth, e_fit, e_mean, relit)))
         log(f"[synthetic {i + 1}/{n}] {s.name}: yaw {s.params['yaw_deg']:+.0f}, fit {e_fit.mean():.2f} mm, "
             f"landmark-only {e_lm.mean():.2f} mm, true landmarks {e_true.mean():.2f} mm, "
-            f"mean face {e_mean.mean():.2f} mm, detector NME {det_nme:.3f}"
+            f"mean face {e_mean.mean():.2f} mm, detector NME {det_nme:.3f}, eyes "
+            + " / ".join(f"{k} {np.mean(m['eye_closure_mm']):.1f}" for k, m in rec["eyes_mouth"].items())
+            + " mm, mouth corners "
+            + " / ".join(f"{k} {np.mean(m['mouth_corner_mm']):.1f}" for k, m in rec["eyes_mouth"].items()) + " mm"
             + synthetic_relight_caption(rec.get("relight"), ", ")
             + f" ({time.perf_counter() - t0:.1f} s)")
     ok = [r for r in samples if r["ok"]]
-    out = {"n": n, "seed": seed, "succeeded": len(ok), "exif_focal": exif_focal,
+    out = {"n": n, "seed": seed, "succeeded": len(ok), "exif_focal": exif_focal, "expression_set": expression_set,
            "textures": [p.name for p in tex_photos], "backgrounds": str(backgrounds_dir) if backgrounds else "noise",
            "samples": samples, "methods": {}}
     for k, lst in errs.items():
@@ -438,12 +468,38 @@ def run_synthetic(session: Session, n: int, seed: int, textures_dir: Path | None
                               "failed": sum(1 for r in samples if not r["ok"] and lo <= abs(r["params"]["yaw_deg"]) < hi)})
     if variants:
         out["relight"] = synthetic_relight_summary(ok, variants, bins)
+    out["eyes_mouth"] = eyes_mouth_summary(ok)
     if ok:
         out["rotation_error_deg"] = metrics.summarize([r["rotation_error_deg"] for r in ok])
         out["yaw_error_deg"] = metrics.summarize([r["yaw_error_deg"] for r in ok])
         out["abs_yaw_error_deg"] = metrics.summarize([abs(r["yaw_error_deg"]) for r in ok])
         out["fit_beats_mean_face_share"] = float(np.mean([r["fit_mm"] < r["mean_face_mm"] for r in ok]))
         out["detector_nme"] = metrics.summarize([r["detector_nme"] for r in ok])
+    return out
+
+
+CLOSED_EYE_MM = 5.0   # a true lid opening under this counts as a closed eye (neutral ICT: 11 mm)
+
+
+def eyes_mouth_summary(ok: list[dict]) -> dict | None:
+    """Per method (fit, landmark_only, mean_face, v0), over the heads every method reconstructed (so the
+    rows compare the same eyes): mean eye-closure error over all eyes, over the closed ones (true opening
+    under CLOSED_EYE_MM) and the open ones, and the mean mouth-corner error."""
+    methods = [k for k in ("fit", "landmark_only", "v0", "mean_face") if any(k in r.get("eyes_mouth", {}) for r in ok)]
+    recs = [r for r in ok if r.get("eyes_mouth") and all(k in r["eyes_mouth"] for k in methods)]
+    if not recs:
+        return None
+    opening = np.asarray([r["eyes_mouth"][methods[0]]["true_opening_mm"] for r in recs])      # (heads, 2)
+    closed = opening < CLOSED_EYE_MM
+    out = {"heads": len(recs), "eyes_closed": int(closed.sum()), "eyes_open": int((~closed).sum()),
+           "heads_left_out": len(ok) - len(recs), "methods": {}}
+    for k in methods:
+        eye = np.asarray([r["eyes_mouth"][k]["eye_closure_mm"] for r in recs])
+        mouth = np.asarray([r["eyes_mouth"][k]["mouth_corner_mm"] for r in recs])
+        out["methods"][k] = {"eye_closure_mm": metrics.summarize(eye.ravel()),
+                             "eye_closure_closed_mm": metrics.summarize(eye[closed]),
+                             "eye_closure_open_mm": metrics.summarize(eye[~closed]),
+                             "mouth_corner_mm": metrics.summarize(mouth.ravel())}
     return out
 
 

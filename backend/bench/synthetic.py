@@ -72,6 +72,44 @@ def sample_expression(rng: np.random.Generator, names: list[str]) -> np.ndarray:
     return w
 
 
+EXPRESSION_SETS = ("random", "eyes_mouth")
+LID_STEMS = ("eyeBlink", "eyeSquint", "eyeWide")
+
+
+def sample_eyes_mouth(rng: np.random.Generator, names: list[str], base: np.ndarray) -> np.ndarray:
+    """Closed eyes and a crooked mouth on top of `base` (the random set's draw for the same head, so its
+    brows, cheeks and jaw stay): base's lid and mouth shapes are dropped, then
+    - eyes: both closed, the left closed (a wink) or the right closed, one third each; a closed eye has
+      eyeBlink 0.7-1.0, an open one 0-0.2;
+    - mouth, one of (a quarter each): a one-sided smile (mouthSmile 0.4-0.9 on one side, 0-0.3 on the
+      other), mouthLeft or mouthRight 0.4-0.9, a one-sided frown (mouthFrown 0.4-0.9, one side), or both
+      sides smiling unevenly (0.2-0.5 and 0.6-1.0)."""
+    w = np.asarray(base, np.float32).copy()
+    drop = [i for i, n in enumerate(names) if n.startswith("mouth") or n.rstrip("_LR").rstrip("_") in LID_STEMS]
+    w[drop] = 0.0
+    side = ["_L", "_R"]
+
+    def put(name: str, value: float) -> None:
+        w[names.index(name)] = value
+    eyes = rng.integers(3)                          # 0 both closed, 1 left closed, 2 right closed
+    for j, s in enumerate(side):
+        closed = eyes == 0 or eyes == j + 1
+        put("eyeBlink" + s, rng.uniform(0.7, 1.0) if closed else rng.uniform(0.0, 0.2))
+    mouth, first = rng.integers(4), int(rng.integers(2))
+    a, b = side[first], side[1 - first]
+    if mouth == 0:
+        put("mouthSmile" + a, rng.uniform(0.4, 0.9))
+        put("mouthSmile" + b, rng.uniform(0.0, 0.3))
+    elif mouth == 1:
+        put(("mouthLeft", "mouthRight")[first], rng.uniform(0.4, 0.9))
+    elif mouth == 2:
+        put("mouthFrown" + a, rng.uniform(0.4, 0.9))
+    else:
+        put("mouthSmile" + a, rng.uniform(0.2, 0.5))
+        put("mouthSmile" + b, rng.uniform(0.6, 1.0))
+    return w
+
+
 def sample_sh(rng: np.random.Generator) -> np.ndarray:
     """(9, 3) SH lighting: ambient, a directional term from the camera's side, a little band 2."""
     amb = rng.uniform(0.7, 1.0)
@@ -157,13 +195,23 @@ def background_crop(rng: np.random.Generator, sources, side: int) -> tuple[str, 
 
 
 def make_sample(index: int, seed: int, model, textures: list[tuple[str, dict]], backgrounds, out_dir: Path,
-                side: int = IMAGE_SIDE, exif_focal: bool = True) -> Sample:
-    """Render sample `index` into out_dir/images and its truth into out_dir/truth."""
+                side: int = IMAGE_SIDE, exif_focal: bool = True, yaw_deg: float | None = None,
+                expression_set: str = "random") -> Sample:
+    """Render sample `index` into out_dir/images and its truth into out_dir/truth. `yaw_deg` replaces the
+    drawn yaw (every draw stays as it was): a profile beyond the set's YAW_MAX, for robustness tests.
+    `expression_set` "eyes_mouth" gives the same head (identity, pose, lens, light, ...) closed eyes and a
+    crooked mouth (sample_eyes_mouth, from a generator of its own, (seed, index, 3))."""
     import torch
     rng = np.random.default_rng([seed, index])
     identity = rng.normal(size=model.num_identity).astype(np.float32)
     expression = sample_expression(rng, model.expression_names)
+    if expression_set == "eyes_mouth":
+        expression = sample_eyes_mouth(np.random.default_rng([seed, index, 3]), model.expression_names, expression)
+    elif expression_set != "random":
+        raise ValueError(f"unknown expression set {expression_set!r} (one of {EXPRESSION_SETS})")
     yaw, pitch, roll = rng.uniform(-YAW_MAX, YAW_MAX), rng.uniform(-PITCH_MAX, PITCH_MAX), rng.uniform(-ROLL_MAX, ROLL_MAX)
+    if yaw_deg is not None:
+        yaw = float(yaw_deg)
     f35 = int(rng.integers(FOCAL_35MM[0], FOCAL_35MM[1] + 1))
     frac = rng.uniform(*FACE_FRACTION)
     jitter = rng.uniform(-0.08, 0.08, size=2) * side
@@ -205,6 +253,7 @@ def make_sample(index: int, seed: int, model, textures: list[tuple[str, dict]], 
     pil.save(image_path, quality=jpeg_quality, exif=exif)
     params = {"side": side, "yaw_deg": yaw, "pitch_deg": pitch, "roll_deg": roll, "focal_35mm": f35, "focal_px": k.focal_px,
               "exif_focal": exif_focal, "face_fraction": frac, "texture": tex_name, "background": bg_name,
+              "expression_set": expression_set,
               "expressions": {n: float(w) for n, w in zip(model.expression_names, expression) if w > 0},
               "noise_sigma": noise_sigma, "jpeg_quality": jpeg_quality, "head_pixels": int(covered.sum()),
               "face_skin_pixels": int(rend.face_skin.sum()), "light": light.to_dict()}
@@ -238,6 +287,16 @@ def vertex_errors_mm(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Per-vertex error (mm) over the narrow face region after a similarity alignment."""
     from .metrics import aligned_vertex_errors
     return 10.0 * aligned_vertex_errors(np.asarray(pred)[FACE_IDS], np.asarray(truth)[FACE_IDS])
+
+
+def eyes_mouth_errors_mm(pred: np.ndarray, truth: np.ndarray) -> dict:
+    """Per eye [L, R] (ICT's sides: L = the subject's left, +x): the eyelid-opening error and the true
+    opening; per mouth corner [L, R]: its error after the face error's similarity alignment (all mm)."""
+    from .metrics import eye_closure_errors, eyelid_openings, mouth_corner_errors
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    return {"eye_closure_mm": (10.0 * eye_closure_errors(pred, truth)).tolist(),
+            "true_opening_mm": (10.0 * eyelid_openings(truth)).tolist(),
+            "mouth_corner_mm": (10.0 * mouth_corner_errors(pred, truth, FACE_IDS)).tolist()}
 
 
 def truth_light(truth) -> Light:

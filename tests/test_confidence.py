@@ -1,0 +1,82 @@
+"""Fit confidence: a scale for landmark errors that does not shrink as the head turns (a good fit of a
+turned head is not refused), and a refusal (FIT_FAILED, nothing written) when the fit lands on the wrong
+part of the photo."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from backend import pipeline
+from backend.camera import Intrinsics
+from backend.errors import LikenessError
+from backend.facemodel import load_face_model
+from backend.fitting import OUTER_EYE_CORNERS, Correspondence, FitContext, Param, frontal_inter_ocular_px
+from backend.photometric import CONFIDENCE_RAMPS, fit_confidence
+from backend.pipeline import Options, reconstruct
+
+from tests.conftest import LONDON_NEUTRAL
+
+K = Intrinsics(900.0, 256.0, 256.0, 512, 512)
+
+
+def _context(yaw_deg: float) -> FitContext:
+    model, corr = load_face_model(), Correspondence.load()
+    params = {"rotation": Param(torch.tensor([0.0, float(np.radians(yaw_deg)), 0.0])),
+              "translation": Param(torch.tensor([0.0, 0.0, -60.0])),
+              "identity": Param(torch.zeros(model.num_identity)),
+              "expression": Param(torch.zeros(model.num_expression))}
+    return FitContext(params, model.surface_basis(corr.vertex_ids, corr.bary), K)
+
+
+def test_the_landmark_error_scale_does_not_shrink_as_the_head_turns():
+    frontal, turned = _context(0.0), _context(55.0)
+    a, b = OUTER_EYE_CORNERS
+    seen = [float((c.landmarks_px()[a] - c.landmarks_px()[b]).norm()) for c in (frontal, turned)]
+    scale = [frontal_inter_ocular_px(c.landmarks_model(), c.rotation(), c["translation"], K) for c in (frontal, turned)]
+    assert seen[1] < 0.75 * seen[0]                        # what the photo shows shrinks ...
+    assert scale[1] > 0.9 * scale[0]                       # ... the confidence's scale hardly does (the eyes
+                                                           # of the turned head are a little farther away)
+    assert abs(scale[0] / seen[0] - 1.0) < 0.03            # and it is the frontal inter-ocular distance
+
+
+def test_confidence_is_the_weakest_residual_on_its_ramp():
+    good = {key: lo for key, (lo, hi) in CONFIDENCE_RAMPS.items()}
+    assert fit_confidence(good)["score"] == 1.0
+    bad = dict(good, photometric_rms=CONFIDENCE_RAMPS["photometric_rms"][1])
+    conf = fit_confidence(bad)
+    assert conf["score"] == 0.0 and conf["weakest"] == "photometric_rms"
+
+
+@pytest.fixture(scope="module")
+def good_result(tmp_path_factory, faces_dir):
+    return reconstruct(LONDON_NEUTRAL / "003_03.jpg", tmp_path_factory.mktemp("conf") / "003_03", Options(device="cpu"))
+
+
+def test_a_clear_photo_is_fitted_with_high_confidence(good_result):
+    conf = good_result["metrics"]["confidence"]
+    assert conf["score"] > 0.6, conf
+    assert not any("confidence" in w for w in good_result.get("warnings", []))
+
+
+def test_a_fit_on_the_wrong_region_is_refused_and_nothing_is_written(tmp_path, faces_dir, monkeypatch):
+    """A detector mistake, injected: the landmarks one face-width to the side, on the background and the
+    hair. The fit follows them; the photo's pixels there are not that face's skin, so the photometric
+    residual and the identity distance say so, and the pipeline refuses instead of writing a wrong head."""
+    real_observe = pipeline.observe
+
+    def misplaced(photo, analyzer):
+        obs = real_observe(photo, analyzer)
+        det = obs.detection
+        shift = np.array([1.3 * (det.box[2] - det.box[0]), 0.0])
+        obs.detection = dataclasses.replace(det, points=det.points + shift)
+        return obs
+
+    monkeypatch.setattr(pipeline, "observe", misplaced)
+    out = tmp_path / "wrong"
+    with pytest.raises(LikenessError) as err:
+        reconstruct(LONDON_NEUTRAL / "003_03.jpg", out, Options(device="cpu"))
+    assert err.value.code == "FIT_FAILED"
+    assert not out.exists() and not any(tmp_path.iterdir())
