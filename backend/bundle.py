@@ -36,6 +36,7 @@ from .colour import encode_srgb8, to_unorm8
 from .errors import LikenessError
 from .facemodel import PART_NAMES, VERTEX_RANGES, FaceModel
 from .paths import USER_CACHE
+from .skin_maps import encode_normal16
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
@@ -50,13 +51,17 @@ STALE_FOREIGN_HOST_S = 24 * 3600  # a temp folder of another machine (network dr
 # Preview pictures by role: the fit over the photo (the photo's aspect), the photometric fit's panels.
 PREVIEW_FILES = {"preview": "preview.png", "photometric_preview": "photometric.png"}
 
-# Per map role: how the float map is encoded into 8 bits, and the colour space Blender must read it in.
+# Per map role: how the float map is encoded (8 bits; the normal map 16 bits, so that flat stays flat:
+# skin_maps.encode_normal16), and the colour space Blender must read it in.
 MAP_ENCODING = {
     "diffuse": (encode_srgb8, "sRGB"),
     "specular": (to_unorm8, "Non-Color"),
-    "normal": (lambda n: to_unorm8(np.asarray(n) * 0.5 + 0.5), "Non-Color"),
+    "roughness": (to_unorm8, "Non-Color"),
+    "normal": (encode_normal16, "Non-Color"),
     "visibility": (to_unorm8, "Non-Color"),
 }
+# Whole images without a tile (TextureResult.images), by role: file name and colour space.
+IMAGE_FILES = {"eyes": ("eyes.png", "sRGB")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -457,6 +462,10 @@ def write_bundle(out_dir: Path, obs, fit, tex, model: FaceModel, extra: dict, ho
                 write_png(stage / name, encode(tex.maps[role][tile]))
                 files.append({"path": name, "role": role, "tile": tile, "colorspace": colorspace})
                 hooks.cancel_check()
+        for role, image in (getattr(tex, "images", None) or {}).items():
+            name, colorspace = IMAGE_FILES[role]
+            write_png(stage / name, np.asarray(image))
+            files.append({"path": name, "role": role, "colorspace": colorspace})
         write_npz(stage / "mesh.npz", vertices=fit.vertices.detach().cpu().numpy().astype(np.float32),
                   basis_vertices=fit.basis_vertices.detach().cpu().numpy().astype(np.float32))
         files.insert(0, {"path": "mesh.npz", "role": "mesh"})

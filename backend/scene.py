@@ -85,11 +85,14 @@ class TextureResult:
     """UV maps of one head, float, per UDIM tile. Roles and their meaning (docs/bundle.md):
     diffuse (S, S, 3) linear albedo-or-radiance 0..1; visibility (S, S) 0..1 how well the photo saw each
     texel; specular (S, S) Principled BSDF "Specular IOR Level" at the bundle's IOR; normal (S, S, 3)
-    tangent-space unit vectors (+Z out of the surface, OpenGL +Y)."""
+    tangent-space unit vectors (+Z out of the surface, OpenGL +Y); roughness (S, S) Principled Roughness
+    (optional: the importer's default where absent). `images`: whole images by role, no tile (eyes: (S, S, 3)
+    uint8 sRGB on the eyeball's UV)."""
     strategy: str
     size: int
     maps: dict[str, dict[int, np.ndarray]]
     info: dict = field(default_factory=dict)
+    images: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def known_scene(photo_rgb: np.ndarray, intrinsics: Intrinsics, rotation: torch.Tensor, translation: torch.Tensor,

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial import cKDTree
 
-from . import render
+from . import render, skin_maps
 from .cache import BoundedCache
 from .colour import SRGB8_TO_LINEAR, linear_to_srgb, srgb_to_linear
 from .facemodel import NARROW_FACE_LAST_VERTEX, PART_NAMES, VERTEX_RANGES, FaceModel
@@ -658,7 +658,8 @@ def delit_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int =
 
         def base(tile: int, S: int) -> torch.Tensor:
             return albedo_model.image(tile, coeffs, S).clamp(0.0, 1.0)
-    return make_texture(obs, fit, model, size, Recipe("delit", shading, weight, base), hooks, _debug=_debug)
+    tex = make_texture(obs, fit, model, size, Recipe("delit", shading, weight, base), hooks, _debug=_debug)
+    return skin_maps.with_measured_maps(tex, obs, fit, model, hooks)  # normal, specular, roughness, eyes
 
 
 # The texture stage's strategies, by the name of Options.texture.

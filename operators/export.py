@@ -41,7 +41,7 @@ FORMATS = {  # key -> (extension, label)
     "USDZ": (".usdz", "USDZ (.usdz)"),
     "USD": (".usdc", "USD (.usdc)"),
 }
-MAP_COLORSPACE = {"diffuse": "sRGB", "specular": "Non-Color", "normal": "Non-Color"}
+MAP_COLORSPACE = {"diffuse": "sRGB", "specular": "Non-Color", "normal": "Non-Color", "roughness": "Non-Color"}
 
 
 @dataclass
@@ -129,7 +129,8 @@ def _skin_maps(bundle, stem: str, folder: Path, fmt: str, made: list, report: Ex
                 per_tile.append(_read_pixels(files[t]))
             else:  # a map that lacks a tile: its neutral value there (as the importer's tile mask)
                 ref = per_tile[0] if per_tile else _read_pixels(next(iter(files.values())))
-                neutral = {"specular": (0.5, 0.5, 0.5, 1), "normal": (0.5, 0.5, 1.0, 1)}.get(role, (0.5, 0.5, 0.5, 1))
+                neutral = {"specular": (0.5, 0.5, 0.5, 1), "normal": (0.5, 0.5, 1.0, 1),
+                           "roughness": (0.5, 0.5, 0.5, 1)}.get(role, (0.5, 0.5, 0.5, 1))
                 per_tile.append(np.broadcast_to(np.asarray(neutral, np.float32), ref.shape).copy())
         px = atlas(per_tile)
         if role == "specular" and fmt == "GLB":
@@ -189,6 +190,8 @@ def _skin_export_material(name: str, src_mat, images: dict, fmt: str, made: list
             links.new(half.outputs[0], bsdf.inputs["Specular IOR Level"])
         else:
             links.new(tex.outputs["Color"], bsdf.inputs["Specular IOR Level"])
+    if "roughness" in images:
+        _roughness_export(nt, bsdf, images["roughness"], fmt)
     if "normal" in images:
         tex = _image_node(nt, images["normal"], (-700, -300))
         nmap = nt.nodes.new("ShaderNodeNormalMap")
@@ -197,6 +200,20 @@ def _skin_export_material(name: str, src_mat, images: dict, fmt: str, made: list
         links.new(tex.outputs["Color"], nmap.inputs["Color"])
         links.new(nmap.outputs["Normal"], bsdf.inputs["Normal"])
     return mat
+
+
+def _roughness_export(nt, bsdf, img, fmt: str) -> None:
+    """The roughness atlas into Roughness. glTF carries it in the green channel of its metallic-roughness
+    texture: wired Image -> Separate Color (Green) -> Roughness, the layout Blender's glTF exporter
+    packs (and its importer makes); the other formats take the image straight into the socket."""
+    tex = _image_node(nt, img, (-700, -600))
+    if fmt == "GLB":
+        sep = nt.nodes.new("ShaderNodeSeparateColor")
+        sep.location = (-450, -600)
+        nt.links.new(tex.outputs["Color"], sep.inputs["Color"])
+        nt.links.new(sep.outputs["Green"], bsdf.inputs["Roughness"])
+    else:
+        nt.links.new(tex.outputs["Color"], bsdf.inputs["Roughness"])
 
 
 def _first_image(mat):

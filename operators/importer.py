@@ -287,7 +287,21 @@ def _skin_material(name: str, bundle: Bundle, stem: str, created: _Created, pack
         nmap.location = (400, -200)
         links.new(col, nmap.inputs["Color"])
         links.new(nmap.outputs["Normal"], bsdf.inputs["Normal"])
+    _roughness_map(nt, uvn.outputs["UV"], bsdf, bundle, stem, created, pack, skin_tiles)
     return mat
+
+
+def _roughness_map(nt, uv_socket, bsdf, bundle: Bundle, stem: str, created: _Created, pack: bool,
+                   skin_tiles: list[int]) -> None:
+    """The bundle's roughness map (role "roughness": Principled Roughness itself, Non-Color) into
+    Roughness; the neutral 0.5 on tiles it lacks. Bundles without one keep the constant 0.5."""
+    tiles = bundle.tiles("roughness")
+    if 1001 not in tiles:
+        return
+    rtex = _udim_texture(nt, uv_socket, bundle, "roughness", "Non-Color", tiles, stem, created, pack, (-100, -550))
+    out = _on_mapped_tiles(nt, uv_socket, rtex.outputs["Color"], tiles, skin_tiles, "Roughness", "FLOAT", 0.5,
+                           (200, -550))
+    nt.links.new(out, bsdf.inputs["Roughness"])
 
 
 def _plain_material(name: str, created: _Created, color, roughness: float, **extra):

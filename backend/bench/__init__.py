@@ -3,6 +3,7 @@
   python -m backend bench --data DIR [--pair-with DIR2] [--out DIR] [--device D] [--limit N] [--repeat K]
   python -m backend bench --synthetic N [--seed S] [--baseline projection|none] [--expressions] [--v0 DIR]
   python -m backend bench --quick
+  python -m backend bench --maps N [--seed S] [--maps-tune] [--maps-eyes DIR]   (backend/bench/maps_truth.py)
 """
 from __future__ import annotations
 
@@ -63,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "the current bundle stands for it: the pipeline is deterministic)")
     p.add_argument("--no-relight", action="store_true",
                    help="skip the relighting rows (albedo, relit, shading and hair leakage, photo re-render)")
+    p.add_argument("--maps", type=int, default=0, metavar="N",
+                   help="the measured maps' rows: N synthetic heads of known detail normals, specular, roughness "
+                        "and iris (backend/bench/maps_truth.py; --seed, --texture-cache for their albedo)")
+    p.add_argument("--maps-tune", action="store_true", help="with --maps: grid-search the map settings on --seed")
+    p.add_argument("--maps-eyes", type=Path, metavar="DIR",
+                   help="the eyes' row on real photos: iris colour vs the photo's mean iris pixel (Delta E)")
     return p
 
 
@@ -92,6 +99,17 @@ def main(argv: list[str] | None = None) -> int:
         writer = rp.quick_markdown if "quick" in rep else rp.write_markdown
         print(writer(rep, args.report_from / "report.md"))
         return 0
+    if args.maps or args.maps_eyes:
+        from . import maps_truth
+        argv_maps = ["--seed", str(args.seed), "--heads", str(args.maps or 1), "--textures", str(args.texture_cache),
+                     "--out", str(args.out or Path("out") / "bench" / f"maps_seed{args.seed}")]
+        if args.maps_tune:
+            argv_maps.append("--tune")
+        if args.no_relight:
+            argv_maps.append("--no-relight")
+        if args.maps_eyes:
+            argv_maps += ["--real", str(args.maps_eyes)] + (["--real-limit", str(args.limit)] if args.limit else [])
+        return maps_truth.main(argv_maps)
     if not (args.data or args.synthetic or args.quick):
         build_parser().print_help(sys.stderr)
         print("\nbench: give --data DIR, --synthetic N or --quick", file=sys.stderr)

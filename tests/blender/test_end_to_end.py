@@ -236,19 +236,28 @@ def test_head_at_cursor_and_camera_sees_it_as_the_photo(empty_scene, likeness, r
 
 
 def test_eyes_are_an_image_and_a_bundle_eyes_file_wins(empty_scene, likeness, real_bundle, tmp_path):
+    """The de-lit bundle carries the photo's eyes (eyes.png, docs/maps.md): the importer uses that file; a
+    bundle without one gets the default iris drawn and packed; the bundle's file is what decides."""
     from likeness.operators import importer
     obj = importer.import_bundle(real_bundle)
     eyes = obj.data.materials[[m.name for m in obj.data.materials].index(f"{obj.name} eyes")]
     bsdf = next(n for n in eyes.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
     tex = _linked_from(bsdf.inputs["Base Color"])
-    assert tex.type == "TEX_IMAGE" and tex.image.packed_file is not None and tex.image.size[0] == 512
-    # the hook for a per-photo iris: a file of role "eyes" in the bundle is used instead
+    assert tex.type == "TEX_IMAGE" and Path(tex.image.filepath).name == "eyes.png" and tex.image.size[0] == 512
+    # without a file of role "eyes": the default iris, drawn and packed
+    b0 = tmp_path / "no_eyes"
+    shutil.copytree(real_bundle, b0)
+    res = json.loads((b0 / "result.json").read_text())
+    res["files"] = [f for f in res["files"] if f.get("role") != "eyes"]
+    (b0 / "result.json").write_text(json.dumps(res))
+    obj0 = importer.import_bundle(b0, name="plain")
+    tex0 = _linked_from(next(n for n in obj0.data.materials["plain eyes"].node_tree.nodes
+                             if n.type == "BSDF_PRINCIPLED").inputs["Base Color"])
+    assert tex0.image.packed_file is not None and tex0.image.size[0] == 512
+    # the bundle's own file is what is shown
     b = tmp_path / "bundle"
     shutil.copytree(real_bundle, b)
     Image.fromarray(np.full((64, 64, 3), (20, 90, 200), np.uint8)).save(b / "eyes.png")
-    res = json.loads((b / "result.json").read_text())
-    res["files"].append({"path": "eyes.png", "role": "eyes", "colorspace": "sRGB"})
-    (b / "result.json").write_text(json.dumps(res))
     obj2 = importer.import_bundle(b, name="blue")
     m2 = obj2.data.materials["blue eyes"]
     tex2 = _linked_from(next(n for n in m2.node_tree.nodes if n.type == "BSDF_PRINCIPLED").inputs["Base Color"])
@@ -350,7 +359,7 @@ def test_saved_blend_finds_its_textures(empty_scene, likeness, real_bundle, tmp_
     monkeypatch.chdir(tmp_path)
     imgs = {n.image for m in obj.data.materials for n in m.node_tree.nodes if n.type == "TEX_IMAGE"
             and n.image.packed_file is None}
-    assert len(imgs) == 3  # the three UDIM maps (the eyes' image is packed)
+    assert len(imgs) == 5  # the four UDIM maps (diffuse, specular, normal, roughness) and the photo's eyes.png
     for img in imgs:
         path = bpy.path.abspath(img.filepath.replace("<UDIM>", "1001"))
         assert Path(path).is_file(), (img.name, img.filepath, path)
