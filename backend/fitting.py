@@ -108,6 +108,7 @@ class ContourSlider:
     BAND_CM = 0.45           # half-height of a landmark's band of candidates (neutral head)
     MIDLINE_CM = 2.0         # oval points closer to the midline (chin, forehead top) do not slide
     GRAZE = 0.25             # slide while the fixed point's cos(normal, view) is above -GRAZE
+    MAX_CANDIDATES = 32      # per landmark
 
     def __init__(self, model: FaceModel, corr: Correspondence):
         from .facemodel import NARROW_FACE_LAST_VERTEX
@@ -126,6 +127,10 @@ class ContourSlider:
             band = face[(np.abs(verts[face, 1] - y) < self.BAND_CM) & (np.sign(verts[face, 0]) == np.sign(x))
                         & (np.abs(verts[face, 0]) > abs(x) - 3.0)]
             if len(band) >= 3:
+                # At most MAX_CANDIDATES, evenly spaced across the cheek (sorted by |x|): the outline moves
+                # smoothly, and every candidate costs a basis row at every step of the fit.
+                band = band[np.argsort(np.abs(verts[band, 0]))]
+                band = band[np.unique(np.linspace(0, len(band) - 1, min(len(band), self.MAX_CANDIDATES)).round().astype(int))]
                 ids.append(j)
                 bands.append(band)
         width = max(len(b) for b in bands)

@@ -44,6 +44,9 @@ from .facemodel import NARROW_FACE_LAST_VERTEX, PART_NAMES, VERTEX_RANGES, FaceM
 from .raster import rasterize, uv_screen
 
 TILES = (1001, 1002)
+# Tiles that get detail normals: the face. The head/neck tile is mostly hidden or filled in a photo, and its
+# wavelet transform cost 0.75 s of a reconstruct that has to stay under 10 s; it is flat.
+DETAIL_TILES = (1001,)
 SKIN_IOR = 1.4
 F0_AT_IOR = ((SKIN_IOR - 1.0) / (SKIN_IOR + 1.0)) ** 2       # 0.0278: Specular IOR Level 0.5
 LUMA = np.array([0.2126, 0.7152, 0.0722])                   # Rec. 709 luminance of linear RGB
@@ -354,6 +357,13 @@ def height_to_normal(height: np.ndarray, frames: TileFrames) -> np.ndarray:
     the units of the frames' positions; flat (0, 0, 1) where no skin texel."""
     du, dv = uv_gradient(height)
     return frames.image(normals_from_slopes(surface_gradient(frames, du, dv)), fill=0.0) + _flat_outside(frames)
+
+
+def flat_normals(size: int) -> np.ndarray:
+    """(S, S, 3) the flat tangent-space normal (0, 0, 1) everywhere."""
+    out = np.zeros((size, size, 3), np.float32)
+    out[..., 2] = 1.0
+    return out
 
 
 def _flat_outside(frames: TileFrames) -> np.ndarray:
@@ -897,7 +907,8 @@ def measured_maps(tex, fit, model: FaceModel, settings: MapSettings = DEFAULT_SE
     trans = fit.translation.detach().cpu().numpy().astype(np.float64)
     sh = fit.lighting.detach().cpu().numpy().astype(np.float64) if fit.lighting is not None else None
     diffuse, vis = tex.maps["diffuse"], tex.maps["visibility"]
-    normals = {t: detail_normals(diffuse[t], vis[t], frames[t], rot, sh, settings) for t in tiles}
+    normals = {t: detail_normals(diffuse[t], vis[t], frames[t], rot, sh, settings) if t in DETAIL_TILES
+               else flat_normals(S) for t in tiles}
     spec = (specular_from_tiles({t: diffuse[t] for t in tiles}, {t: vis[t] for t in tiles}, model, fit.vertices,
                                 rot, trans, sh, settings) if settings.spec_evidence
             else specular_maps(diffuse, vis, frames, rot, trans, sh, settings))   # the priors: no photo needed
