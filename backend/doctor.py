@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-PACKAGES = ("torch", "numpy", "cv2", "mediapipe", "scipy", "PIL")
+PACKAGES = ("torch", "numpy", "cv2", "mediapipe", "scipy", "PIL", "pywt", "flatbuffers")
 INSTALL = "install"
 
 

