@@ -19,10 +19,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
+from relight_pictures import label as labelled  # noqa: E402
 from render_bundle import load_likeness  # noqa: E402
 
 GRAZING = {"label": "Grazing", "description": "one sun from the side, 6 degrees above the horizon",
@@ -66,12 +67,6 @@ def render(bundle: Path, photo: Path, preset: str, variant: str, size: int, samp
         rgba = np.asarray(Image.open(png).convert("RGBA"), np.float32) / 255.0
     a = rgba[..., 3:4]
     return np.clip((rgba[..., :3] * a + 0.12 * (1 - a)) * 255 + 0.5, 0, 255).astype(np.uint8)
-
-
-def labelled(img: np.ndarray, text: str) -> np.ndarray:
-    im = Image.fromarray(img)
-    ImageDraw.Draw(im).text((5, 5), text, fill=(255, 255, 255))
-    return np.asarray(im)
 
 
 def main() -> int:

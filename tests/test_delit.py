@@ -38,7 +38,12 @@ def side_light() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def scene():
-    model, corr = load_face_model(), load_correspondence()
+    return side_lit_scene(load_face_model(), load_correspondence())
+
+
+def side_lit_scene(model, corr):
+    """The neutral head with a flat ALBEDO under side_light(), over a dark background, its detection and
+    its fit known exactly: (model, corr, Observation, SceneFit)."""
     k = Intrinsics(1.9 * SIDE, SIDE / 2, SIDE / 2, SIDE, SIDE)
     rot = np.eye(3)
     verts = model.neutral.numpy()

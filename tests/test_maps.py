@@ -332,33 +332,10 @@ def side_lit(model):
     from backend.photometric import PhotometricSettings, fit_photometric
     from backend.pipeline import load_correspondence
     corr = load_correspondence()
-    _, _, obs, fit = _build_scene(model, corr)
+    from tests.test_delit import side_lit_scene
+    _, _, obs, fit = side_lit_scene(model, corr)
     lit = fit_photometric(obs, fit, model, corr, None, PhotometricSettings(joint_steps=0))
     return obs, lit
-
-
-def _build_scene(model, corr):
-    from backend import render
-    from backend.bench.render import mesh_from_model, render_head
-    from backend.camera import Intrinsics
-    from backend.imageio import photo_from_array
-    from backend.landmarks import FaceDetection
-    from backend.scene import Observation, SceneFit
-    from tests.test_delit import ALBEDO, SIDE, side_light
-    k = Intrinsics(1.9 * SIDE, SIDE / 2, SIDE / 2, SIDE, SIDE)
-    rot, verts, trans = np.eye(3), model.neutral.numpy(), np.array([0.0, 1.0, -62.0])
-    tiles = {t: np.broadcast_to(ALBEDO.astype(np.float32), (64, 64, 3)).copy() for t in (1001, 1002)}
-    img = render_head(mesh_from_model(model, verts), k, rot, trans, tiles, side_light(), np.full((SIDE, SIDE, 3), 40, np.uint8)).image
-    pts = (verts[corr.vertex_ids] * corr.bary[..., None]).sum(1)
-    uv = render.project(render.to_camera(torch.from_numpy(pts), torch.from_numpy(rot).float(),
-                                         torch.from_numpy(trans).float()), k)[:, :2].numpy()
-    det = FaceDetection(uv.astype(np.float32), np.zeros(478, np.float32), {}, np.eye(4),
-                        (float(uv[:, 0].min()), float(uv[:, 1].min()), float(uv[:, 0].max()), float(uv[:, 1].max())), 1)
-    obs = Observation(photo_from_array(img, "side_light.png"), det, k)
-    v = torch.from_numpy(verts)
-    fit = SceneFit(k, torch.from_numpy(rot).float(), torch.from_numpy(trans).float(), torch.zeros(model.num_identity),
-                   torch.zeros(model.num_expression), v, v, uv, {"landmark_error_px": 0.0}, {}, {})
-    return model, corr, obs, fit
 
 
 def test_delit_strategy_measures_the_maps_projection_keeps_constants(model, side_lit):
