@@ -8,7 +8,6 @@ install_folder | python), never make or a checkout.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import sys
@@ -16,14 +15,6 @@ from pathlib import Path
 
 PACKAGES = ("torch", "numpy", "cv2", "mediapipe", "scipy", "PIL", "pywt", "flatbuffers")
 INSTALL = "install"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _nvidia_gpu() -> bool:
@@ -52,17 +43,18 @@ def _check_segmentation(out: dict, problems: list) -> None:
     copy with the sha256 that segmentation_models.py records is the one a reconstruction uses)."""
     try:
         from .segmentation_models import MODELS, prepared_candidates  # needs numpy: reported above without it
+        from .setup_assets import sha256_of
     except ImportError:
         return
     for model in MODELS:
         candidates = prepared_candidates(model)
         present = [p for p in candidates if p.is_file()]
-        good = next((p for p in present if _sha256(p) == model.prepared_sha256), None)
+        good = next((p for p in present if sha256_of(p) == model.prepared_sha256), None)
         if good is not None:
             out.setdefault("segmentation", {})[model.key] = str(good)
         elif present:
             problems.append({"what": f"the MediaPipe {model.key} segmentation model {present[0]} is damaged or "
-                                     f"another version (sha256 {_sha256(present[0])[:12]}..., expected "
+                                     f"another version (sha256 {sha256_of(present[0])[:12]}..., expected "
                                      f"{model.prepared_sha256[:12]}...)", "fix": INSTALL})
         else:
             problems.append({"what": f"the MediaPipe {model.key} segmentation model ({model.prepared_name}) is not "
@@ -96,6 +88,7 @@ def check(ict_dir: str | None = None, landmarker: str | None = None, load_model:
     try:
         from . import __version__
         from .paths import ICT_PACK_SHA256, LANDMARKER_SHA256, WEIGHTS_DIR, find_ict_dir, find_landmarker
+        from .setup_assets import sha256_of
         out["backend"] = __version__
     except Exception as exc:  # noqa: BLE001
         problems.append({"what": f"the backend package does not import: {exc}", "fix": INSTALL})
@@ -103,7 +96,7 @@ def check(ict_dir: str | None = None, landmarker: str | None = None, load_model:
     from .errors import LikenessError
     try:
         task = find_landmarker(landmarker)
-        digest = _sha256(task)
+        digest = sha256_of(task)
         out["landmarker"] = str(task)
         if digest != LANDMARKER_SHA256:
             problems.append({"what": f"{task} is damaged or another model (sha256 {digest[:12]}...)", "fix": INSTALL})
@@ -120,7 +113,7 @@ def check(ict_dir: str | None = None, landmarker: str | None = None, load_model:
                 bad = []
             if bad:
                 problems.append({"what": f"ICT-FaceKit at {ict}: " + "; ".join(bad[:3]), "fix": INSTALL})
-        out["ict_sha256"] = _sha256(ict / "shape_modes.npz")
+        out["ict_sha256"] = sha256_of(ict / "shape_modes.npz")
         if out["ict_sha256"] != ICT_PACK_SHA256 and not _partial_pack(ict):
             problems.append({"what": f"ICT-FaceKit at {ict} is not the version the backend was tested with "
                                      f"(shape_modes.npz sha256 {out['ict_sha256'][:12]}...)", "fix": INSTALL})

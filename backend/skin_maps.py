@@ -41,7 +41,7 @@ import torch
 
 from .cache import BoundedCache
 from .facemodel import NARROW_FACE_LAST_VERTEX, PART_NAMES, VERTEX_RANGES, FaceModel
-from .raster import rasterize, uv_screen
+from .raster import rasterize
 
 TILES = (1001, 1002)
 # Tiles that get detail normals: the face. The head/neck tile is mostly hidden or filled in a photo, and its
