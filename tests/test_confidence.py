@@ -7,35 +7,23 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
 from backend import pipeline
-from backend.camera import Intrinsics
 from backend.errors import LikenessError
-from backend.facemodel import load_face_model
-from backend.fitting import OUTER_EYE_CORNERS, Correspondence, FitContext, Param, frontal_inter_ocular_px
+from backend.fitting import OUTER_EYE_CORNERS, frontal_inter_ocular_px
 from backend.photometric import CONFIDENCE_RAMPS, fit_confidence
 from backend.pipeline import Options, reconstruct
 
 from tests.conftest import LONDON_NEUTRAL
-
-K = Intrinsics(900.0, 256.0, 256.0, 512, 512)
-
-
-def _context(yaw_deg: float) -> FitContext:
-    model, corr = load_face_model(), Correspondence.load()
-    params = {"rotation": Param(torch.tensor([0.0, float(np.radians(yaw_deg)), 0.0])),
-              "translation": Param(torch.tensor([0.0, 0.0, -60.0])),
-              "identity": Param(torch.zeros(model.num_identity)),
-              "expression": Param(torch.zeros(model.num_expression))}
-    return FitContext(params, model.surface_basis(corr.vertex_ids, corr.bary), K)
+from tests.test_fitting import turned_head_context
 
 
 def test_the_landmark_error_scale_does_not_shrink_as_the_head_turns():
-    frontal, turned = _context(0.0), _context(55.0)
+    frontal, turned = turned_head_context(0.0), turned_head_context(55.0)
     a, b = OUTER_EYE_CORNERS
     seen = [float((c.landmarks_px()[a] - c.landmarks_px()[b]).norm()) for c in (frontal, turned)]
-    scale = [frontal_inter_ocular_px(c.landmarks_model(), c.rotation(), c["translation"], K) for c in (frontal, turned)]
+    scale = [frontal_inter_ocular_px(c.landmarks_model(), c.rotation(), c["translation"], c.intrinsics)
+             for c in (frontal, turned)]
     assert seen[1] < 0.75 * seen[0]                        # what the photo shows shrinks ...
     assert scale[1] > 0.9 * scale[0]                       # ... the confidence's scale hardly does (the eyes
                                                            # of the turned head are a little farther away)

@@ -194,19 +194,25 @@ def test_blendshape_names_map_onto_ict():
 
 
 
-def _slid_landmarks(yaw_deg):
-    """A neutral head turned by yaw_deg, 60 cm away: (fixed, slid) camera-space landmark points and the
-    slider (its landmarks and the model normals), through the real FitContext."""
-    from backend.camera import to_camera
-    from backend.fitting import FitContext, Param, contour_slider
+def turned_head_context(yaw_deg, slider=None):
+    """The real FitContext of a neutral head turned by yaw_deg, 60 cm in front of the synthetic camera."""
+    from backend.fitting import FitContext, Param
     model, corr = load_face_model(), Correspondence.load()
-    slider = contour_slider(model, corr)
     params = {"rotation": Param(torch.tensor([0.0, float(np.radians(yaw_deg)), 0.0])),
               "translation": Param(torch.tensor([0.0, 0.0, -60.0])),
               "identity": Param(torch.zeros(model.num_identity)),
               "expression": Param(torch.zeros(model.num_expression))}
-    ctx = FitContext(params, model.surface_basis(corr.vertex_ids, corr.bary),
-                     Intrinsics(FOCAL, SIDE / 2, SIDE / 2, SIDE, SIDE), slider)
+    return FitContext(params, model.surface_basis(corr.vertex_ids, corr.bary),
+                      Intrinsics(FOCAL, SIDE / 2, SIDE / 2, SIDE, SIDE), slider)
+
+
+def _slid_landmarks(yaw_deg):
+    """A neutral head turned by yaw_deg: (fixed, slid) camera-space landmark points, the slider (its
+    landmarks and the model normals) and the context."""
+    from backend.camera import to_camera
+    from backend.fitting import contour_slider
+    slider = contour_slider(load_face_model(), Correspondence.load())
+    ctx = turned_head_context(yaw_deg, slider)
     fixed = to_camera(ctx.landmarks_model(), ctx.rotation(), ctx["translation"])
     return fixed, slider.replace(ctx, fixed), slider, ctx
 
