@@ -3,6 +3,7 @@
   python -m backend bench --data DIR [--pair-with DIR2] [--out DIR] [--device D] [--limit N] [--repeat K]
   python -m backend bench --synthetic N [--seed S]
   python -m backend bench --quick
+  python -m backend bench --completion [--completion-photos] [--limit N]
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=None, help="reconstruct each photo K times (timings only; "
                                                               "default 1, --quick 3)")
     p.add_argument("--texture-size", type=int, default=1024)
+    p.add_argument("--texture", default=None, help="texture strategy of the reconstructions (default: the pipeline's)")
     p.add_argument("--ict-dir", default=None)
     p.add_argument("--seed", type=int, default=0, help="synthetic set seed")
     p.add_argument("--textures", type=Path, default=SHARED_FACES / "london" / "neutral",
@@ -47,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-from", type=Path, metavar="DIR",
                    help="only rewrite DIR/report.md from DIR/report.json (after a change to the report layout)")
     p.add_argument("--no-identity", action="store_true", help="skip the dlib identity measure")
+    p.add_argument("--completion", action="store_true",
+                   help="texture completion on the held-out identities (bench/completion.py)")
+    p.add_argument("--completion-data", type=Path, default=Path("out/generator_data"),
+                   help="studio heads of scripts/build_generator_data.py (made when missing)")
+    p.add_argument("--completion-photos", action="store_true",
+                   help="also the held-out real photos through the whole pipeline per strategy")
+    p.add_argument("--guidance", type=float, default=0.05, help="identity guidance scale of the guided row (0: none)")
+    p.add_argument("--variants", action="store_true", help="completion: also the generator's mirror variants")
     return p
 
 
@@ -67,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         writer = rp.quick_markdown if "quick" in rep else rp.write_markdown
         print(writer(rep, args.report_from / "report.md"))
         return 0
+    if args.completion:
+        from .completion import main as completion_main
+        return completion_main(args)
     if not (args.data or args.synthetic or args.quick):
         build_parser().print_help(sys.stderr)
         print("\nbench: give --data DIR, --synthetic N or --quick", file=sys.stderr)
@@ -89,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out or Path("out") / "bench" / title
     out_dir.mkdir(parents=True, exist_ok=True)
     options = {"device": args.device, "texture_size": args.texture_size, "ict_dir": args.ict_dir}
+    if args.texture:
+        options["texture"] = args.texture
     meta = {"title": title, "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "commit": git_commit(),
             "command": "python -m backend bench " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
             "cpu_count": os.cpu_count(), "repeat": args.repeat or (3 if args.quick else 1),
