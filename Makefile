@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: setup demo test bench correspondence albedo-model clean
+.PHONY: setup demo test bench correspondence albedo-model generator clean
 .DEFAULT_GOAL := demo
 
 $(STAMP): requirements.txt requirements-runtime.txt
@@ -34,6 +34,14 @@ correspondence: setup
 # Rebuilds weights/albedo_model.npz from the London photos (see weights/MANIFEST.md; about 10 minutes).
 albedo-model: setup
 	$(PY) scripts/build_albedo_model.py
+
+# Rebuilds weights/generator.npz: training data from the London photos, stage 1 (face crops), stage 2 (UV
+# pairs), export (see weights/MANIFEST.md; about 2.5 hours on 2 cores, resumable: run it again).
+generator: setup
+	$(PY) scripts/build_generator_data.py --views 8
+	$(PY) scripts/train_generator.py --stage 1 --minutes 30 --steps 2000
+	$(PY) scripts/train_generator.py --stage 2 --minutes 95 --steps 6000
+	$(PY) scripts/train_generator.py --export
 
 clean:
 	rm -rf out dist build .pytest_cache

@@ -144,6 +144,9 @@ def warm_up(options: Options = Options()) -> None:
     load_face_model(options.ict_dir, device)
     load_correspondence()
     load_albedo_model(device=device)
+    if options.texture == "generated":
+        from .generator.weights import load_generator
+        load_generator(device=device)
     get_analyzer(options.landmarker)
     get_segmenter()
 

@@ -451,11 +451,17 @@ class Recipe:
     - `shading(normals (3, N) camera space) -> (3, N)`: the photo's colours are divided by it (de-lighting);
     - `weight(tile, uvd (3, N), shading (3, N) | None) -> (N,)`: an extra confidence factor per texel;
     - `base(tile, S) -> (3, S, S)`: what the fill tends to far from the seen texels, in linear light
-      (None: the median colour of the well-seen skin, as the projection does)."""
+      (None: the median colour of the well-seen skin, as the projection does);
+    - `prepare(first)`: called once before the fill with the direct view of every tile, {tile: (4, S, S)}
+      premultiplied linear colour and weight (before mirror and fill): a generator of the unseen parts
+      computes its `base` from it (backend/generator);
+    - `mirror`: whether weakly seen texels take their mirror image's colour (step 4)."""
     name: str
     shading: Callable[[torch.Tensor], torch.Tensor] | None = None
     weight: Callable[[int, torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
     base: Callable[[int, int], torch.Tensor] | None = None
+    prepare: Callable[[dict[int, torch.Tensor]], None] | None = None
+    mirror: bool = True
 
 
 def project_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int = 1024,
@@ -561,6 +567,9 @@ def make_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int, r
         # First-pass textures (premultiplied colour, weight) for the mirror lookup.
         first = {lay.tile: _texel_image(lay, torch.cat([c * w, w[None]]), S)
                  for lay, w, c in zip(layouts, weights, colours)}
+        if recipe.prepare is not None:
+            recipe.prepare(first)
+            check()
 
         diffuse, visibility, final = {}, {}, {}
         tint = torch.as_tensor(MOUTH_TINT_SRGB, device=dev)
@@ -573,7 +582,7 @@ def make_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int, r
                     else skin_colour[:, None].expand(3, S * S))
             # Mirror: weakly seen texels take their mirror image's colour, as far as that was seen.
             acc = torch.cat([c * w, w[None]])                           # (4, N) premultiplied
-            for mt, (sel, grid) in lay.mirror.items():
+            for mt, (sel, grid) in (lay.mirror.items() if recipe.mirror else ()):
                 m = render.sample_image(first[mt], grid)                # (4, M)
                 acc[:, sel] += (1.0 - w[sel]) * m
             acc_w = acc[3]
@@ -626,6 +635,13 @@ def delit_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int =
     the photo's detail; where the photo says little (hair, background, deep shadow, grazing angles, the
     hidden side) it blends towards the mirrored de-lit texel and then towards the fitted albedo model, so
     the scalp, ears and neck continue the face's colour without seams (module docstring, steps 4-5)."""
+    tex = make_texture(obs, fit, model, size, delit_recipe(obs, fit), hooks, _debug=_debug)
+    return skin_maps.with_measured_maps(tex, obs, fit, model, hooks)  # normal, specular, roughness, eyes
+
+
+def delit_recipe(obs: Observation, fit: SceneFit, albedo_base: bool = True) -> Recipe:
+    """The "delit" strategy's changes to the projection: shading divided out, hair, background and deep
+    shadow lose weight, the fill tends to the fitted albedo model (`albedo_base`; else to the median skin)."""
     if fit.lighting is None:
         raise ValueError("the de-lit texture needs a fit with lighting (photometric.fit_photometric)")
     dev = fit.vertices.device
@@ -653,14 +669,23 @@ def delit_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int =
         return w
 
     base = None
-    if albedo_model is not None and fit.albedo is not None and len(fit.albedo) == albedo_model.num_components:
+    if albedo_base and albedo_model is not None and fit.albedo is not None \
+            and len(fit.albedo) == albedo_model.num_components:
         coeffs = fit.albedo.detach().float().to(dev)
 
         def base(tile: int, S: int) -> torch.Tensor:
             return albedo_model.image(tile, coeffs, S).clamp(0.0, 1.0)
-    tex = make_texture(obs, fit, model, size, Recipe("delit", shading, weight, base), hooks, _debug=_debug)
+    return Recipe("delit", shading, weight, base)
+
+
+def generated_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int = 1024,
+                      hooks: Hooks | None = None, **kw) -> TextureResult:
+    """Strategy "generated": "delit" with a diffusion model's completion as the fill (backend/generator)."""
+    from .generator import generated_texture as generate
+    tex = generate(obs, fit, model, size, hooks, **kw)
     return skin_maps.with_measured_maps(tex, obs, fit, model, hooks)  # normal, specular, roughness, eyes
 
 
 # The texture stage's strategies, by the name of Options.texture.
-STRATEGIES: dict[str, Callable[..., TextureResult]] = {"projection": project_texture, "delit": delit_texture}
+STRATEGIES: dict[str, Callable[..., TextureResult]] = {"projection": project_texture, "delit": delit_texture,
+                                                       "generated": generated_texture}

@@ -4,6 +4,7 @@
   python -m backend bench --synthetic N [--seed S] [--baseline projection|none] [--expressions] [--v0 DIR]
   python -m backend bench --quick
   python -m backend bench --maps N [--seed S] [--maps-tune] [--maps-eyes DIR]   (backend/bench/maps_truth.py)
+  python -m backend bench --completion [--completion-photos] [--limit N]
 """
 from __future__ import annotations
 
@@ -70,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--maps-tune", action="store_true", help="with --maps: grid-search the map settings on --seed")
     p.add_argument("--maps-eyes", type=Path, metavar="DIR",
                    help="the eyes' row on real photos: iris colour vs the photo's mean iris pixel (Delta E)")
+    p.add_argument("--completion", action="store_true",
+                   help="texture completion on the held-out identities (bench/completion.py)")
+    p.add_argument("--completion-data", type=Path, default=Path("out/generator_data"),
+                   help="studio heads of scripts/build_generator_data.py (made when missing)")
+    p.add_argument("--completion-photos", action="store_true",
+                   help="also the held-out real photos through the whole pipeline per strategy")
+    p.add_argument("--guidance", type=float, default=0.05, help="identity guidance scale of the guided row (0: none)")
+    p.add_argument("--variants", action="store_true", help="completion: also the generator's mirror variants")
     return p
 
 
@@ -110,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.maps_eyes:
             argv_maps += ["--real", str(args.maps_eyes)] + (["--real-limit", str(args.limit)] if args.limit else [])
         return maps_truth.main(argv_maps)
+    if args.completion:
+        from .completion import main as completion_main
+        return completion_main(args)
     if not (args.data or args.synthetic or args.quick):
         build_parser().print_help(sys.stderr)
         print("\nbench: give --data DIR, --synthetic N or --quick", file=sys.stderr)
