@@ -15,11 +15,13 @@ once per strategy:
 Each completed albedo (both tiles side by side, TRUTH_SIZE texels per tile, sRGB 8-bit) is compared with the
 truth inside two regions of the texels the studio photo saw (visibility > 0.5): *hidden* = not seen in the
 view at all (direct visibility < 0.05: the far side, occluders, hair, deep shadow), *visible* = seen well
-(> 0.5). PSNR (dB), SSIM and ST-LPIPS over each region. Identity: dlib's descriptor distance between the
-truth albedo and the completed albedo, both drawn on the head in a frontal view under even light (the
-identity a completed texture carries), and between the view and the completed head drawn into it (what
-guidance works on). On real photos (`--completion-photos`): the held-out neutral photos through the whole
-pipeline per strategy, with the bench's re-render measures (evaluate.Evaluator.appearance).
+(> 0.5). PSNR (dB), SSIM and ST-LPIPS over each region, after per-channel gains fitted on the visible
+region (`gain_aligned`: the view's light and exposure trade a scale with the albedo). Identity: dlib's
+descriptor distance between the truth albedo and the completed albedo, both drawn on the head in a frontal
+view under even light (the identity a completed texture carries), and between the view and the completed
+head drawn into it (what guidance works on). On real photos (`--completion-photos`): the held-out neutral
+photos through the whole pipeline per strategy, with the bench's re-render measures
+(evaluate.Evaluator.appearance).
 """
 from __future__ import annotations
 
@@ -166,8 +168,10 @@ def run_completion(data: Path, out_dir: Path, yaws=YAWS, limit: int | None = Non
             masks = {"hidden": (truth_conf > TRUTH_MIN) & (vis < HIDDEN_MAX),
                      "visible": (truth_conf > TRUTH_MIN) & (vis > VISIBLE_MIN)}
             rec["hidden_share"] = float(masks["hidden"].sum() / max(1, (truth_conf > TRUTH_MIN).sum()))
+            truth_lin = _decode(truth_u8)
             for name, s in rec["strategies"].items():
-                pred = s.pop("pred")
+                pred, gains = gain_aligned(s.pop("pred"), truth_lin, masks["visible"])
+                s["gain"] = gains.tolist()
                 s.update(region_measures(pred, truth_u8, masks, lpips))
                 if face is not None:
                     tiles = {t: _decode(pred[:, i * size:(i + 1) * size]) for i, t in enumerate(pv.TILES)}
@@ -183,6 +187,19 @@ def run_completion(data: Path, out_dir: Path, yaws=YAWS, limit: int | None = Non
            "summary": summarise(samples, list(strats), yaws)}
     _sheet(sheet, out_dir / "completion_sheet.png", ["view"] + list(strats) + ["truth"])
     return rep
+
+
+def gain_aligned(pred_u8: np.ndarray, truth_lin: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The prediction with per-channel gains (least squares in linear light over the visible region) that
+    map it onto the truth: light and albedo trade a scale per channel (the views' exposure varies too), and
+    every strategy shares the direct view there, so what remains in the hidden region is the completion's
+    own error (the relightable-skin rows align the albedo the same way: relight.channel_gains)."""
+    from .relight import channel_gains
+    lin = _decode(pred_u8)
+    if visible.sum() < 20:
+        return pred_u8, np.ones(3)
+    gains = channel_gains(lin[visible].astype(np.float64), truth_lin[visible].astype(np.float64))
+    return encode_srgb8(np.clip(lin * gains.astype(np.float32), 0, 1)), gains
 
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
