@@ -38,6 +38,8 @@ def parse(argv):
     ap.add_argument("--python", default="", help="backend Python (default: the project's .venv)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--texture-size", type=int, default=1024)
+    ap.add_argument("--texture", default=None, help="texture strategy (delit, generated, projection; default: the "
+                                                    "backend's)")
     ap.add_argument("--resolution", type=int, default=384, help="preview render size (square)")
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--denoise", action="store_true")
@@ -68,6 +70,8 @@ def main() -> int:
     photos = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     ignored = [p.name for p in files if p not in photos]
     options = {"device": a.device, "texture_size": a.texture_size, "overwrite": True}
+    if a.texture:
+        options["texture"] = a.texture
 
     client = None
     rows = []

@@ -31,9 +31,13 @@ class Settings:
     timeout_s: float = DEFAULT_TIMEOUT_S
     ict_dir: str = ""
     landmarker: str = ""
+    texture: str = ""          # a texture strategy of the backend (texture.STRATEGIES); "": its default
 
     def request_options(self) -> dict:
-        return {"device": self.device, "texture_size": int(self.texture_size), "overwrite": False}
+        opts = {"device": self.device, "texture_size": int(self.texture_size), "overwrite": False}
+        if self.texture:
+            opts["texture"] = self.texture
+        return opts
 
     def worker_env(self) -> dict:
         """The backend's environment: ours plus where the installer (or the user) put the assets."""
@@ -114,6 +118,7 @@ def settings(context=None) -> Settings:
     s.ict_dir, s.landmarker = inst.get("ict_dir", ""), inst.get("landmarker", "")
     if p is not None:
         s.device = p.device.lower()
+        s.texture = "" if p.texture == "DEFAULT" else p.texture.lower()
         allowed = allowed_texture_sizes(p)
         want = int(p.texture_size)
         # a size the backend refuses (an old preference) becomes the largest it allows below it

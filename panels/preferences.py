@@ -33,6 +33,15 @@ class LikenessPreferences(bpy.types.AddonPreferences):
         items=[("AUTO", "Auto", "CUDA when available, else CPU"),
                ("CPU", "CPU", "Always run on the CPU"),
                ("CUDA", "CUDA", "Run on an NVIDIA GPU")])
+    texture: bpy.props.EnumProperty(
+        name="Texture", default="DEFAULT",
+        description="How the diffuse map is made where the photo does not show the head",
+        items=[("DEFAULT", "Default", "The backend's default strategy (the one its bench measures best)"),
+               ("DELIT", "De-lit, Albedo Model Fill", "The photo divided by its fitted light; unseen parts from "
+                                                      "the mirror side and the skin albedo model"),
+               ("GENERATED", "De-lit, Diffusion Fill", "The photo divided by its fitted light; unseen parts from "
+                                                      "the UV diffusion generator (its steps preview in the panel)"),
+               ("PROJECTION", "Photo as Is (v0)", "The photo projected with its light, shadows and hair")])
     texture_size: bpy.props.EnumProperty(name="Texture Size", items=_texture_size_items, default=1024)
     texture_sizes_allowed: bpy.props.StringProperty(default="", options={"HIDDEN"})
     results_dir: bpy.props.StringProperty(
@@ -79,6 +88,7 @@ class LikenessPreferences(bpy.types.AddonPreferences):
         col = layout.column()
         col.use_property_split = True
         col.prop(self, "device")
+        col.prop(self, "texture")
         col.prop(self, "texture_size")
         col.prop(self, "worker_timeout")
         col.prop(self, "results_dir")

@@ -88,6 +88,11 @@ INSTALL_SCRIPT = textwrap.dedent(r"""
     out["has_backend"] = os.path.isfile(os.path.join(out["installed_dir"], "backend", "worker.py"))
     out["torch_loaded"] = "torch" in sys.modules
     prefs.backend_python = venv_py
+    common = importlib.import_module(pkg + ".operators.common")
+    out["texture_option"] = [common.settings().request_options().get("texture")]
+    prefs.texture = "GENERATED"
+    out["texture_option"].append(common.settings().request_options().get("texture"))
+    prefs.texture = "DEFAULT"
     try:
         out["check"] = sorted(bpy.ops.likeness.check_backend())
     except RuntimeError as ex:
@@ -117,6 +122,7 @@ def test_install_and_enable(extension_zip, tmp_path):
     assert all(out["ops"]) and all(out["panels"]) and out["scene_props"]
     assert out["installed_dir"].startswith(str(tmp_path / "user"))
     assert out["has_backend"], "the worker runs from the installed folder: backend/ must ship"
+    assert out["texture_option"] == [None, "generated"]    # the Texture preference reaches the request
     assert out["check"] == ["FINISHED"], out
     assert "torch" in out["check_result"] and "CUDA" in out["check_result"], out["check_result"]
     assert out["relight"] == ["FINISHED"] and out["lights"] == ["Likeness Sun"]
