@@ -455,13 +455,17 @@ class Recipe:
     - `prepare(first)`: called once before the fill with the direct view of every tile, {tile: (4, S, S)}
       premultiplied linear colour and weight (before mirror and fill): a generator of the unseen parts
       computes its `base` from it (backend/generator);
-    - `mirror`: whether weakly seen texels take their mirror image's colour (step 4)."""
+    - `mirror`: whether weakly seen texels take their mirror image's colour (step 4);
+    - `mirror_from`: ... only texels whose own weight reaches this (0: every texel; a ramp from half of it):
+      where a texel was not seen at all, a generator that saw the whole face may know better than the
+      mirror, which carries the other side's light and occluders over."""
     name: str
     shading: Callable[[torch.Tensor], torch.Tensor] | None = None
     weight: Callable[[int, torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
     base: Callable[[int, int], torch.Tensor] | None = None
     prepare: Callable[[dict[int, torch.Tensor]], None] | None = None
     mirror: bool = True
+    mirror_from: float = 0.0
 
 
 def project_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int = 1024,
@@ -584,7 +588,10 @@ def make_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int, r
             acc = torch.cat([c * w, w[None]])                           # (4, N) premultiplied
             for mt, (sel, grid) in (lay.mirror.items() if recipe.mirror else ()):
                 m = render.sample_image(first[mt], grid)                # (4, M)
-                acc[:, sel] += (1.0 - w[sel]) * m
+                own = w[sel]
+                gate = render.smoothstep(0.5 * recipe.mirror_from, recipe.mirror_from, own) \
+                    if recipe.mirror_from > 0 else 1.0
+                acc[:, sel] += (1.0 - own) * gate * m
             acc_w = acc[3]
             col = acc[:3] / acc_w.clamp_min(1e-6)
             # Only confidently seen texels drive the fill (faint ones would spread into the holes: the

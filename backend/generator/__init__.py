@@ -45,7 +45,10 @@ class GeneratorSettings:
     guidance_scale: float = 0.0    # identity guidance: RMS change of the predicted texture per guided step
     guidance_steps: int = 2        # the last this many steps are guided
     mirror: bool = True            # weakly seen texels take their mirror image's photo colour before the fill
-    mirror_detail: bool = False    # (with mirror False) the fill = the generator + the mirror's high frequencies
+    mirror_from: float = 0.5       # ... only texels seen at least this much (texture.Recipe.mirror_from):
+                                   # where nothing was seen, the generator beats the mirror (docs/generator.md)
+    mirror_detail: bool = True     # the generator's output + the mirror's high frequencies (where it was seen)
+    prior_detail: bool = True      # ... + the albedo model's high frequencies (where the mirror was not seen)
     weights: str | None = None     # a weights file other than weights/generator.npz
 
 
@@ -97,8 +100,19 @@ def mirror_detail(model, first: dict[int, torch.Tensor], size: int, dev) -> dict
         low_col = render.upsample(low[:3] / low[3:].clamp_min(1e-4), size)
         col = acc[:3] / acc[3:].clamp_min(1e-4)
         w = render.smoothstep(*DETAIL_WEIGHT, acc[3]) * render.smoothstep(*DETAIL_WEIGHT, render.upsample(low[3:], size)[0])
-        out[lay.tile] = (col - low_col) * w
+        out[lay.tile] = ((col - low_col) * w, w)
     return out
+
+
+def prior_detail(fit: SceneFit, tile: int, size: int) -> torch.Tensor | None:
+    """(3, S, S): the fitted albedo model's image above the generator's resolution (brow, lip and ear
+    edges, the mean skin's texture) for the texels that neither the photo nor its mirror show."""
+    am = fit.albedo_model
+    if am is None or fit.albedo is None or len(fit.albedo) != am.num_components:
+        return None
+    img = am.image(tile, fit.albedo.detach().float().to(fit.vertices.device), size)
+    f = size // RES
+    return img - render.upsample(torch.nn.functional.avg_pool2d(img[None], f)[0], size) if f > 1 else None
 
 
 def generated_texture(obs: Observation, fit: SceneFit, model, size: int = 1024, hooks: Hooks | None = None, *,
@@ -146,15 +160,23 @@ def generated_texture(obs: Observation, fit: SceneFit, model, size: int = 1024, 
 
     def base(tile: int, S: int) -> torch.Tensor:
         out = render.upsample(state["gen"][TILES.index(tile)], S)
+        seen = 0.0
         if "detail" in state:
-            out = out + state["detail"][tile]
+            detail, seen = state["detail"][tile]
+            out = out + detail
+        if settings.prior_detail:
+            hf = prior_detail(fit, tile, S)
+            if hf is not None:
+                out = out + hf * (1.0 - seen)
         return out.clamp(0.0, 1.0)
 
     recipe = dataclasses.replace(delit_recipe(obs, fit), name="generated", base=base, prepare=prepare,
-                                 mirror=settings.mirror)
+                                 mirror=settings.mirror, mirror_from=settings.mirror_from)
     tex = make_texture(obs, fit, model, size, recipe, Hooks(hooks.cancel_check, progress, hooks.preview), _debug=_debug)
     tex.info["generator"] = {"weights_sha256": gen.sha256, "steps": steps, "seed": settings.seed,
-                             "resolution": RES, "mirror": settings.mirror, "seconds": round(state["seconds"], 3),
+                             "resolution": RES, "mirror": settings.mirror,
+                             "mirror_from": settings.mirror_from, "mirror_detail": settings.mirror_detail,
+                             "prior_detail": settings.prior_detail, "seconds": round(state["seconds"], 3),
                              "guidance_scale": settings.guidance_scale,
                              "guidance_steps": settings.guidance_steps if settings.guidance_scale > 0 else 0}
     if "guide" in state:
