@@ -27,11 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 from backend.albedo import ALBEDO_PATH, AlbedoModel  # noqa: E402
 from backend.facemodel import load_face_model  # noqa: E402
-from backend.imageio import load_photo  # noqa: E402
-from backend.photometric import fit_photometric  # noqa: E402
-from backend.pipeline import get_analyzer, get_segmenter, load_correspondence, observe  # noqa: E402
-from backend.fitting import fit_landmarks  # noqa: E402
-from backend.texture import TILES, _uv_layout, delit_texture, push_pull, render  # noqa: E402
+from backend.bench.partial_views import delit_photo  # noqa: E402
+from backend.pipeline import load_correspondence  # noqa: E402
+from backend.texture import TILES, _uv_layout, push_pull, render  # noqa: E402
 
 LONDON = ROOT.parent / "shared" / "data" / "faces" / "london" / "neutral"
 HELD_OUT_COUNT = 10
@@ -50,13 +48,8 @@ def downsample(img: np.ndarray, size: int) -> np.ndarray:
 
 def textures_of(path: Path, model, corr, albedo_model: AlbedoModel | None, size: int) -> tuple[np.ndarray, np.ndarray]:
     """(T, 3, R, R) de-lit albedo and (T, R, R) confidence of one photo."""
-    photo = load_photo(path)
-    obs = observe(photo, get_analyzer())
-    obs.masks = get_segmenter().segment(photo, obs.detection)
-    det = obs.detection
-    fit = fit_landmarks(model, corr, det.points, obs.intrinsics, det.blendshapes)
-    fit = fit_photometric(obs, fit, model, corr, albedo_model)
-    tex = delit_texture(obs, fit, model, TEXTURE_SIZE)  # fills with fit.albedo_model (none in the first pass)
+    # fills with fit.albedo_model (none in the first pass)
+    _, _, _, tex = delit_photo(path, model, corr, albedo_model, TEXTURE_SIZE)
     albedo = np.stack([downsample(tex.maps["diffuse"][t], size).transpose(2, 0, 1) for t in TILES])
     conf = np.stack([downsample(tex.maps["visibility"][t], size) for t in TILES])
     return albedo.astype(np.float32), conf.astype(np.float32)

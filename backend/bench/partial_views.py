@@ -75,8 +75,9 @@ class StudioHead:
         return cls(**kw)
 
 
-def studio_head(photo_path: Path, model, corr, albedo_model, size: int = TRUTH_SIZE) -> StudioHead:
-    """A studio photo through the pipeline's detect, fit and "delit" texture stages."""
+def delit_photo(photo_path: Path, model, corr, albedo_model, size: int):
+    """(photo, obs, fit, texture): a photo through the pipeline's detect, segment, landmark and photometric
+    fit, and "delit" texture stages (the albedo model's training images and the studio heads alike)."""
     from ..fitting import fit_landmarks
     from ..imageio import load_photo
     from ..photometric import fit_photometric
@@ -88,7 +89,13 @@ def studio_head(photo_path: Path, model, corr, albedo_model, size: int = TRUTH_S
     det = obs.detection
     fit = fit_landmarks(model, corr, det.points, obs.intrinsics, det.blendshapes)
     fit = fit_photometric(obs, fit, model, corr, albedo_model)
-    tex = delit_texture(obs, fit, model, size)
+    return photo, obs, fit, delit_texture(obs, fit, model, size)
+
+
+def studio_head(photo_path: Path, model, corr, albedo_model, size: int = TRUTH_SIZE) -> StudioHead:
+    """A studio photo through the pipeline's detect, fit and "delit" texture stages."""
+    photo, obs, fit, tex = delit_photo(photo_path, model, corr, albedo_model, size)
+    det = obs.detection
     truth = np.stack([tex.maps["diffuse"][t].transpose(2, 0, 1) for t in TILES]).astype(np.float32)
     conf = np.stack([tex.maps["visibility"][t] for t in TILES]).astype(np.float32)
     s = PHOTO_SIDE / max(photo.width, photo.height)
