@@ -112,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p, out=True):
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         p.add_argument("--texture-size", type=int, default=1024, help="UDIM tile size: 512, 1024 or 2048")
-        p.add_argument("--texture", default=None, help="texture strategy: delit (the default: the photo's light "
-                       "divided out) or projection (v0: the photo as it is)")
+        p.add_argument("--texture", default=None, help="texture strategy: generated (the default: the photo's "
+                       "light divided out, the unseen parts from the UV diffusion generator), delit (the same "
+                       "with the albedo model's fill) or projection (v0: the photo as it is)")
         p.add_argument("--embed-model", action="store_true",
                        help="copy the face model file (10 MB) into the bundle, to import it on another machine")
         p.add_argument("--ict-dir", default=None, help="folder of the packed ICT-FaceKit files")

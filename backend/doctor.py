@@ -120,9 +120,9 @@ def check(ict_dir: str | None = None, landmarker: str | None = None, load_model:
     except LikenessError:
         problems.append({"what": "ICT-FaceKit is not installed", "fix": INSTALL})
     _check_segmentation(out, problems)
-    corr = WEIGHTS_DIR / "mediapipe_to_ict.npz"
-    if not corr.is_file():
-        problems.append({"what": f"{corr} is missing: reinstall the extension", "fix": "reinstall"})
+    for name in ("mediapipe_to_ict.npz", "albedo_model.npz", "generator.npz"):   # shipped with the extension
+        if not (WEIGHTS_DIR / name).is_file():
+            problems.append({"what": f"{WEIGHTS_DIR / name} is missing: reinstall the extension", "fix": "reinstall"})
     if "torch" in out:
         try:
             from .pipeline import allowed_texture_sizes

@@ -64,7 +64,8 @@ def estimated_peak_mb(texture_size: int) -> float:
 class Options:
     device: str = "auto"          # auto | cpu | cuda
     texture_size: int = 1024      # one of TEXTURE_SIZES, within the memory target
-    texture: str = "delit"        # a texture strategy: texture.STRATEGIES
+    texture: str = "generated"    # a texture strategy (texture.STRATEGIES): the one the completion bench
+                                  # measures best (docs/generator.md; "delit" fills from the albedo model)
     overwrite: bool = False       # replace an existing bundle of ours at the output
     embed_model: bool = False     # copy the face model file into the bundle (for another machine)
     ict_dir: str | None = None
@@ -104,6 +105,11 @@ def validate(options: Options) -> Options:
         raise LikenessError("BAD_REQUEST", f"unknown device {options.device!r} (auto, cpu or cuda)")
     if options.texture not in STRATEGIES:
         raise LikenessError("BAD_REQUEST", f"unknown texture strategy {options.texture!r} ({', '.join(STRATEGIES)})")
+    if options.texture == "generated":
+        from .generator.weights import GENERATOR_PATH, load_generator
+        if load_generator(device="cpu") is None:     # before any work, not at the texture stage
+            raise LikenessError("ASSETS_MISSING", f"the texture generator's weights ({GENERATOR_PATH}) are missing: "
+                                "reinstall the extension, or choose the 'delit' texture strategy")
     size = options.texture_size
     if isinstance(size, bool) or size not in TEXTURE_SIZES:
         raise LikenessError("BAD_REQUEST", f"texture size {size!r} is not one of {', '.join(map(str, TEXTURE_SIZES))}")

