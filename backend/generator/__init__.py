@@ -85,9 +85,10 @@ def sample_layout(net, first128: torch.Tensor, prior: torch.Tensor, model, steps
 DETAIL_WEIGHT = (0.2, 0.6)   # mirror weight from which its high frequencies are carried over
 
 
-def mirror_detail(model, first: dict[int, torch.Tensor], size: int, dev) -> dict[int, torch.Tensor]:
-    """Per tile (3, S, S): the high frequencies (above the generator's resolution) of every texel's mirror
-    image in the direct view, where the mirror was seen (the photo's detail, carried to the far side)."""
+def mirror_detail(model, first: dict[int, torch.Tensor], size: int, dev) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Per tile: (3, S, S) the high frequencies (above the generator's resolution) of every texel's mirror
+    image in the direct view, where the mirror was seen (the photo's detail, carried to the far side), and
+    (S, S) how far it was seen (0..1: where it was not, the albedo model's detail takes over)."""
     from ..texture import _uv_layout
     layouts, _ = _uv_layout(model, size, str(dev))
     out = {}
