@@ -295,7 +295,13 @@ def mutate_bundle(b: Path, rng: random.Random) -> str:
         elif op == "header":
             _fake_header_npz(path)
         else:
-            arrays = _load(path)
+            try:
+                arrays = _load(path)
+            except Exception:  # noqa: BLE001 - an earlier mutation of this case broke the file: break it more
+                _replace(path, mutate_bytes(rng, path.read_bytes()))
+                return "mesh.npz bytes (again)"
+            if not arrays:
+                return "mesh.npz (no arrays left)"
             key = rng.choice(list(arrays))
             if op == "array":
                 arrays[key] = _mutate_array(rng, arrays[key])
