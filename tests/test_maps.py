@@ -290,19 +290,27 @@ def test_eye_image_draws_the_measured_iris_at_its_size():
 # The bundle and the strategies
 
 
-def test_bundle_writes_roughness_16_bit_normals_and_eyes(model, tmp_path):
-    import bundle_format
-    from backend.bundle import write_bundle
+def blank_scene(model, side: int, name: str = "x.png"):
+    """(obs, fit): a black side x side photo with no landmarks and the neutral head 60 cm in front of the
+    camera, what write_bundle needs around a TextureResult whose maps a test sets itself."""
     from backend.camera import Intrinsics
     from backend.imageio import photo_from_array
     from backend.landmarks import FaceDetection
-    from backend.scene import Hooks, Observation, SceneFit, TextureResult
-    k = Intrinsics(500.0, 32.0, 32.0, 64, 64)
+    from backend.scene import Observation, SceneFit
+    k = Intrinsics(500.0, side / 2, side / 2, side, side)
     det = FaceDetection(np.zeros((478, 2), np.float32), np.zeros(478, np.float32), {}, np.eye(4), (0, 0, 1, 1), 1)
-    obs = Observation(photo_from_array(np.zeros((64, 64, 3), np.uint8), "x.png"), det, k)
+    obs = Observation(photo_from_array(np.zeros((side, side, 3), np.uint8), name), det, k)
     v = model.neutral.clone()
     fit = SceneFit(k, torch.eye(3), torch.tensor([0.0, 0.0, -60.0]), torch.zeros(model.num_identity),
                    torch.zeros(model.num_expression), v, v, np.zeros((0, 2), np.float32), {}, {}, {})
+    return obs, fit
+
+
+def test_bundle_writes_roughness_16_bit_normals_and_eyes(model, tmp_path):
+    import bundle_format
+    from backend.bundle import write_bundle
+    from backend.scene import Hooks, TextureResult
+    obs, fit = blank_scene(model, 64)
     n = np.zeros((32, 32, 3), np.float32)
     n[..., 2] = 1
     n[5, 5] = (0.6, 0.0, 0.8)

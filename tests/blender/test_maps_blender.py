@@ -176,21 +176,13 @@ def test_normal_map_convention_matches_a_cycles_bump_bake(model, baked):
 def bundle(likeness, model, tmp_path_factory):
     """A bundle written by backend.bundle.write_bundle with known maps: the bump's normals (16-bit), a
     roughness ramp, a specular constant, an eyes image."""
-    import torch
     from PIL import Image  # noqa: F401  (the writer uses cv2; PIL reads back in the tests)
     from backend import skin_maps
     from backend.bundle import write_bundle
-    from backend.camera import Intrinsics
-    from backend.imageio import photo_from_array
-    from backend.landmarks import FaceDetection
-    from backend.scene import Hooks, Observation, SceneFit, TextureResult
+    from backend.scene import Hooks, TextureResult
+    from tests.test_maps import blank_scene
     out = tmp_path_factory.mktemp("maps") / "bundle"
-    k = Intrinsics(500.0, 64.0, 64.0, 128, 128)
-    det = FaceDetection(np.zeros((478, 2), np.float32), np.zeros(478, np.float32), {}, np.eye(4), (0, 0, 1, 1), 1)
-    obs = Observation(photo_from_array(np.zeros((128, 128, 3), np.uint8), "maps.png"), det, k)
-    v = model.neutral.clone()
-    fit = SceneFit(k, torch.eye(3), torch.tensor([0.0, 0.0, -60.0]), torch.zeros(model.num_identity),
-                   torch.zeros(model.num_expression), v, v, np.zeros((0, 2), np.float32), {}, {}, {})
+    obs, fit = blank_scene(model, 128, "maps.png")
     frames = skin_maps.texel_frames(model, _blender_vertices(model), S, tiles=(1001, 1002))
     u = (np.arange(S) + 0.5) / S
     vv = 1.0 - (np.arange(S) + 0.5) / S
