@@ -143,12 +143,11 @@ def test_cuda_path(generator, scene):
 def test_completion_beats_the_fills_in_the_hidden_region(generator, scene):
     """PSNR against the studio truth over the texels the studio photo saw and this view did not, after the
     completion bench's per-channel gains (fitted on the visible region)."""
-    from dataclasses import replace
     from backend.bench import metrics
-    from backend.bench.completion import gain_aligned, layout_u8
+    from backend.bench.completion import gain_aligned, layout_u8, v0_fill
     from backend.colour import decode_srgb8
     from backend.bench import partial_views as pv
-    from backend.texture import delit_recipe, delit_texture, make_texture
+    from backend.texture import delit_texture
     model, head, obs, fit = scene
     truth = layout_u8({t: _area(head.tiles()[t], SIZE) for t in pv.TILES})
     conf = np.concatenate([_area(head.confidence[i], SIZE) for i in range(2)], axis=1)
@@ -156,7 +155,7 @@ def test_completion_beats_the_fills_in_the_hidden_region(generator, scene):
     vis = np.concatenate([gen.maps["visibility"][t] for t in pv.TILES], axis=1)
     hidden = (conf > 0.5) & (vis < 0.05)
     assert hidden.sum() > 2000
-    v0 = make_texture(obs, fit, model, SIZE, replace(delit_recipe(obs, fit, albedo_base=False), name="v0-fill"))
+    v0 = v0_fill(obs, fit, model, SIZE)
     visible = (conf > 0.5) & (vis > 0.5)
     truth_lin = decode_srgb8(truth)
     psnr = {name: metrics.psnr(gain_aligned(layout_u8(t.maps["diffuse"]), truth_lin, visible)[0], truth, hidden)

@@ -43,15 +43,15 @@ TRUTH_MIN = 0.5
 GUIDANCE_SCALE = 0.05
 
 
+def v0_fill(obs, fit, model, size, hooks=None):
+    """v0's fill (mirror, then push-pull towards the median skin colour) on the "delit" strategy's colours."""
+    from ..texture import delit_recipe, make_texture
+    return make_texture(obs, fit, model, size, replace(delit_recipe(obs, fit, albedo_base=False), name="v0-fill"), hooks)
+
+
 def strategies(guidance: float, variants: bool = False):
     from ..generator import DEFAULT_SETTINGS, generated_texture
-    from ..texture import delit_recipe, delit_texture, make_texture, project_texture
-
-    def v0_fill(obs, fit, model, size, hooks=None):
-        return make_texture(obs, fit, model, size, replace(delit_recipe(obs, fit, albedo_base=False), name="v0-fill"), hooks)
-
-    def guided(obs, fit, model, size, hooks=None):
-        return generated_texture(obs, fit, model, size, hooks, settings=replace(DEFAULT_SETTINGS, guidance_scale=guidance))
+    from ..texture import delit_texture, project_texture
 
     def variant(**kw):
         return lambda obs, fit, model, size, hooks=None: generated_texture(
@@ -63,7 +63,7 @@ def strategies(guidance: float, variants: bool = False):
         out["generated-gated"] = variant(mirror_from=0.5, mirror_detail=True, prior_detail=True)
         out["generated-nomirror"] = variant(mirror=False, mirror_detail=True, prior_detail=True)
     if guidance > 0:
-        out["generated+id"] = guided
+        out["generated+id"] = variant(guidance_scale=guidance)
     return out
 
 

@@ -140,7 +140,6 @@ def generated_texture(obs: Observation, fit: SceneFit, model, size: int = 1024, 
         hooks.cancel_check()
         hooks.progress(split[0] + (split[1] - split[0]) * (info.index + 1) / info.steps)
         hooks.preview("generator", layout_preview(info.x0))
-        state.setdefault("step_extras", []).append(info.extras)
 
     def prepare(first: dict[int, torch.Tensor]) -> None:
         t0 = time.perf_counter()
