@@ -106,9 +106,9 @@ def validate(options: Options) -> Options:
     if options.texture not in STRATEGIES:
         raise LikenessError("BAD_REQUEST", f"unknown texture strategy {options.texture!r} ({', '.join(STRATEGIES)})")
     if options.texture == "generated":
-        from .generator.weights import GENERATOR_PATH, load_generator
-        if load_generator(device="cpu") is None:     # before any work, not at the texture stage
-            raise LikenessError("ASSETS_MISSING", f"the texture generator's weights ({GENERATOR_PATH}) are missing: "
+        from .generator.weights import weights_path
+        if not weights_path().is_file():             # before any work, not at the texture stage
+            raise LikenessError("ASSETS_MISSING", f"the texture generator's weights ({weights_path()}) are missing: "
                                 "reinstall the extension, or choose the 'delit' texture strategy")
     size = options.texture_size
     if isinstance(size, bool) or size not in TEXTURE_SIZES:

@@ -48,9 +48,14 @@ class LoadedGenerator:
 _NETS = BoundedCache(64 << 20)
 
 
+def weights_path(path: Path | str | None = None) -> Path:
+    """The weights file a run uses: `path`, else $LIKENESS_GENERATOR, else weights/generator.npz."""
+    return Path(path or os.environ.get(ENV_VAR) or GENERATOR_PATH)
+
+
 def load_generator(path: Path | str | None = None, device: str = "cpu") -> LoadedGenerator | None:
     """The generator in float32 on `device`, loaded once per (file, device); None when the file is absent."""
-    path = Path(path or os.environ.get(ENV_VAR) or GENERATOR_PATH)
+    path = weights_path(path)
     if not path.is_file():
         return None
 
