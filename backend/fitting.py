@@ -81,6 +81,11 @@ class FitSettings:
     lr_translation: tuple[float, float] = (0.5, 0.25)
     lr_identity: float = 0.05
     lr_expression: float = 0.02
+    # MediaPipe's error on rendered heads of known shape (docs/fitting.md) is about 0.05 of the inter-ocular
+    # distance where a landmark's surface point faces the camera and twice that where it is turned away: the
+    # detector guesses what it cannot see. Such landmarks, and those that graze the view, weigh less.
+    hidden_landmark_weight: float = 0.25
+    hidden_landmark_cos: float = -0.4   # "hidden": cos(surface normal, view ray) above this (0 = grazing)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,11 +394,34 @@ def contour_slider(model: FaceModel, corr: Correspondence) -> ContourSlider:
     return _SLIDERS[key]
 
 
+def landmark_visibility_weights(model: FaceModel, corr: Correspondence, vertices: torch.Tensor,
+                                rotation: torch.Tensor, translation: torch.Tensor, settings: FitSettings) -> np.ndarray:
+    """(L,) per-landmark weights for a head (vertices, model space) at a pose: `hidden_landmark_weight` where
+    the landmark's surface point faces away from the camera or grazes the view (cos(normal, view ray) above
+    `hidden_landmark_cos`), 1 elsewhere. Face-oval landmarks keep 1: they slide to the silhouette instead
+    (ContourSlider). Computed once per fit from its starting head, not per step."""
+    from .render import vertex_normals
+    with torch.no_grad():
+        dev = vertices.device
+        normals = vertex_normals(vertices, torch.as_tensor(model.topology.triangles, device=dev))
+        ids = torch.as_tensor(corr.vertex_ids, device=dev)
+        bary = torch.as_tensor(corr.bary, device=dev)[..., None]
+        points = to_camera((vertices[ids] * bary).sum(1), rotation, translation)
+        normal = (normals[ids] * bary).sum(1) @ rotation.T
+        cos = (normal * torch.nn.functional.normalize(points, dim=1)).sum(1).cpu().numpy()
+    hidden = (cos > settings.hidden_landmark_cos) & ~corr.contour
+    return np.where(hidden, settings.hidden_landmark_weight, 1.0).astype(np.float32)
+
+
 def landmark_terms(corr: Correspondence, points: np.ndarray, iod_px: float, settings: FitSettings,
-                   device) -> list[Term]:
+                   device, visibility: np.ndarray | None = None) -> list[Term]:
+    """The landmark term (per-landmark weights: the correspondence's, the contour's, `visibility`'s) and the
+    identity and expression priors."""
     target = torch.as_tensor(points, dtype=torch.float32, device=device)
-    weight = torch.as_tensor(np.where(corr.contour, settings.contour_weight, 1.0) * corr.weight,
-                             dtype=torch.float32, device=device)
+    weight = np.where(corr.contour, settings.contour_weight, 1.0) * corr.weight
+    if visibility is not None:
+        weight = weight * visibility
+    weight = torch.as_tensor(weight, dtype=torch.float32, device=device)
     return [landmark_wing_term(target, weight, iod_px, settings.wing_w, settings.wing_eps),
             mean_square_term("identity_prior", "identity", settings.identity_prior),
             mean_square_term("expression_prior", "expression", settings.expression_prior),
@@ -431,7 +459,11 @@ def fit_landmarks(model: FaceModel, corr: Correspondence, points: np.ndarray, in
         return torch.as_tensor(np.asarray(x), dtype=torch.float32, device=dev).clone().requires_grad_(True)
     params = {"rotation": Param(leaf(matrix_to_axis_angle(r0))), "translation": Param(leaf(t0)),
               "identity": Param(leaf(alpha0.cpu().numpy())), "expression": Param(leaf(beta0), clamp_unit)}
-    terms = landmark_terms(corr, points, iod_px, settings, dev)
+    # Which landmarks the detector could see, judged on the mean face at the PnP pose.
+    visibility = landmark_visibility_weights(model, corr, model.vertices(alpha0, torch.as_tensor(beta0, device=dev)),
+                                             torch.as_tensor(r0, dtype=torch.float32, device=dev),
+                                             torch.as_tensor(t0, dtype=torch.float32, device=dev), settings)
+    terms = landmark_terms(corr, points, iod_px, settings, dev, visibility)
     stages = landmark_stages(settings)
 
     slider = contour_slider(model, corr) if settings.sliding_contour else None
@@ -455,7 +487,8 @@ def fit_landmarks(model: FaceModel, corr: Correspondence, points: np.ndarray, in
         frontal_px = frontal_inter_ocular_px(ctx.landmarks_model(), ctx.rotation(), ctx["translation"], intrinsics)
     metrics = {"landmark_error_px": error_px, "landmark_error_iod": error_px / iod_px,
                "landmark_error_frontal_iod": error_px / max(frontal_px, 1e-3),
-               "landmarks_used": int(used.sum()), "final_loss": losses[-1] if losses else None}
+               "landmarks_used": int(used.sum()), "landmarks_hidden": int((visibility < 1)[used].sum()),
+               "final_loss": losses[-1] if losses else None}
     recorded = {"method": "landmarks", **dataclasses.asdict(settings),
                 "stages": [dataclasses.asdict(s) for s in stages]}
     return SceneFit(intrinsics, ctx.rotation().detach(), ctx["translation"].detach(), identity, expression,

@@ -26,8 +26,9 @@ from . import render
 from .albedo import AlbedoModel
 from .camera import Intrinsics
 from .facemodel import NARROW_FACE_LAST_VERTEX, PART_NAMES, FaceModel
-from .fitting import (Correspondence, FitContext, FitSettings, Param, Stage, Term, clamp_unit,
-                      frontal_inter_ocular_px, inter_ocular_px, landmark_terms, matrix_to_axis_angle, optimise, term_values)
+from .fitting import (Correspondence, FitContext, FitSettings, Param, Stage, Term, clamp_unit, contour_slider,
+                      frontal_inter_ocular_px, inter_ocular_px, landmark_terms, landmark_visibility_weights,
+                      matrix_to_axis_angle, optimise, term_values)
 from .scene import Hooks, Observation, SceneFit
 from .texture import linear_resampled
 from .threads import idle_cpu_threads, torch_threads
@@ -38,7 +39,7 @@ class PhotometricSettings:
     coarse_size: int = 128       # px, longest side of the crop for lighting and albedo
     fine_size: int = 224         # px, for the joint stage
     light_steps: int = 60
-    joint_steps: int = 100
+    joint_steps: int = 150
     crop_margin: float = 0.12    # around the landmarks' box, x its size
     robust_sigma: float = 0.04   # Cauchy scale of the colour residual (linear light, RGB distance)
     photo_weight: float = 100.0  # photometric term vs the landmark term (IOD = 64 units)
@@ -350,9 +351,11 @@ def fit_photometric(obs: Observation, fit: SceneFit, model: FaceModel, corr: Cor
                   "lighting": Param(leaf(sh0.cpu().numpy())),
                   "albedo": Param(leaf(start_albedo.cpu().numpy()))}
         basis = model.surface_basis(corr.vertex_ids, corr.bary)
-        from .fitting import contour_slider
         slider = contour_slider(model, corr) if landmark_settings.sliding_contour else None
-        landmarks = landmark_terms(corr, points, iod_px, landmark_settings, dev)
+        # Which landmarks the detector could see, judged again on the landmark fit's head.
+        visibility = landmark_visibility_weights(model, corr, fit.vertices, fit.rotation, fit.translation,
+                                                 landmark_settings)
+        landmarks = landmark_terms(corr, points, iod_px, landmark_settings, dev, visibility)
         priors = [light_prior_term(settings.light_prior), light_colour_term(settings.light_colour_prior)]
         if albedo_model is not None:
             priors.append(Term("albedo_prior", settings.albedo_prior, lambda ctx: ctx["albedo"].square().mean()))
