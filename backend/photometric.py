@@ -39,7 +39,7 @@ class PhotometricSettings:
     coarse_size: int = 128       # px, longest side of the crop for lighting and albedo
     fine_size: int = 224         # px, for the joint stage
     light_steps: int = 60
-    joint_steps: int = 150
+    joint_steps: int = 100
     crop_margin: float = 0.12    # around the landmarks' box, x its size
     robust_sigma: float = 0.04   # Cauchy scale of the colour residual (linear light, RGB distance)
     photo_weight: float = 100.0  # photometric term vs the landmark term (IOD = 64 units)
