@@ -25,9 +25,16 @@ def cli(*args, timeout=600, **kw) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout, **kw)
 
 
+def _terminal_signals() -> None:
+    """In the child before exec: SIGINT as a terminal delivers it. A suite started in the background by a
+    non-interactive shell inherits SIGINT ignored, and the CLI rightly stays deaf to an ignored SIGINT
+    (signals.install), which would fail the tests that press Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_cli(*args, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "backend", *map(str, args)], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_terminal_signals, **kw)
 
 
 def temp_folders(parent: Path) -> list[str]:
