@@ -258,7 +258,6 @@ def _visibility(yaw_deg):
     return weights, side, corr
 
 
-
 def test_landmarks_the_detector_cannot_see_weigh_less():
     """MediaPipe guesses the landmarks it cannot see (twice the error of those facing the camera on the
     synthetic heads, docs/fitting.md): on a head turned 50 degrees the far side's landmarks weigh
