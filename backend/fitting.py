@@ -58,6 +58,15 @@ class Correspondence:
         return cls(d["vertex_ids"].astype(np.int64), d["bary"].astype(np.float32),
                    d["weight"].astype(np.float32), d["contour"].astype(bool), hashlib.sha256(data).hexdigest())
 
+    def on_surface(self, per_vertex):
+        """(L, ...) a per-vertex array (positions, normals; numpy, or torch on its device) at the landmarks'
+        surface points: the barycentric blend of their triangles' corners."""
+        ids, bary = self.vertex_ids, self.bary
+        if isinstance(per_vertex, torch.Tensor):
+            ids = torch.as_tensor(ids, device=per_vertex.device)
+            bary = torch.as_tensor(bary, dtype=per_vertex.dtype, device=per_vertex.device)
+        return (per_vertex[ids] * bary[..., None]).sum(1)
+
 
 @dataclass
 class FitSettings:
@@ -121,8 +130,7 @@ class ContourSlider:
         verts = model.neutral.cpu().numpy()
         tris = torch.from_numpy(model.topology.triangles)
         normals = vertex_normals(model.neutral.cpu(), tris).numpy()
-        fixed = (verts[corr.vertex_ids] * corr.bary[..., None]).sum(1)
-        fixed_n = (normals[corr.vertex_ids] * corr.bary[..., None]).sum(1)
+        fixed, fixed_n = corr.on_surface(verts), corr.on_surface(normals)
         face = np.arange(NARROW_FACE_LAST_VERTEX + 1)
         ids, bands = [], []
         for j in np.flatnonzero(corr.contour & (corr.weight > 0)):
@@ -402,12 +410,9 @@ def landmark_visibility_weights(model: FaceModel, corr: Correspondence, vertices
     (ContourSlider). Computed once per fit from its starting head, not per step."""
     from .render import vertex_normals
     with torch.no_grad():
-        dev = vertices.device
-        normals = vertex_normals(vertices, torch.as_tensor(model.topology.triangles, device=dev))
-        ids = torch.as_tensor(corr.vertex_ids, device=dev)
-        bary = torch.as_tensor(corr.bary, device=dev)[..., None]
-        points = to_camera((vertices[ids] * bary).sum(1), rotation, translation)
-        normal = (normals[ids] * bary).sum(1) @ rotation.T
+        normals = vertex_normals(vertices, torch.as_tensor(model.topology.triangles, device=vertices.device))
+        points = to_camera(corr.on_surface(vertices), rotation, translation)
+        normal = corr.on_surface(normals) @ rotation.T
         cos = (normal * torch.nn.functional.normalize(points, dim=1)).sum(1).cpu().numpy()
     hidden = (cos > settings.hidden_landmark_cos) & ~corr.contour
     return np.where(hidden, settings.hidden_landmark_weight, 1.0).astype(np.float32)

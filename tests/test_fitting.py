@@ -254,7 +254,7 @@ def _visibility(yaw_deg):
     ctx = turned_head_context(yaw_deg)
     verts = model.vertices(torch.zeros(model.num_identity), torch.zeros(model.num_expression))
     weights = landmark_visibility_weights(model, corr, verts, ctx.rotation(), ctx["translation"], FitSettings())
-    side = np.sign((model.neutral.numpy()[corr.vertex_ids] * corr.bary[..., None]).sum(1)[:, 0])
+    side = np.sign(corr.on_surface(model.neutral.numpy())[:, 0])
     return weights, side, corr
 
 
