@@ -52,7 +52,7 @@ def side_lit_scene(model, corr):
     bg = np.full((SIDE, SIDE, 3), 40, np.uint8)
     img = render_head(mesh_from_model(model, verts), k, rot, trans, tiles, side_light(), bg).image
     # The detector's part is known here: the correspondence's points projected with the true camera.
-    pts = (verts[corr.vertex_ids] * corr.bary[..., None]).sum(1)
+    pts = corr.on_surface(verts)
     uv = render.project(render.to_camera(torch.from_numpy(pts), torch.from_numpy(rot).float(),
                                          torch.from_numpy(trans).float()), k)[:, :2].numpy()
     det = FaceDetection(uv.astype(np.float32), np.zeros(478, np.float32), {}, np.eye(4),

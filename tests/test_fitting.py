@@ -123,7 +123,7 @@ def synthetic_heads():
         with torch.no_grad():
             v = model.vertices(torch.from_numpy(alpha), torch.from_numpy(beta)).numpy().astype(np.float64)
         trans = np.array([rng.uniform(-2, 2), rng.uniform(-2, 2), -60.0]) - rot @ v[FACE].mean(0)
-        landmarks = (v[corr.vertex_ids] * corr.bary[..., None]).sum(1)
+        landmarks = corr.on_surface(v)
         heads.append({"beta": beta, "rot": rot, "vertices": v, "uv": _pixels(landmarks, rot, trans).astype(np.float32)})
     return model, corr, heads
 
@@ -170,7 +170,7 @@ def test_synthetic_expressions_are_recovered(synthetic_heads):
 def test_pnp_fallback_faces_the_camera():
     """When PnP fails, the start pose is upright, facing the camera, where the points are."""
     model, corr = load_face_model(), Correspondence.load()
-    pts3 = (model.neutral.numpy()[corr.vertex_ids] * corr.bary[..., None]).sum(1).astype(np.float64)
+    pts3 = corr.on_surface(model.neutral.numpy()).astype(np.float64)
     rot = _rotation(0, 0, 0)
     trans = np.array([3.0, -2.0, -55.0])
     uv = _pixels(pts3, rot, trans)
@@ -239,7 +239,7 @@ def test_only_the_far_cheek_slides():
     the opposite sign to the yaw's near side), never on the near cheek, whose fixed points face the camera."""
     corr = Correspondence.load()
     model = load_face_model()
-    fixed_model = (model.neutral.numpy()[corr.vertex_ids] * corr.bary[..., None]).sum(1)
+    fixed_model = corr.on_surface(model.neutral.numpy())
     sides = []
     for yaw in (50.0, -50.0):
         fixed, slid, slider, _ = _slid_landmarks(yaw)

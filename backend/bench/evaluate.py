@@ -43,8 +43,7 @@ class Evaluator:
         if det_points is not None:
             out["mediapipe"] = metrics.frl_nme(np.asarray(det_points)[IBUG68_FROM_MEDIAPIPE], tem_points).tolist()
         if self.corr is not None:
-            v = vertices[self.corr.vertex_ids]                          # (478, 3, 3)
-            lm = (v * self.corr.bary[..., None]).sum(1)
+            lm = self.corr.on_surface(vertices)
             lm2 = screen_points(lm, k, rot, trans).numpy()[:, :2]
             out["fit"] = metrics.frl_nme(lm2[IBUG68_FROM_MEDIAPIPE], tem_points).tolist()
         out["fit_ict68"] = metrics.frl_nme(scr[self.ict68], tem_points).tolist()

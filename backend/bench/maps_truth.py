@@ -404,7 +404,7 @@ def run_pipeline(head: TruthHead, model, corr, albedo_model, size: int | None = 
     from ..scene import Observation, SceneFit
     from ..texture import delit_texture
     v = head.vertices
-    pts = (v[corr.vertex_ids] * corr.bary[..., None]).sum(1)
+    pts = corr.on_surface(v)
     rot_t, trans_t = torch.from_numpy(head.rotation).float(), torch.from_numpy(head.translation).float()
     uv = render.project(render.to_camera(torch.from_numpy(pts).float(), rot_t, trans_t), head.k)[:, :2].numpy()
     uv[468:478] = head.iris_points

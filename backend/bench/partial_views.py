@@ -263,7 +263,7 @@ def draw(model, head: StudioHead, spec: ViewSpec, side: int = IMAGE_SIDE) -> tup
 
 
 def landmarks_of(model, corr, head: StudioHead, k: Intrinsics, rot: np.ndarray, trans: np.ndarray) -> np.ndarray:
-    pts = (head.vertices[corr.vertex_ids] * corr.bary[..., None]).sum(1)
+    pts = corr.on_surface(head.vertices)
     cam = render.to_camera(torch.from_numpy(pts).double(), torch.from_numpy(rot).double(), torch.from_numpy(trans).double())
     return render.project(cam, k)[:, :2].float().numpy()
 

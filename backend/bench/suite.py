@@ -586,8 +586,7 @@ def true_landmarks_px(truth_path: Path, corr) -> np.ndarray:
     params = json.loads(str(t["params"]))
     side = params.get("side", 512)
     k = Intrinsics(float(t["focal_px"]), side / 2, side / 2, side, side)
-    v = t["vertices"][corr.vertex_ids]                                   # (478, 3, 3)
-    lm = (v * corr.bary[..., None]).sum(1)
+    lm = corr.on_surface(t["vertices"])
     return screen_points(lm, k, t["rotation"], t["translation"]).numpy()[:, :2]
 
 
