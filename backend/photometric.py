@@ -52,7 +52,7 @@ class PhotometricSettings:
     lr_albedo: float = 0.1
     lr_rotation: float = 0.002
     lr_translation: float = 0.05
-    lr_identity: float = 0.05
+    lr_identity: float = 0.3
     lr_expression: float = 0.02
 
 
