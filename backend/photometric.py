@@ -46,6 +46,7 @@ class PhotometricSettings:
     albedo_prior: float = 0.5    # weight of mean(c^2), c ~ N(0, 1)
     light_prior: float = 0.05    # weight of mean(sh[4:9]^2) relative to the DC term (smooth light)
     light_colour_prior: float = 20.0  # weight of the spread of the channels' directional terms (one colour)
+    light_positive_prior: float = 1000.0  # weight of the shading's negative part over the sphere (light_positive_term)
     identity_weight: float = 0.0  # weight of the face-descriptor distance (dlib's same-person threshold: 0.6)
     part_weight: float = 0.0      # weight of the part re-projection distance (inter-ocular units)
     lr_lighting: float = 0.05
@@ -305,6 +306,31 @@ def light_prior_term(weight: float) -> Term:
     return Term("lighting_prior", weight, value)
 
 
+def sphere_directions(n: int = 64) -> torch.Tensor:
+    """(n, 3) unit directions spread evenly over the sphere (a Fibonacci lattice)."""
+    i = torch.arange(n, dtype=torch.float64) + 0.5
+    z = 1.0 - 2.0 * i / n
+    phi = math.pi * (3.0 - math.sqrt(5.0)) * i
+    r = (1.0 - z * z).sqrt()
+    return torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], 1).float()
+
+
+def light_positive_term(weight: float) -> Term:
+    """Light is never negative, so neither is its shading in any direction: the squared negative part of
+    the shading over the whole sphere, relative to the constant term. A face seen from one side shows
+    normals within about 60 degrees of the camera, where the constant and the camera-facing terms are
+    nearly interchangeable; unconstrained, the fit trades one for the other and the shading then falls
+    off too steeply towards the grazing skin it barely sees (docs/fitting.md, "Light")."""
+    dirs = sphere_directions()
+
+    def value(ctx: FitContext) -> torch.Tensor:
+        sh = ctx["lighting"]
+        shading = render.sh_shading(dirs.to(sh.device), sh)                       # (n, 3)
+        scale = (render.SH_CONSTANTS[0] * sh[0]).square().mean().clamp_min(1e-6)
+        return (-shading).clamp_min(0.0).square().mean() / scale
+    return Term("lighting_positive", weight, value)
+
+
 def light_colour_term(weight: float) -> Term:
     """Light of one colour from every direction (a tint overall, not a blue key and a red fill): each
     channel's directional terms relative to its own DC term should agree. Without it the light soaks up
@@ -357,6 +383,8 @@ def fit_photometric(obs: Observation, fit: SceneFit, model: FaceModel, corr: Cor
                                                  landmark_settings)
         landmarks = landmark_terms(corr, points, iod_px, landmark_settings, dev, visibility)
         priors = [light_prior_term(settings.light_prior), light_colour_term(settings.light_colour_prior)]
+        if settings.light_positive_prior > 0:
+            priors.append(light_positive_term(settings.light_positive_prior))
         if albedo_model is not None:
             priors.append(Term("albedo_prior", settings.albedo_prior, lambda ctx: ctx["albedo"].square().mean()))
 
