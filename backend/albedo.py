@@ -19,9 +19,7 @@ import torch.nn.functional as F
 
 from . import render
 from .cache import BoundedCache
-from .paths import WEIGHTS_DIR
-
-ALBEDO_PATH = WEIGHTS_DIR / "albedo_model.npz"
+from .paths import ALBEDO_PATH
 
 
 @dataclass

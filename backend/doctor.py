@@ -87,7 +87,7 @@ def check(ict_dir: str | None = None, landmarker: str | None = None, load_model:
                 + ": generation runs on the CPU; Install Backend again to get the CUDA build")
     try:
         from . import __version__
-        from .paths import ICT_PACK_SHA256, LANDMARKER_SHA256, WEIGHTS_DIR, find_ict_dir, find_landmarker
+        from .paths import ICT_PACK_SHA256, LANDMARKER_SHA256, SHIPPED_WEIGHTS, find_ict_dir, find_landmarker
         from .setup_assets import sha256_of
         out["backend"] = __version__
     except Exception as exc:  # noqa: BLE001
@@ -120,9 +120,9 @@ def check(ict_dir: str | None = None, landmarker: str | None = None, load_model:
     except LikenessError:
         problems.append({"what": "ICT-FaceKit is not installed", "fix": INSTALL})
     _check_segmentation(out, problems)
-    for name in ("mediapipe_to_ict.npz", "albedo_model.npz", "generator.npz"):   # shipped with the extension
-        if not (WEIGHTS_DIR / name).is_file():
-            problems.append({"what": f"{WEIGHTS_DIR / name} is missing: reinstall the extension", "fix": "reinstall"})
+    for path in SHIPPED_WEIGHTS:
+        if not path.is_file():
+            problems.append({"what": f"{path} is missing: reinstall the extension", "fix": "reinstall"})
     if "torch" in out:
         try:
             from .pipeline import allowed_texture_sizes

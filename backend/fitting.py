@@ -33,11 +33,10 @@ import torch
 
 from .camera import Intrinsics, axis_angle_to_matrix, project, to_camera
 from .facemodel import FaceModel, SurfaceBasis
-from .paths import WEIGHTS_DIR
+from .paths import CORRESPONDENCE_PATH
 from .scene import Hooks, SceneFit
 from .threads import torch_threads
 
-CORRESPONDENCE_PATH = WEIGHTS_DIR / "mediapipe_to_ict.npz"
 # MediaPipe's outer eye corners (image-left eye 33, image-right eye 263): the inter-ocular distance.
 OUTER_EYE_CORNERS = (33, 263)
 

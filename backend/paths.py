@@ -16,6 +16,12 @@ from .errors import LikenessError
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = PACKAGE_DIR.parent
 WEIGHTS_DIR = PROJECT_DIR / "weights"
+# The weights shipped with the extension (weights/MANIFEST.md), named here so that Check Backend can look
+# for them without importing torch.
+CORRESPONDENCE_PATH = WEIGHTS_DIR / "mediapipe_to_ict.npz"   # landmark -> ICT surface (backend/fitting.py)
+ALBEDO_PATH = WEIGHTS_DIR / "albedo_model.npz"               # the skin albedo model (backend/albedo.py)
+GENERATOR_PATH = WEIGHTS_DIR / "generator.npz"               # the diffusion texture generator (backend/generator)
+SHIPPED_WEIGHTS = (CORRESPONDENCE_PATH, ALBEDO_PATH, GENERATOR_PATH)
 USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "likeness"
 
 LANDMARKER_NAME = "face_landmarker.task"

@@ -12,11 +12,10 @@ import numpy as np
 import torch
 
 from ..cache import BoundedCache
-from ..paths import WEIGHTS_DIR
+from ..paths import GENERATOR_PATH
 from .model import GeneratorNet, NetConfig
 
 ENV_VAR = "LIKENESS_GENERATOR"          # another weights file (experiments, the bench on a checkpoint)
-GENERATOR_PATH = WEIGHTS_DIR / "generator.npz"
 FORMAT = "likeness-uv-generator-1"
 
 
