@@ -7,7 +7,8 @@ by 27 SH coefficients (render.sh_shading, camera-space normals), and compared wi
 light, inside the skin mask (segmentation.py: no hair, brows, eyes, inner mouth, background), under a
 robust (Cauchy) loss, so that what no mask names (hands, glasses, a microphone, a specular highlight)
 drops out as an outlier instead of bending the light. Terms: landmarks (Wing, as in the landmark fit),
-photometric, and priors on identity, expression, albedo coefficients and the lighting's higher bands.
+photometric, and priors on identity, expression, albedo coefficients and the lighting (smooth, of one
+colour, and nowhere negative: light_positive_term).
 Coarse to fine: lighting and albedo first on a small crop with the geometry fixed (one raster for all
 steps), then everything together on a larger crop.
 """
