@@ -40,6 +40,16 @@ def linear_to_srgb(x):
 SRGB8_TO_LINEAR = srgb_to_linear(np.arange(256, dtype=np.float32) / 255.0)
 
 
+# An 8-bit value at the top of the range was clipped (by the sensor, the camera's tone curve or the JPEG
+# encoder): the scene was at least that bright, by how much is unknown. How clipped each 8-bit value is,
+# 0 up to CLIP_8BIT[0] and 1 from CLIP_8BIT[1], smooth in between: JPEG ringing spreads a clipped 255 over
+# 245..255, so a hard 255 test would miss most clipped skin.
+CLIP_8BIT = (244.0, 252.0)
+_t = np.clip((np.arange(256, dtype=np.float32) - CLIP_8BIT[0]) / (CLIP_8BIT[1] - CLIP_8BIT[0]), 0.0, 1.0)
+SRGB8_CLIPPED = (_t * _t * (3.0 - 2.0 * _t)).astype(np.float32)
+del _t
+
+
 def decode_srgb8(image: np.ndarray) -> np.ndarray:
     """uint8 sRGB image -> float32 linear, same shape."""
     return SRGB8_TO_LINEAR[np.asarray(image, dtype=np.uint8)]

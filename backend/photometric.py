@@ -6,7 +6,8 @@ differentiable barycentrics), coloured by the albedo model (albedo.py) sampled t
 by 27 SH coefficients (render.sh_shading, camera-space normals), and compared with the photo in linear
 light, inside the skin mask (segmentation.py: no hair, brows, eyes, inner mouth, background), under a
 robust (Cauchy) loss, so that what no mask names (hands, glasses, a microphone, a specular highlight)
-drops out as an outlier instead of bending the light. Terms: landmarks (Wing, as in the landmark fit),
+drops out as an outlier instead of bending the light; a channel the photo clipped at its 8-bit ceiling
+only bounds the prediction from below (censored_residual). Terms: landmarks (Wing, as in the landmark fit),
 photometric, and priors on identity, expression, albedo coefficients and the lighting (smooth, of one
 colour, and nowhere negative: light_positive_term).
 Coarse to fine: lighting and albedo first on a small crop with the geometry fixed (one raster for all
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from . import render
 from .albedo import AlbedoModel
 from .camera import Intrinsics
+from .colour import SRGB8_CLIPPED, SRGB8_TO_LINEAR
 from .facemodel import NARROW_FACE_LAST_VERTEX, PART_NAMES, FaceModel
 from .fitting import (Correspondence, FitContext, FitSettings, Param, Stage, Term, clamp_unit, contour_slider,
                       frontal_inter_ocular_px, inter_ocular_px, landmark_terms, landmark_visibility_weights,
@@ -65,10 +67,11 @@ class Crop:
     skin: torch.Tensor           # (h, w) 0..1
     intrinsics: Intrinsics       # of the crop
     box: tuple[int, int, int, int]  # photo px (x0, y0, x1, y1)
+    clipped: torch.Tensor        # (h, w, 3) 0..1 per channel: the share of its photo pixels at the 8-bit ceiling
 
-    def at(self, pixel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Photo colour (N, 3) and skin weight (N,) at flat crop pixel indices."""
-        return self.image.reshape(-1, 3)[pixel], self.skin.reshape(-1)[pixel]
+    def at(self, pixel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Photo colour (N, 3), skin weight (N,) and clipped share (N, 3) at flat crop pixel indices."""
+        return self.image.reshape(-1, 3)[pixel], self.skin.reshape(-1)[pixel], self.clipped.reshape(-1, 3)[pixel]
 
 
 def crop_points(obs: Observation, crop: Crop) -> torch.Tensor:
@@ -90,8 +93,9 @@ def make_crop(obs: Observation, box: tuple[int, int, int, int], side: int, devic
     x0, y0, x1, y1 = box
     s = side / max(x1 - x0, y1 - y0)
     w, h = max(1, round((x1 - x0) * s)), max(1, round((y1 - y0) * s))
-    lin, _ = linear_resampled(obs.photo.rgb, 1.0 / s, box)
-    lin = cv2.resize(lin, (w, h), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    lin, clipped = (cv2.resize(linear_resampled(obs.photo.rgb, 1.0 / s, box, lut)[0], (w, h),
+                               interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+                    for lut in (SRGB8_TO_LINEAR, SRGB8_CLIPPED))
     masks = obs.masks
     if masks is not None and getattr(masks, "skin", None) is not None:
         ms = masks.scale
@@ -105,7 +109,7 @@ def make_crop(obs: Observation, box: tuple[int, int, int, int], side: int, devic
     k = obs.intrinsics
     kc = Intrinsics(k.focal_px * s, (k.cx - x0) * s, (k.cy - y0) * s, w, h)
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)  # noqa: E731
-    return Crop(t(lin), t(skin), kc, box)
+    return Crop(t(lin), t(skin), kc, box, t(clipped))
 
 
 class FaceSkin:
@@ -145,6 +149,7 @@ class Drawn:
     photo: torch.Tensor    # (N, 3) linear
     skin: torch.Tensor     # (N,)
     raster: render.Raster
+    clipped: torch.Tensor  # (N, 3) 0..1 (Crop.clipped)
 
 
 def draw(skin: FaceSkin, crop: Crop, vertices: torch.Tensor, rotation: torch.Tensor,
@@ -158,8 +163,17 @@ def draw(skin: FaceSkin, crop: Crop, vertices: torch.Tensor, rotation: torch.Ten
     frags = render.fragments(r, screen if vertices.requires_grad or rotation.requires_grad else None)
     normal = F.normalize(render.interpolate(frags, render.vertex_normals(cam, skin.triangles)), dim=1)
     uv = render.interpolate(frags, skin.corner_uvs)
-    photo, weight = crop.at(frags.pixel)
-    return Drawn(frags.pixel, normal, uv, photo, weight, r)
+    photo, weight, clipped = crop.at(frags.pixel)
+    return Drawn(frags.pixel, normal, uv, photo, weight, r, clipped)
+
+
+def censored_residual(pred: torch.Tensor, photo: torch.Tensor, clipped: torch.Tensor) -> torch.Tensor:
+    """pred - photo per channel, where a clipped channel counts only while the prediction is darker than
+    the photo: the scene was at least as bright as a clipped value, by how much is unknown. Without it an
+    over-exposed face (a phone photo's red channel pinned at 255 over half the skin) reads as flatter
+    light than it had and leaves the light in the de-lit map."""
+    r = pred - photo
+    return r - clipped * r.clamp_min(0.0)
 
 
 def cauchy(residual: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -220,7 +234,7 @@ def photometric_term(renderer: CropRenderer, sigma: float, weight: float) -> Ter
     """Mean robust colour error over the skin pixels of the crop."""
     def value(ctx: FitContext) -> torch.Tensor:
         d, pred = renderer.drawn(ctx)
-        return (cauchy(pred - d.photo, sigma) * d.skin).sum() / d.skin.sum().clamp_min(1.0)
+        return (cauchy(censored_residual(pred, d.photo, d.clipped), sigma) * d.skin).sum() / d.skin.sum().clamp_min(1.0)
     return Term("photometric", weight, value)
 
 
@@ -369,8 +383,9 @@ def fit_photometric(obs: Observation, fit: SceneFit, model: FaceModel, corr: Cor
             start_albedo = start_albedo.clamp_min(1e-3)
         else:
             start_albedo = torch.zeros(albedo_model.num_components, device=dev)
+        # A closed-form start: clipped pixels (a lower bound only) stay out of it.
         sh0 = least_squares_lighting(fixed.photo, albedo_at(albedo_model, fixed.uv, start_albedo), fixed.normal,
-                                     fixed.skin)
+                                     fixed.skin * (1.0 - fixed.clipped.amax(1)))
         params = {"rotation": Param(leaf(matrix_to_axis_angle(fit.rotation.cpu().numpy()))),
                   "translation": Param(leaf(fit.translation.cpu().numpy())),
                   "identity": Param(leaf(fit.identity.cpu().numpy())),
@@ -426,7 +441,7 @@ def fit_photometric(obs: Observation, fit: SceneFit, model: FaceModel, corr: Cor
         uv = ctx.landmarks_px().cpu().numpy()
         d = draw(skin, fine, skin.vertices(identity, expression), rotation, translation)
         pred = albedo_at(albedo_model, d.uv, albedo) * render.sh_shading(d.normal, lighting)
-        err = (pred - d.photo).square().sum(-1).sqrt()
+        err = censored_residual(pred, d.photo, d.clipped).square().sum(-1).sqrt()
         inlier = 1.0 / (1.0 + err.square() / settings.robust_sigma ** 2)
         on_skin = d.skin > 0.5
         terms = term_values(joint_terms, ctx)

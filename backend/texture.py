@@ -27,6 +27,11 @@ Method:
    to the median skin colour far from any data, and blends into the seen colour by weight. Tile 1002
    is done after 1001 and takes 1001's colours along their shared UV seams, so there is no step there.
 
+A de-lighting strategy (Recipe.shading) also rebuilds the channels the photo clipped at its 8-bit
+ceiling (`unclipped`, colour.SRGB8_CLIPPED): a clipped value is a lower bound, so it takes the reference
+albedo's chromaticity scaled to the texel's unclipped channels, and a texel clipped in every channel
+loses its weight to the mirror and the fill.
+
 Every colour operation runs on linear values; only the skin check looks at sRGB-encoded colours (its
 thresholds are perceptual). The output is the same byte for byte whatever the thread count: no op
 whose result depends on how work is split between threads (F.interpolate does; push-pull upsamples
@@ -46,7 +51,7 @@ from scipy.spatial import cKDTree
 
 from . import render, skin_maps
 from .cache import BoundedCache
-from .colour import SRGB8_TO_LINEAR, linear_to_srgb, srgb_to_linear
+from .colour import SRGB8_CLIPPED, SRGB8_TO_LINEAR, linear_to_srgb, srgb_to_linear
 from .facemodel import NARROW_FACE_LAST_VERTEX, PART_NAMES, VERTEX_RANGES, FaceModel
 from .raster import rasterize, uv_screen
 from .scene import Hooks, Observation, SceneFit, TextureResult
@@ -385,14 +390,17 @@ def _photo_px_per_texel(lay: _TileLayout, uvd: torch.Tensor, w: torch.Tensor) ->
     return float(step.median())
 
 
-def linear_resampled(photo_rgb: np.ndarray, factor: float, box: tuple[int, int, int, int]) -> tuple[np.ndarray, float]:
+def linear_resampled(photo_rgb: np.ndarray, factor: float, box: tuple[int, int, int, int],
+                     lut: np.ndarray = SRGB8_TO_LINEAR) -> tuple[np.ndarray, float]:
     """The crop `box` (x0, y0, x1, y1, photo px) of an 8-bit sRGB photo in linear light, area-filtered
     down by `factor` when that is above 1.5: (h, w, 3) float32 and the scale (output px per photo px).
-    Decoded in row strips so a large photo never exists as a whole float copy."""
+    Decoded in row strips so a large photo never exists as a whole float copy. `lut` maps the 8-bit
+    values (default: to linear light; colour.SRGB8_CLIPPED: to how clipped they are, so a resampled
+    pixel holds the share of its photo pixels that were clipped)."""
     x0, y0, x1, y1 = box
     crop = photo_rgb[y0:y1, x0:x1]
     if factor <= 1.5:
-        return SRGB8_TO_LINEAR[crop], 1.0
+        return lut[crop], 1.0
     h, w = crop.shape[:2]
     out_w, out_h = max(1, round(w / factor)), max(1, round(h / factor))
     step = max(1, int(math.ceil(factor)) * 64)  # strips of whole output rows (approximately)
@@ -403,7 +411,7 @@ def linear_resampled(photo_rgb: np.ndarray, factor: float, box: tuple[int, int, 
         r1 = min(h, r0 + step)
         o0, o1 = round(r0 * scale_y), round(r1 * scale_y)
         if o1 > o0:
-            strip = SRGB8_TO_LINEAR[crop[r0:r1]]
+            strip = lut[crop[r0:r1]]
             rows_out.append(cv2.resize(strip, (out_w, o1 - o0), interpolation=cv2.INTER_AREA))
         r0 = r1
     return np.concatenate(rows_out, axis=0), out_w / w
@@ -452,6 +460,9 @@ class Recipe:
     - `weight(tile, uvd (3, N), shading (3, N) | None) -> (N,)`: an extra confidence factor per texel;
     - `base(tile, S) -> (3, S, S)`: what the fill tends to far from the seen texels, in linear light
       (None: the median colour of the well-seen skin, as the projection does);
+    - `reference(tile, S) -> (3, S, S)`: the albedo expected at each texel (a fitted albedo model), whose
+      chromaticity rebuilds the channels the photo clipped (`unclipped`; None: the median colour of the
+      seen skin's unclipped texels); only a de-lighting strategy (`shading`) rebuilds them;
     - `prepare(first)`: called once before the fill with the direct view of every tile, {tile: (4, S, S)}
       premultiplied linear colour and weight (before mirror and fill): a generator of the unseen parts
       computes its `base` from it (backend/generator);
@@ -463,6 +474,7 @@ class Recipe:
     shading: Callable[[torch.Tensor], torch.Tensor] | None = None
     weight: Callable[[int, torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
     base: Callable[[int, int], torch.Tensor] | None = None
+    reference: Callable[[int, int], torch.Tensor] | None = None
     prepare: Callable[[dict[int, torch.Tensor]], None] | None = None
     mirror: bool = True
     mirror_from: float = 0.0
@@ -538,6 +550,21 @@ def make_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int, r
         grids = [render.pixel_grid(d[0][0] - box[0], d[0][1] - box[1], bw, bh) for d in direct]
         shadings = [recipe.shading(d[3]) if recipe.shading else None for d in direct]
         colours = [_unlit(render.sample_image(sharp, g), sh) for g, sh in zip(grids, shadings)]  # (3, N) each
+        if recipe.shading is not None:
+            # Clipped channels hold a lower bound only: rebuilt from the texel's unclipped channels, and
+            # a texel clipped in every channel gives way to the mirror and the fill.
+            clip = to_t(linear_resampled(photo_rgb, px_per_texel, box, SRGB8_CLIPPED)[0])
+            clipped = [render.sample_image(clip, g) for g in grids]
+            if recipe.reference is not None:
+                refs = [recipe.reference(lay.tile, S).reshape(3, S * S)[:, lay.texel] for lay in layouts]
+            else:
+                c0, k0 = colours[0], clipped[0].amax(0) < 0.05
+                med = c0[:, k0].median(1).values if int(k0.sum()) >= 10 else c0.median(1).values
+                refs = [med[:, None].expand_as(c) for c in colours]
+            colours = [unclipped(c, q, r) for c, q, r in zip(colours, clipped, refs)]
+            for lay, d, q in zip(layouts, direct, clipped):
+                debug("clipped", lay, q.amax(0))
+            direct = [(d[0], d[1] * (1.0 - q.amin(0)), d[2], d[3]) for d, q in zip(direct, clipped)]
         check()
         hooks.progress(0.55)
 
@@ -631,6 +658,17 @@ def make_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int, r
     return TextureResult(recipe.name, S, {"diffuse": diffuse, "visibility": visibility, **constant_maps(S)}, info)
 
 
+def unclipped(colour: torch.Tensor, clipped: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """De-lit colours (3, N) with their clipped channels (clipped share (3, N), colour.SRGB8_CLIPPED) rebuilt:
+    a clipped channel is only a lower bound, so it becomes the larger of itself and the reference colour
+    (3, N) scaled to the texel's unclipped channels (a highlight-reconstruction by chromaticity, as raw
+    converters do). Over-exposed skin clips red first: left alone it turns cyan-grey where the light is
+    strongest, a shading that every relight would keep."""
+    trust = 1.0 - clipped
+    scale = (trust * colour).sum(0) / (trust * reference).sum(0).clamp_min(1e-6)
+    return colour + clipped * (reference * scale - colour).clamp_min(0.0)
+
+
 def _unlit(colour: torch.Tensor, shading: torch.Tensor | None) -> torch.Tensor:
     """Colour (3, N) divided by the shading at each texel (shading floored: deep shadow has no data)."""
     return colour if shading is None else colour / shading.clamp_min(MIN_SHADING)
@@ -675,14 +713,16 @@ def delit_recipe(obs: Observation, fit: SceneFit, albedo_base: bool = True) -> R
             w = w * render.smoothstep(*HAIR_PROBABILITY, render.sample_image(person, grid)[0])
         return w
 
-    base = None
-    if albedo_base and albedo_model is not None and fit.albedo is not None \
-            and len(fit.albedo) == albedo_model.num_components:
+    model_image = None
+    if albedo_model is not None and fit.albedo is not None and len(fit.albedo) == albedo_model.num_components:
         coeffs = fit.albedo.detach().float().to(dev)
+        images: dict[tuple[int, int], torch.Tensor] = {}
 
-        def base(tile: int, S: int) -> torch.Tensor:
-            return albedo_model.image(tile, coeffs, S).clamp(0.0, 1.0)
-    return Recipe("delit", shading, weight, base)
+        def model_image(tile: int, S: int) -> torch.Tensor:
+            if (tile, S) not in images:
+                images[tile, S] = albedo_model.image(tile, coeffs, S).clamp(0.0, 1.0)
+            return images[tile, S]
+    return Recipe("delit", shading, weight, model_image if albedo_base else None, reference=model_image)
 
 
 def generated_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int = 1024,
