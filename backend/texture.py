@@ -76,6 +76,7 @@ SKIN_CHROMA_SPREAD = (0.008, 0.02)  # chromaticity spread of the reference skin 
 SKIN_CHROMA_TOL = (1.5, 3.5)   # chromaticity distance (in spreads): weight 1 below, 0 above
 SKIN_DARKER_TOL = (0.5, 1.0)   # log(skin brightness / brightness): shadows keep weight, dark hair loses it
 SKIN_BRIGHTER_TOL = (0.3, 0.6)  # log(brightness / skin brightness): white clothes and walls lose it
+SKIN_EDGE_PX = 1.5             # photo px: the skin check's weight is eroded by this much (mixed pixels)
 FOREHEAD_MARGIN_CM = (1.0, 2.5)  # skin check ramps in from this far above the brows (neutral head)
 CHIN_MARGIN_CM = (0.3, 1.2)    # ... from this far below the chin (neutral head)
 EYELID_CHECK_CM = (0.25, 0.5)  # ... and out from the eyelid rims over this distance
@@ -429,6 +430,20 @@ def _head_box(uvds: list[torch.Tensor], weights: list[torch.Tensor], width: int,
             min(width, int(hi[0]) + margin + 1), min(height, int(hi[1]) + margin + 1))
 
 
+def _eroded(lay: _TileLayout, values: torch.Tensor, S: int, radius: int) -> torch.Tensor:
+    """Per-texel values (N,) -> their minimum over a (2 radius + 1)^2 texel window (a separable min
+    filter); texels outside the layout count as 1, so the UV islands' own borders do not erode."""
+    if radius < 1:
+        return values
+    img = torch.ones(S * S, device=values.device, dtype=values.dtype)
+    img[lay.texel] = values
+    k = 2 * radius + 1
+    neg = -img.view(1, 1, S, S)
+    neg = F.max_pool2d(neg, (1, k), stride=1, padding=(0, radius))
+    neg = F.max_pool2d(neg, (k, 1), stride=1, padding=(radius, 0))
+    return -neg.view(-1)[lay.texel]
+
+
 def _texel_image(lay: _TileLayout, values: torch.Tensor, S: int) -> torch.Tensor:
     """Per-texel values (C, N) or (N,) -> (C, S, S) or (S, S) image, 0 where no texel."""
     flat = values.reshape(-1, values.shape[-1]).float()
@@ -585,6 +600,10 @@ def make_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int, r
             w, check_skin = d[1], d[2]
             if skin_ref is not None:
                 wskin = _skin_weight(linear_to_srgb(bl), skin_ref, linear_to_srgb(c))
+                # Where skin meets a collar, hair or the background, the pixels between are neither: a
+                # mixed, shadowed rim (clothes touching the neck) that passes the check and that the fill
+                # would then spread as a dark line along it.
+                wskin = _eroded(lay, wskin, S, min(S // 64, math.ceil(SKIN_EDGE_PX / max(px_per_texel, 1e-3))))
                 w = w * (1.0 - (2.0 * check_skin).clamp(max=1.0) * (1.0 - wskin))
                 debug("skin", lay, wskin)
             if recipe.weight is not None:
