@@ -18,7 +18,9 @@ Method:
    occlusion edges (only texels behind the occluder) * inside the photo (render.view_factors) * a skin
    check where something else often covers the skin (scalp, neck, ears, hairline, eyelid rims, under the
    chin, and near the silhouette): chromaticity and brightness against the well-seen inner face, so
-   hair, clothes, background and eyeballs stay out. That weight is the visibility map.
+   hair, clothes, background and eyeballs stay out; eroded by SKIN_EDGE_PX photo pixels at its edges
+   (the mixed, shadowed rim where skin meets a collar would pass and the fill spread it as a dark
+   line). That weight is the visibility map.
 4. Mirror: a texel on triangle t with barycentrics b has a mirror point with the same b on the mirrored
    vertices (FaceModel.vertex_symmetry, within the same part); its UV comes from the corners of the
    polygon holding them. Weakly seen texels take the mirror's direct colour as far as that was seen;
