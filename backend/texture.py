@@ -18,7 +18,7 @@ Method:
    occlusion edges (only texels behind the occluder) * inside the photo (render.view_factors) * a skin
    check where something else often covers the skin (scalp, neck, ears, hairline, eyelid rims, under the
    chin, and near the silhouette): chromaticity and brightness against the well-seen inner face, so
-   hair, clothes, background and eyeballs stay out; eroded by SKIN_EDGE_PX photo pixels at its edges
+   hair, clothes, background and eyeballs stay out; faded out SKIN_EDGE_PX photo pixels from its edges
    (the mixed, shadowed rim where skin meets a collar would pass and the fill spread it as a dark
    line). That weight is the visibility map.
 4. Mirror: a texel on triangle t with barycentrics b has a mirror point with the same b on the mirrored
@@ -78,7 +78,8 @@ SKIN_CHROMA_SPREAD = (0.008, 0.02)  # chromaticity spread of the reference skin 
 SKIN_CHROMA_TOL = (1.5, 3.5)   # chromaticity distance (in spreads): weight 1 below, 0 above
 SKIN_DARKER_TOL = (0.5, 1.0)   # log(skin brightness / brightness): shadows keep weight, dark hair loses it
 SKIN_BRIGHTER_TOL = (0.3, 0.6)  # log(brightness / skin brightness): white clothes and walls lose it
-SKIN_EDGE_PX = 1.5             # photo px: the skin check's weight is eroded by this much (mixed pixels)
+SKIN_EDGE_PX = 1.5             # photo px: the skin check's weight fades out this close to where it fails
+SKIN_EDGE_FADE = (0.1, 0.5)    # blurred failure (_edge_faded): weight kept below, none above (0.5: the edge)
 FOREHEAD_MARGIN_CM = (1.0, 2.5)  # skin check ramps in from this far above the brows (neutral head)
 CHIN_MARGIN_CM = (0.3, 1.2)    # ... from this far below the chin (neutral head)
 EYELID_CHECK_CM = (0.25, 0.5)  # ... and out from the eyelid rims over this distance
@@ -432,18 +433,19 @@ def _head_box(uvds: list[torch.Tensor], weights: list[torch.Tensor], width: int,
             min(width, int(hi[0]) + margin + 1), min(height, int(hi[1]) + margin + 1))
 
 
-def _eroded(lay: _TileLayout, values: torch.Tensor, S: int, radius: int) -> torch.Tensor:
-    """Per-texel values (N,) -> their minimum over a (2 radius + 1)^2 texel window (a separable min
-    filter); texels outside the layout count as 1, so the UV islands' own borders do not erode."""
-    if radius < 1:
-        return values
-    img = torch.ones(S * S, device=values.device, dtype=values.dtype)
-    img[lay.texel] = values
-    k = 2 * radius + 1
-    neg = -img.view(1, 1, S, S)
-    neg = F.max_pool2d(neg, (1, k), stride=1, padding=(0, radius))
-    neg = F.max_pool2d(neg, (k, 1), stride=1, padding=(radius, 0))
-    return -neg.view(-1)[lay.texel]
+def _edge_faded(lay: _TileLayout, weight: torch.Tensor, S: int, sigma: float) -> torch.Tensor:
+    """Per-texel weights (N,) faded towards 0 within about `sigma` texels of where they fail: the failure
+    (1 - weight) blurred by a Gaussian of `sigma` reaches 0.5 at the edge of a large failed region, so
+    texels there lose their weight, while an isolated failed texel or a small cluster (a few hairs, JPEG
+    noise) blurs to almost nothing and takes nothing with it. Texels outside the layout do not fail,
+    so the UV islands' own borders do not fade. (cv2's blur: the same bytes at any thread count.)"""
+    if sigma < 0.5:
+        return weight
+    fail = np.zeros(S * S, np.float32)
+    fail[lay.texel.cpu().numpy()] = (1.0 - weight).clamp(0.0, 1.0).cpu().numpy()
+    spread = cv2.GaussianBlur(fail.reshape(S, S), (0, 0), sigma, borderType=cv2.BORDER_CONSTANT).reshape(-1)
+    near_fail = torch.from_numpy(spread).to(weight.device)[lay.texel]
+    return weight * (1.0 - render.smoothstep(*SKIN_EDGE_FADE, near_fail))
 
 
 def _texel_image(lay: _TileLayout, values: torch.Tensor, S: int) -> torch.Tensor:
@@ -605,7 +607,7 @@ def make_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int, r
                 # Where skin meets a collar, hair or the background, the pixels between are neither: a
                 # mixed, shadowed rim (clothes touching the neck) that passes the check and that the fill
                 # would then spread as a dark line along it.
-                wskin = _eroded(lay, wskin, S, min(S // 64, math.ceil(SKIN_EDGE_PX / max(px_per_texel, 1e-3))))
+                wskin = _edge_faded(lay, wskin, S, min(S / 64.0, SKIN_EDGE_PX / max(px_per_texel, 1e-3)))
                 w = w * (1.0 - (2.0 * check_skin).clamp(max=1.0) * (1.0 - wskin))
                 debug("skin", lay, wskin)
             if recipe.weight is not None:
