@@ -481,7 +481,7 @@ class Recipe:
       (None: the median colour of the well-seen skin, as the projection does);
     - `reference(tile, S) -> (3, S, S)`: the albedo expected at each texel (a fitted albedo model), whose
       chromaticity rebuilds the channels the photo clipped (`unclipped`; None: the median colour of the
-      seen skin's unclipped texels); only a de-lighting strategy (`shading`) rebuilds them;
+      face tile's seen, unclipped texels); only a de-lighting strategy (`shading`) rebuilds them;
     - `prepare(first)`: called once before the fill with the direct view of every tile, {tile: (4, S, S)}
       premultiplied linear colour and weight (before mirror and fill): a generator of the unseen parts
       computes its `base` from it (backend/generator);
@@ -577,7 +577,7 @@ def make_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int, r
             if recipe.reference is not None:
                 refs = [recipe.reference(lay.tile, S).reshape(3, S * S)[:, lay.texel] for lay in layouts]
             else:
-                c0, k0 = colours[0], clipped[0].amax(0) < 0.05
+                c0, k0 = colours[0], (clipped[0].amax(0) < 0.05) & (direct[0][1] > 0.5)   # seen, unclipped
                 med = c0[:, k0].median(1).values if int(k0.sum()) >= 10 else c0.median(1).values
                 refs = [med[:, None].expand_as(c) for c in colours]
             colours = [unclipped(c, q, r) for c, q, r in zip(colours, clipped, refs)]
