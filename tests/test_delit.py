@@ -115,17 +115,10 @@ def photo_delit(photo, size: int = 512):
     """A real photo through detection, masks, both fits and the "delit" texture: (TextureResult, the
     texture's debug images)."""
     from backend.albedo import load_albedo_model
-    from backend.fitting import fit_landmarks
-    from backend.landmarks import get_analyzer
-    from backend.pipeline import observe
-    from backend.segmentation import get_segmenter
-    model, corr = load_face_model(), load_correspondence()
-    obs = observe(photo, get_analyzer(None))
-    obs.masks = get_segmenter().segment(photo, obs.detection)
-    fit = fit_landmarks(model, corr, obs.detection.points, obs.intrinsics, obs.detection.blendshapes)
-    fit = fit_photometric(obs, fit, model, corr, load_albedo_model())
+    from backend.bench.partial_views import delit_photo
     debug = {}
-    return delit_texture(obs, fit, model, size, _debug=debug), debug
+    tex = delit_photo(photo, load_face_model(), load_correspondence(), load_albedo_model(), size, debug)[3]
+    return tex, debug
 
 
 def test_no_dark_line_where_the_neck_meets_the_collar():
