@@ -3,7 +3,7 @@
   python -m backend bench --data DIR [--pair-with DIR2] [--out DIR] [--device D] [--limit N] [--repeat K]
   python -m backend bench --synthetic N [--seed S] [--baseline projection|none] [--expressions] [--v0 DIR]
   python -m backend bench --quick
-  python -m backend bench --maps N [--seed S] [--maps-tune] [--maps-eyes DIR]   (backend/bench/maps_truth.py)
+  python -m backend bench --maps N [--seed S] [--maps-tune | --maps-evidence] [--maps-eyes DIR]   (backend/bench/maps_truth.py)
   python -m backend bench --completion [--completion-photos] [--limit N]
 """
 from __future__ import annotations
@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the measured maps' rows: N synthetic heads of known detail normals, specular, roughness "
                         "and iris (backend/bench/maps_truth.py; --seed, --texture-cache for their albedo)")
     p.add_argument("--maps-tune", action="store_true", help="with --maps: grid-search the map settings on --seed")
+    p.add_argument("--maps-evidence", action="store_true",
+                   help="with --maps: where the specular evidence goes wrong on each head (docs/maps.md), instead of the scores")
     p.add_argument("--maps-eyes", type=Path, metavar="DIR",
                    help="the eyes' row on real photos: iris colour vs the photo's mean iris pixel (Delta E)")
     p.add_argument("--completion", action="store_true",
@@ -117,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                      "--out", str(args.out or Path("out") / "bench" / f"maps_seed{args.seed}")]
         if args.maps_tune:
             argv_maps.append("--tune")
+        if args.maps_evidence:
+            argv_maps.append("--evidence-diagnosis")
         if args.no_relight:
             argv_maps.append("--no-relight")
         if args.maps_eyes:

@@ -485,6 +485,77 @@ def relit_scores(model, head: TruthHead, maps: dict, maps_evidence: dict | None 
     return out
 
 
+def evidence_diagnosis(model, head: TruthHead, lit, tex, size: int = 256, tile: int = 1001) -> dict:
+    """Where the photo's specular evidence (skin_maps.specular_evidence, the dichromatic split) goes wrong
+    on a head of known maps, at the specular estimate's resolution and under the true key light:
+    - `oracle`: the split given the true albedo and the true diffuse shading (per channel, with the relief
+      and its occlusion): how well the photo itself shows the highlight;
+    - `true_albedo`: the true albedo with the fitted SH shading: what the light fit costs;
+    - per region, on the truth's highlight cores (specular > 10 % of diffuse): the evidence as the estimator
+      forms it (the reference colour the local mean of the de-lit map away from the expected highlight)
+      split into the highlight's own part (evidence of the photo minus evidence of the photo without its
+      specular) and the specular-free part (evidence of the photo without its specular: what the reference
+      colour and the shading misfit leak), against the true specular there.
+    Sums are ratios to the true specular's sum; corr the texel correlation."""
+    S = size
+    shrink = lambda im: cv2.resize(np.asarray(im, np.float32), (S, S), interpolation=cv2.INTER_AREA)  # noqa: E731
+    fr = skin_maps.texel_frames(model, head.vertices, S, (tile,))[tile]
+    big = skin_maps.texel_frames(model, head.vertices, head.params.get("tex", TEX), (tile,))[tile]
+    # truth at full resolution, area-averaged as the photo averages it
+    tn = big.at(head.maps.normal[tile]).astype(np.float64)
+    n_true = skin_maps._unit(tn[:, 0:1] * big.tangent + tn[:, 1:2] * big.bitangent + tn[:, 2:3] * big.normal) @ head.rotation.T
+    p_big = big.position.astype(np.float64) @ head.rotation.T + head.translation
+    v_big = -p_big / np.linalg.norm(p_big, axis=1, keepdims=True)
+    e = head.light.irradiance
+    e_lum = float(e @ skin_maps.LUMA)
+    spec_big = e_lum * skin_maps.ggx_specular(n_true, v_big, head.light.direction, big.at(head.maps.roughness[tile]),
+                                              skin_maps.f0_from_level(big.at(head.maps.level[tile])))
+    cos = np.clip(n_true @ head.light.direction, 0.0, None)
+    sd_big = e[None] / math.pi * cos[:, None] + head.light.ambient[None] * big.at(head.maps.ao[tile])[:, None]
+    vis = fr.at(shrink(tex.maps["visibility"][tile]))
+    idx = np.flatnonzero(vis > 0.5)
+    st = fr.at(shrink(big.image(spec_big.astype(np.float32))))[idx].astype(np.float64)
+    sd = fr.at(shrink(big.image(sd_big.astype(np.float32))))[idx].astype(np.float64)
+    albedo = fr.at(shrink(head.albedo[tile]))[idx].astype(np.float64)
+    rot = lit.rotation.numpy().astype(np.float64)
+    n = fr.normal[idx].astype(np.float64) @ rot.T
+    pos = fr.position[idx].astype(np.float64) @ rot.T + lit.translation.numpy().astype(np.float64)
+    v = -pos / np.linalg.norm(pos, axis=1, keepdims=True)
+    shading = np.maximum(skin_maps.sh_basis_np(n) @ lit.lighting.numpy().astype(np.float64), 1e-3)
+    photo = fr.at(shrink(tex.maps["diffuse"][tile]))[idx].astype(np.float64) * shading
+    light_colour = e / e_lum
+    w = vis[idx]
+
+    def score(s):
+        return {"sum": round(float(s.sum() / st.sum()), 3), "corr": round(float(np.corrcoef(s, st)[0, 1]), 3)}
+    out = {"oracle": score(skin_maps.specular_evidence(photo, albedo, sd, light_colour)),
+           "true_albedo": score(skin_maps.specular_evidence(photo, albedo, shading, light_colour))}
+    # the estimator's reference colour: local mean of the de-lit colour away from the expected highlight
+    expected = e_lum * skin_maps.ggx_specular(n, v, head.light.direction, 0.5, skin_maps.f0_from_level(0.5))
+    away = 1.0 - np.clip(expected / max(float(np.percentile(expected, 90)), 1e-9), 0.0, 1.0)
+    sigma = max(1.0, skin_maps.DEFAULT_SETTINGS.spec_chroma_cm / skin_maps.texel_size_cm(fr))
+
+    def evidence(p):
+        img = np.zeros((S * S, 3), np.float32)
+        img[fr.texel[idx]] = p / shading
+        wt = np.zeros(S * S, np.float32)
+        wt[fr.texel[idx]] = w * away
+        ref = fr.at(skin_maps.masked_blur(img.reshape(S, S, 3), wt.reshape(S, S), sigma))[idx]
+        return skin_maps.specular_evidence(p, ref, shading, light_colour)
+    full = evidence(photo)
+    free = evidence(albedo * sd)
+    out["estimator"] = score(full)
+    core = st > 0.1 * ((albedo * sd) @ skin_maps.LUMA)
+    regions = {}
+    for i, name in enumerate(skin_maps.REGION_NAMES):
+        m = core & (fr.regions[idx, i] > 0.75)
+        if m.sum() >= 20 and name != "brows":
+            regions[name] = {"texels": int(m.sum()), "truth": round(float(st[m].mean()), 4),
+                             "highlight": round(float((full - free)[m].mean()), 4), "leak": round(float(free[m].mean()), 4)}
+    out["cores"] = regions
+    return out
+
+
 def eye_scores(head: TruthHead, tex) -> dict:
     from skimage.color import deltaE_ciede2000, rgb2lab
 
@@ -608,6 +679,8 @@ def main(argv=None) -> int:
     ap.add_argument("--textures", type=Path, default=Path("out/bench_cache/textures"),
                     help="de-lit bundles whose diffuse tiles are the heads' albedo (the bench's texture cache)")
     ap.add_argument("--no-relight", action="store_true")
+    ap.add_argument("--evidence-diagnosis", action="store_true",
+                    help="where the specular evidence goes wrong on each head (evidence_diagnosis), then stop")
     ap.add_argument("--real", type=Path, help="also: eye colour on these photos (a folder) against their mean iris pixel")
     ap.add_argument("--real-limit", type=int, default=12)
     ap.add_argument("--out", type=Path, help="write report.md and report.json here")
@@ -632,6 +705,14 @@ def main(argv=None) -> int:
     sources = albedo_sources(a.textures)
     log(f"albedo from {len(sources)} bundles in {a.textures}" if sources else "albedo: flat skin colour")
     prepared = prepare(a.seed, a.heads, model, corr, am, sources, log)
+    if a.evidence_diagnosis:
+        rows = [{"head": head.name, **evidence_diagnosis(model, head, lit, tex)} for head, lit, tex, _ in prepared]
+        for r in rows:
+            print(json.dumps(r))
+        if a.out:
+            a.out.mkdir(parents=True, exist_ok=True)
+            (a.out / "evidence_diagnosis.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+        return 0
     settings = skin_maps.DEFAULT_SETTINGS
     if a.tune:
         settings = tune(prepared, model, settings, log)
