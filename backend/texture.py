@@ -90,6 +90,8 @@ LAYOUT_CACHE_BYTES = 512 << 20  # UV layouts kept per process (a 1024 layout is 
 MIN_SHADING = 0.02             # de-lighting never divides by less (linear shading; 1 = the studio's mean)
 SHADOW_CONFIDENCE = (0.25, 0.6)  # de-lit texels lose weight where the shading is below this x a camera-facing one
 HAIR_PROBABILITY = (0.25, 0.75)  # hair (person) net probability: not / certainly hair (person)
+HAIR_NEAR_SIGMA = 0.04          # x face-box height: the hair mask blurred by this marks where hair may reach...
+HAIR_NEAR = (0.02, 0.16)        # ... from this blurred probability (2 sigma away) to certainly (1 sigma)
 LUMA = torch.tensor([0.2126, 0.7152, 0.0722])  # Rec. 709 luminance of linear RGB
 
 _OCCLUDER_PARTS = ("skin", "eyes", "teeth", "mouth")  # not lashes or the thin transparent eye shells
@@ -482,6 +484,8 @@ class Recipe:
     - `reference(tile, S) -> (3, S, S)`: the albedo expected at each texel (a fitted albedo model), whose
       chromaticity rebuilds the channels the photo clipped (`unclipped`; None: the median colour of the
       face tile's seen, unclipped texels); only a de-lighting strategy (`shading`) rebuilds them;
+    - `check(tile, uvd (3, N)) -> (N,)`: where else the skin check applies, 0..1 (besides the regions where
+      something often covers the skin: a fringe of hair that the hair mask's edge misses);
     - `prepare(first)`: called once before the fill with the direct view of every tile, {tile: (4, S, S)}
       premultiplied linear colour and weight (before mirror and fill): a generator of the unseen parts
       computes its `base` from it (backend/generator);
@@ -494,6 +498,7 @@ class Recipe:
     weight: Callable[[int, torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
     base: Callable[[int, int], torch.Tensor] | None = None
     reference: Callable[[int, int], torch.Tensor] | None = None
+    check: Callable[[int, torch.Tensor], torch.Tensor] | None = None
     prepare: Callable[[dict[int, torch.Tensor]], None] | None = None
     mirror: bool = True
     mirror_from: float = 0.0
@@ -548,7 +553,10 @@ def make_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int, r
             n = n / render.sum_rows(n.square()).sqrt().clamp_min(1e-12)
             uvd, f = render.view_factors(p, n, view, k)
             w = f["angle"] * f["visible"] * f["sil_fade"] * f["occ_fade"] * f["border"]
-            direct.append((uvd, w, torch.maximum(lay.outer, f["near_edge"]), n))
+            check_here = torch.maximum(lay.outer, f["near_edge"])
+            if recipe.check is not None:
+                check_here = torch.maximum(check_here, recipe.check(lay.tile, uvd))
+            direct.append((uvd, w, check_here, n))
             for name, val in f.items():
                 debug(name, lay, val)
             debug("check_skin", lay, direct[-1][2])
@@ -723,6 +731,8 @@ def delit_recipe(obs: Observation, fit: SceneFit, albedo_base: bool = True) -> R
     to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(dev)[None]  # noqa: E731
     hair = to_t(masks.hair) if masks is not None else None
     person = to_t(masks.person) if masks is not None else None
+    near_hair = (to_t(_near(masks.hair, HAIR_NEAR_SIGMA * _box_height(obs) * masks.hair.shape[0] / k.height))
+                 if masks is not None else None)
 
     def shading(n: torch.Tensor) -> torch.Tensor:
         return render.sh_shading(n.T, lighting).T
@@ -745,7 +755,32 @@ def delit_recipe(obs: Observation, fit: SceneFit, albedo_base: bool = True) -> R
             if (tile, S) not in images:
                 images[tile, S] = albedo_model.image(tile, coeffs, S).clamp(0.0, 1.0)
             return images[tile, S]
-    return Recipe("delit", shading, weight, model_image if albedo_base else None, reference=model_image)
+    def check(tile: int, uvd: torch.Tensor) -> torch.Tensor:
+        # Hair strands reach below the hair mask's edge (a fringe on the forehead, wisps at the temples):
+        # mixed pixels there pass the mask, and inside the face no other skin check runs, so a dark,
+        # yellow band would be kept at the hairline and the fill would carry it up the forehead.
+        grid = render.pixel_grid(uvd[0], uvd[1], k.width, k.height)
+        return render.smoothstep(*HAIR_NEAR, render.sample_image(near_hair, grid)[0])
+    return Recipe("delit", shading, weight, model_image if albedo_base else None, reference=model_image,
+                  check=check if near_hair is not None else None)
+
+
+def _near(mask: np.ndarray, sigma_px: float) -> np.ndarray:
+    """A probability mask (H, W) blurred by `sigma_px` (on a copy shrunk to keep the kernel small)."""
+    m = np.ascontiguousarray(mask, dtype=np.float32)
+    h, w = m.shape
+    f = max(1, int(sigma_px // 4))
+    small = cv2.resize(m, (max(1, w // f), max(1, h // f)), interpolation=cv2.INTER_AREA) if f > 1 else m
+    small = cv2.GaussianBlur(small, (0, 0), max(sigma_px / f, 0.5))
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR) if f > 1 else small
+
+
+def _box_height(obs: Observation) -> float:
+    """The detected face box's height in photo pixels (the photo's height without a detection)."""
+    det = getattr(obs, "detection", None)
+    if det is None or det.box is None:
+        return float(obs.intrinsics.height)
+    return float(max(det.box[3] - det.box[1], 1.0))
 
 
 def generated_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int = 1024,

@@ -3,6 +3,8 @@ flat from the photometric fit and the "delit" texture strategy, where the photo 
 the light's gradient."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -121,14 +123,20 @@ def photo_delit(photo, size: int = 512):
     return tex, debug
 
 
+@functools.lru_cache(maxsize=1)
+def astronaut_delit():
+    """The demo photo's de-lit texture and its debug images (made once for the tests that look at it)."""
+    from skimage import data
+    return photo_delit(photo_from_array(data.astronaut(), "astronaut.png"))
+
+
 def test_no_dark_line_where_the_neck_meets_the_collar():
     """The demo photo (the astronaut): her neck meets the suit's collar in a shadowed rim of mixed pixels
     that is dark but skin-coloured enough to pass the skin check; the fill beyond it then spread it as a
     dark line around the neck (it showed in every render). The map's texels along the skin check's
     boundary must be about as bright as the seen skin around them."""
     import torch.nn.functional as F
-    from skimage import data
-    tex, debug = photo_delit(photo_from_array(data.astronaut(), "astronaut.png"))
+    tex, debug = astronaut_delit()
     lum = tex.maps["diffuse"][1001] @ np.array([0.2126, 0.7152, 0.0722])
     vis, checked = tex.maps["visibility"][1001], debug["check_skin.1001"] > 0.5
     in_view = (debug["visible.1001"] > 0.5) & (debug["angle.1001"] > 0.3)
@@ -142,6 +150,35 @@ def test_no_dark_line_where_the_neck_meets_the_collar():
     p10 = np.percentile(lum[rim], 10) / np.median(lum[seen])
     print(f"rim texels {rim.sum()}: 10th percentile of their luminance {p10:.3f} x the seen skin's median")
     assert p10 > 0.45     # measured 0.529; without the skin check's fade at its edges 0.307
+
+
+def test_no_band_where_the_fringe_meets_the_forehead():
+    """The demo photo: her fringe covers the upper forehead, and the strands just below the hair mask's
+    edge are mixed brown pixels inside the face, where no skin check ran; the map kept them as a dark,
+    yellow band along the hairline and the fill carried it up the forehead (every render showed it).
+    Down each forehead column of the face tile, from where the photo's texels begin: the band's texels
+    must be about as bright and as little yellow as the forehead skin below them."""
+    tex, _ = astronaut_delit()
+    dif, vis = tex.maps["diffuse"][1001].astype(np.float64), tex.maps["visibility"][1001]
+    luma = np.array([0.2126, 0.7152, 0.0722])
+    S = vis.shape[0]
+    at = lambda x: int(round(x * S / 1024))                   # noqa: E731  (positions on a 1024 tile)
+    offsets = np.unique([at(o) for o in range(-12, 5, 4)])
+    lum_ratio, blue_ratio = [], []
+    for c in range(at(330), at(700)):
+        rows = np.flatnonzero(vis[:at(400), c] > 0.5)
+        if len(rows) == 0:
+            continue
+        top = rows.min()
+        band = dif[np.clip(top + offsets, 0, S - 1), c]
+        skin = dif[top + at(24):top + at(61), c]
+        lum_ratio.append(band @ luma / np.median(skin @ luma))
+        blue_ratio.append((band[:, 2] / band[:, 0]) / np.median(skin[:, 2] / skin[:, 0]))
+    assert len(lum_ratio) > 60
+    lum_min = float(np.median(lum_ratio, 0).min())
+    blue_min = float(np.median(blue_ratio, 0).min())
+    print(f"hairline band: luminance {lum_min:.3f}, blue/red {blue_min:.3f} x the forehead skin's")
+    assert lum_min > 0.62 and blue_min > 0.65     # measured 0.733 / 0.744; before the check near hair 0.452 / 0.551
 
 
 def test_clipped_channels_only_bound_the_prediction_from_below():
