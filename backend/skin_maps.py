@@ -862,20 +862,6 @@ def specular_maps(diffuse: dict[int, np.ndarray], visibility: dict[int, np.ndarr
 # The texture stage's hook
 
 
-def albedo_base(fit, size: int, tiles=TILES) -> dict[int, np.ndarray] | None:
-    """The fitted albedo model's image per tile (S, S, 3) linear, or None when the fit has none."""
-    am = getattr(fit, "albedo_model", None)
-    if am is None or fit.albedo is None or len(fit.albedo) != am.num_components:
-        return None
-    with torch.no_grad():
-        coeffs = fit.albedo.detach().float().to(am.mean.device)
-        out = {}
-        for t in tiles:
-            img = np.ascontiguousarray(am.image(t, coeffs).clamp(0.0, 1.0).permute(1, 2, 0).cpu().numpy())
-            out[t] = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR) if img.shape[0] != size else img
-        return out
-
-
 def specular_from_tiles(diffuse: dict[int, np.ndarray], visibility: dict[int, np.ndarray], model: FaceModel,
                         vertices, rotation, translation, sh, settings: MapSettings = DEFAULT_SETTINGS,
                         light=None) -> SpecularFit:
