@@ -594,6 +594,8 @@ def make_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int, r
             direct = [(d[0], d[1] * (1.0 - q.amin(0)), d[2], d[3]) for d, q in zip(direct, clipped)]
         check()
         hooks.progress(0.55)
+        for lay, c in zip(layouts, colours):
+            debug("colour", lay, c)
 
         # Skin check on the scalp, neck, ears, forehead top and near the silhouette: keeps hair, clothes
         # and background out. Reference: the well-seen inner face. On sRGB-encoded colours: the
