@@ -17,8 +17,9 @@ Method:
    (percentage-closer z-buffer test) * viewing angle * fade near the silhouette (all texels) and near
    occlusion edges (only texels behind the occluder) * inside the photo (render.view_factors) * a skin
    check where something else often covers the skin (scalp, neck, ears, hairline, eyelid rims, under the
-   chin, and near the silhouette): chromaticity and brightness against the well-seen inner face, so
-   hair, clothes, background and eyeballs stay out; faded out SKIN_EDGE_PX photo pixels from its edges
+   chin, near the silhouette, and for the de-lit strategies wherever the hair mask says hair is near):
+   chromaticity and brightness against the well-seen inner face, so hair, clothes, background and
+   eyeballs stay out; faded out SKIN_EDGE_PX photo pixels from its edges
    (the mixed, shadowed rim where skin meets a collar would pass and the fill spread it as a dark
    line). That weight is the visibility map.
 4. Mirror: a texel on triangle t with barycentrics b has a mirror point with the same b on the mirrored
@@ -757,6 +758,7 @@ def delit_recipe(obs: Observation, fit: SceneFit, albedo_base: bool = True) -> R
             if (tile, S) not in images:
                 images[tile, S] = albedo_model.image(tile, coeffs, S).clamp(0.0, 1.0)
             return images[tile, S]
+
     def check(tile: int, uvd: torch.Tensor) -> torch.Tensor:
         # Hair strands reach below the hair mask's edge (a fringe on the forehead, wisps at the temples):
         # mixed pixels there pass the mask, and inside the face no other skin check runs, so a dark,
