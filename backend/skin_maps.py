@@ -655,13 +655,13 @@ def specular_evidence(photo: np.ndarray, base: np.ndarray, shading: np.ndarray,
 
 
 def wide_blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    """A Gaussian blur of (S, S) float32 by `sigma` texels, done on a copy shrunk so that the kernel is
-    about 4 px wide there (area down, bilinear up): wide windows in milliseconds."""
-    S = image.shape[0]
-    f = int(max(1, min(S // 16, 2 ** int(math.log2(max(sigma / 4.0, 1.0))))))
-    small = cv2.resize(image, (S // f, S // f), interpolation=cv2.INTER_AREA) if f > 1 else image
+    """A Gaussian blur of (H, W) float32 by `sigma` px (texels), done on a copy shrunk so that the kernel
+    is about 4 px wide there (area down, bilinear up): wide windows in milliseconds."""
+    h, w = image.shape[:2]
+    f = int(max(1, min(min(h, w) // 16, 2 ** int(math.log2(max(sigma / 4.0, 1.0))))))
+    small = cv2.resize(image, (w // f, h // f), interpolation=cv2.INTER_AREA) if f > 1 else image
     small = cv2.GaussianBlur(small, (0, 0), sigma / f)
-    return cv2.resize(small, (S, S), interpolation=cv2.INTER_LINEAR) if f > 1 else small
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR) if f > 1 else small
 
 
 @dataclass

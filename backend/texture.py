@@ -734,8 +734,8 @@ def delit_recipe(obs: Observation, fit: SceneFit, albedo_base: bool = True) -> R
     to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(dev)[None]  # noqa: E731
     hair = to_t(masks.hair) if masks is not None else None
     person = to_t(masks.person) if masks is not None else None
-    near_hair = (to_t(_near(masks.hair, HAIR_NEAR_SIGMA * _box_height(obs) * masks.hair.shape[0] / k.height))
-                 if masks is not None else None)
+    near_hair = (to_t(skin_maps.wide_blur(np.ascontiguousarray(masks.hair, dtype=np.float32), max(
+        0.5, HAIR_NEAR_SIGMA * _box_height(obs) * masks.hair.shape[0] / k.height))) if masks is not None else None)
 
     def shading(n: torch.Tensor) -> torch.Tensor:
         return render.sh_shading(n.T, lighting).T
@@ -767,16 +767,6 @@ def delit_recipe(obs: Observation, fit: SceneFit, albedo_base: bool = True) -> R
         return render.smoothstep(*HAIR_NEAR, render.sample_image(near_hair, grid)[0])
     return Recipe("delit", shading, weight, model_image if albedo_base else None, reference=model_image,
                   check=check if near_hair is not None else None)
-
-
-def _near(mask: np.ndarray, sigma_px: float) -> np.ndarray:
-    """A probability mask (H, W) blurred by `sigma_px` (on a copy shrunk to keep the kernel small)."""
-    m = np.ascontiguousarray(mask, dtype=np.float32)
-    h, w = m.shape
-    f = max(1, int(sigma_px // 4))
-    small = cv2.resize(m, (max(1, w // f), max(1, h // f)), interpolation=cv2.INTER_AREA) if f > 1 else m
-    small = cv2.GaussianBlur(small, (0, 0), max(sigma_px / f, 0.5))
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR) if f > 1 else small
 
 
 def _box_height(obs: Observation) -> float:
