@@ -8,7 +8,8 @@ Exporters write one image per texture slot and read UVs in 0..1. A UDIM head has
   has at most one image, e.g. the eyes' iris texture, drawn in 0..1).
 The tile of a polygon is that of the mean u of its corners, so a polygon whose corner lies exactly
 on a tile's edge (u = 1.0) stays in one tile.
-Also here: the eyeball's iris image, drawn as numbers (the importer and the exporters share it).
+Also here: the eyeball's iris image and the eyelash strands, drawn as numbers (the importer and the
+exporters share them).
 """
 from __future__ import annotations
 
@@ -85,4 +86,60 @@ def eye_image(size: int = 512, iris=DEFAULT_IRIS) -> np.ndarray:
     rgb = np.stack([np.interp(r, pos, colours[:, k]) for k in range(3)], axis=-1)
     out = np.ones((size, size, 4), np.float32)
     out[..., :3] = srgb_encode(rgb)
+    return out
+
+
+# The ICT eyelash cards (tile 1007, docs/blender.md): six strips of cards per eye, stacked in v, the left
+# eye's at local u 0.51-0.99, the right eye's at 0.01-0.49. Strips 0-2 are the lower lid's three layers
+# (5-7 mm long), strips 3-5 the upper lid's (8-10 mm); each strip's top edge (its largest v) is the lash root
+# at the lid margin and its bottom edge the tips. (v0, v1) per strip, read off the mesh's UVs:
+LASH_STRIPS = ((0.014, 0.154), (0.18, 0.32), (0.346, 0.486), (0.516, 0.656), (0.682, 0.822), (0.848, 0.988))
+LASH_COLOUR = (0.018, 0.012, 0.009)   # linear RGB: dark brown-black hair
+
+
+def lash_image(size: int = 1024, seed: int = 0) -> np.ndarray:
+    """(size, size, 4) float32 RGBA of individual lash strands on the cards: sRGB-encoded colour, alpha the
+    strands' coverage, 0 between them. Rows run bottom-up (row 0 is v = 0), as Blender's pixels do.
+
+    A card drawn as one half-transparent sheet is a grey band across the eye (three layers of lower lashes
+    in front of the sclera): real lashes are thin strands with gaps. Per card layer: upper 60 strands,
+    lower 20 (real lids carry about 100-150 upper and 50-75 lower lashes, spread over the three layers),
+    each tapering from about 0.1 mm at the root to nothing at its tip, of random length and lean."""
+    rng = np.random.default_rng(seed)
+    cover = np.zeros((size, size), np.float64)          # sum of -log(1 - alpha): strands composite
+    rows_v = (np.arange(size) + 0.5) / size
+    for k, (v0, v1) in enumerate(LASH_STRIPS):
+        upper = k >= 3
+        rows = np.nonzero((rows_v >= v0) & (rows_v <= v1))[0]
+        t = (v1 - rows_v[rows]) / (v1 - v0)              # 0 at the root, 1 at the card's tip edge
+        for lo, hi in ((0.01, 0.49), (0.51, 0.99)):
+            n = 60 if upper else 20
+            s0 = rng.uniform(lo + 0.01, hi - 0.01, n)
+            # Shorter and fainter towards the eye corners (the card's ends), as on a real lid.
+            along = np.sin(np.pi * (s0 - lo) / (hi - lo)) ** 0.5
+            length = (rng.uniform(0.55, 1.0, n) if upper else rng.uniform(0.35, 0.8, n)) * (0.4 + 0.6 * along)
+            start = rng.uniform(0.0, 0.06, n)
+            lean = rng.normal(0.0, 0.012, n)             # sideways drift over the card (u units)
+            root_width = (0.002 if upper else 0.0012) * rng.uniform(0.7, 1.3, n)   # half-width, u units
+            opacity = (1.0 if upper else 0.6) * rng.uniform(0.6, 1.0, n) * along
+            # (rows, strands): each strand's centre, half-width and opacity on every row of the strip
+            frac = (t[:, None] - start[None]) / (length[None] - start[None])
+            on = (frac >= 0) & (frac <= 1)
+            centre = s0[None] + lean[None] * np.clip(frac, 0, 1) ** 2
+            half = root_width[None] * (1.0 - 0.85 * np.clip(frac, 0, 1))
+            alpha = opacity[None] * (1.0 - np.clip(frac, 0, 1) ** 2)
+            # Coverage of each pixel column by the strand's [centre - half, centre + half] (box filter).
+            c_px = centre * size - 0.5
+            h_px = np.maximum(half * size, 0.25)
+            r_idx, s_idx = np.nonzero(on)
+            for dx in range(-3, 4):
+                col = np.floor(c_px[r_idx, s_idx]).astype(np.int64) + dx
+                ok = (col >= 0) & (col < size)
+                lo_px, hi_px = c_px[r_idx, s_idx] - h_px[r_idx, s_idx], c_px[r_idx, s_idx] + h_px[r_idx, s_idx]
+                overlap = np.clip(np.minimum(hi_px, col + 0.5) - np.maximum(lo_px, col - 0.5), 0.0, 1.0)
+                a = np.clip(alpha[r_idx, s_idx] * overlap, 0.0, 0.999)
+                np.add.at(cover, (rows[r_idx[ok]], col[ok]), -np.log1p(-a[ok]))
+    out = np.empty((size, size, 4), np.float32)
+    out[..., :3] = srgb_encode(np.asarray(LASH_COLOUR))
+    out[..., 3] = 1.0 - np.exp(-cover)
     return out

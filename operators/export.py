@@ -94,11 +94,14 @@ def _image_pixels(img: bpy.types.Image) -> np.ndarray:
     return px.reshape(h, w, 4)
 
 
-def _save_png(pixels: np.ndarray, path: Path, colorspace: str, made: list) -> bpy.types.Image:
-    """Write (H, W, 4) values as an 8-bit PNG and return a Blender image of it (for the export material)."""
+def _save_png(pixels: np.ndarray, path: Path, colorspace: str, made: list, alpha: bool = False) -> bpy.types.Image:
+    """Write (H, W, 4) values as an 8-bit PNG (RGBA with `alpha`, else RGB) and return a Blender image of it
+    (for the export material)."""
     h, w = pixels.shape[:2]
-    img = bpy.data.images.new(path.stem, w, h, alpha=False)
+    img = bpy.data.images.new(path.stem, w, h, alpha=alpha)
     made.append(img)
+    if alpha:
+        img.alpha_mode = "STRAIGHT"
     img.colorspace_settings.name = colorspace
     img.pixels.foreach_set(np.ascontiguousarray(pixels, dtype=np.float32).ravel())
     img.filepath_raw = str(path)
@@ -224,7 +227,8 @@ def _first_image(mat):
 
 def _plain_export_material(name: str, src_mat, stem: str, part: str, folder: Path, made: list,
                            report: ExportReport):
-    """A part without UDIM maps: its Principled values, and its one image (the eyes' iris) if it has one."""
+    """A part without UDIM maps: its Principled values, and its one image (the eyes' iris, the lashes'
+    strands with their alpha) if it has one."""
     mat, nt, bsdf = _principled_material(name, made)
     src = next((n for n in src_mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED"), None) \
         if src_mat is not None and src_mat.node_tree is not None else None
@@ -243,10 +247,13 @@ def _plain_export_material(name: str, src_mat, stem: str, part: str, folder: Pat
     img = _first_image(src_mat)
     if img is not None and src is not None and src.inputs["Base Color"].is_linked:
         path = folder / f"{stem}_{part}_color.png"
-        saved = _save_png(_image_pixels(img), path, img.colorspace_settings.name or "sRGB", made)
+        with_alpha = src.inputs["Alpha"].is_linked
+        saved = _save_png(_image_pixels(img), path, img.colorspace_settings.name or "sRGB", made, with_alpha)
         report.textures.append(str(path))
         tex = _image_node(nt, saved, (-400, 300))
         nt.links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
+        if with_alpha:
+            nt.links.new(tex.outputs["Alpha"], bsdf.inputs["Alpha"])
     if part in ("eye_wet", "lashes") and hasattr(mat, "surface_render_method"):
         mat.surface_render_method = "BLENDED"
     return mat

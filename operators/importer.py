@@ -8,6 +8,7 @@ nothing half-imported stays.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -20,7 +21,7 @@ from mathutils import Matrix
 
 from .. import arkit, photo_camera
 from ..bundle_format import Bundle, BundleError, MeshArrays, read_bundle
-from ..export_layout import eye_image
+from ..export_layout import eye_image, lash_image
 from .worker_client import WorkerError
 
 UV_NAME = "UVMap"
@@ -32,6 +33,7 @@ PROP_LIGHTING = "likeness_lighting"        # the photo's fitted SH shading (27 f
 PROP_POSE = "likeness_pose_rotation"       # the fitted pose R (9 floats): camera = R @ model
 PROP_PHOTO_CAMERA = "likeness_photo_camera"
 EYE_IMAGE_SIZE = 512
+LASH_IMAGE_SIZE = 1024
 
 
 def ict_to_blender(v: np.ndarray) -> np.ndarray:
@@ -355,6 +357,44 @@ def _eye_material(name: str, bundle: Bundle, stem: str, created: _Created, pack:
     return mat
 
 
+@functools.lru_cache(maxsize=1)
+def _lash_pixels() -> np.ndarray:
+    """The strands, drawn once per Blender session (the same for every head; read-only)."""
+    px = lash_image(LASH_IMAGE_SIZE).ravel()
+    px.flags.writeable = False
+    return px
+
+
+def _lash_material(name: str, created: _Created):
+    """The eyelash cards: individual strands (export_layout.lash_image: colour and alpha) on the cards' UVs,
+    packed into the .blend. A card of one uniform alpha draws a grey band across the eye instead."""
+    mat = created.add(bpy.data.materials.new(name))
+    nt, bsdf, _ = _principled(mat)
+    nodes, links = nt.nodes, nt.links
+    img = created.add(bpy.data.images.new(f"{name} strands", LASH_IMAGE_SIZE, LASH_IMAGE_SIZE, alpha=True))
+    img.colorspace_settings.name = "sRGB"
+    img.alpha_mode = "STRAIGHT"
+    img.pixels.foreach_set(_lash_pixels())
+    img.update()
+    img.pack()  # a generated image is lost on save unless packed
+    uvn = nodes.new("ShaderNodeUVMap")
+    uvn.uv_map = UV_NAME
+    uvn.location = (-700, 200)
+    tex = nodes.new("ShaderNodeTexImage")
+    tex.name = tex.label = "Lash strands"
+    tex.image = img
+    tex.extension = "REPEAT"  # the cards' UVs are on tile 1007: u 6..7 wraps onto the image
+    tex.location = (-450, 200)
+    links.new(uvn.outputs["UV"], tex.inputs["Vector"])
+    links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
+    links.new(tex.outputs["Alpha"], bsdf.inputs["Alpha"])
+    bsdf.inputs["Roughness"].default_value = 0.55
+    if hasattr(mat, "surface_render_method"):
+        mat.surface_render_method = "DITHERED"
+    mat.diffuse_color = (0.03, 0.022, 0.017, 1.0)
+    return mat
+
+
 def _wet_material(name: str, created: _Created):
     """Tear film / eye blend / occlusion shells: transparent with a faint glossy reflection."""
     mat = created.add(bpy.data.materials.new(name))
@@ -400,7 +440,7 @@ def _part_material(part: str, stem: str, bundle: Bundle, created: _Created, pack
         return _plain_material(name, created, (0.42, 0.10, 0.11), 0.35,
                                **{"Subsurface Weight": 0.2, "Subsurface Scale": 0.003})
     if part == "lashes":
-        return _plain_material(name, created, (0.03, 0.022, 0.017), 0.55, Alpha=0.35)
+        return _lash_material(name, created)
     if part == "eye_wet":
         return _wet_material(name, created)
     return _plain_material(name, created, (0.6, 0.6, 0.6), 0.5)
@@ -476,6 +516,7 @@ def import_bundle(bundle_dir: str | os.PathLike, *, name: str | None = None, sce
         _store_lighting(obj, res)
         if photo_camera_for is not None:
             add_photo_camera(obj, bundle, photo_camera_for, scene, coll, created, make_scene_camera)
+        _deep_enough_for_lashes(scene)
         obj["likeness_import_s"] = time.perf_counter() - t0
         return obj
     except WorkerError:
@@ -484,6 +525,19 @@ def import_bundle(bundle_dir: str | os.PathLike, *, name: str | None = None, sce
     except Exception as ex:  # a bug or a broken file: report it with a code, keep the scene clean
         created.rollback()
         raise WorkerError("IMPORT_FAILED", f"{type(ex).__name__}: {ex}") from ex
+
+
+# A view ray through a lid margin crosses up to 12 transparent surfaces (three lash cards, the tear-film,
+# eye-blend and occlusion shells, front and back); Cycles stops at transparent_max_bounces and draws black
+# there (its default of 8 gave a black line along the lids and a tick at the eye corners).
+LASH_TRANSPARENT_BOUNCES = 16
+
+
+def _deep_enough_for_lashes(scene) -> None:
+    """Raise the scene's Cycles transparent bounce limit to LASH_TRANSPARENT_BOUNCES (never lower it)."""
+    cycles = getattr(scene, "cycles", None)
+    if cycles is not None and cycles.transparent_max_bounces < LASH_TRANSPARENT_BOUNCES:
+        cycles.transparent_max_bounces = LASH_TRANSPARENT_BOUNCES
 
 
 def _store_lighting(obj, res: dict) -> None:

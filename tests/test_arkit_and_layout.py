@@ -103,6 +103,32 @@ def test_eye_image_pupil_iris_sclera():
     assert (img[..., 3] == 1).all()
 
 
+def test_lash_image_is_strands_with_gaps_dense_at_the_root():
+    """The lash cards carry individual strands: a uniform half-transparent card (the old material) draws a
+    grey band across the eye. Rows run bottom-up; each strip's root is its top edge (largest v)."""
+    size = 512
+    img = export_layout.lash_image(size)
+    assert img.shape == (size, size, 4) and img.dtype == np.float32
+    alpha = img[..., 3]
+    v = (np.arange(size) + 0.5) / size
+    strips = np.zeros(size, bool)
+    for k, (v0, v1) in enumerate(export_layout.LASH_STRIPS):
+        rows = (v >= v0) & (v <= v1)
+        strips |= rows
+        band = alpha[rows]
+        root, tip = band[-4:], band[:4]                     # the top rows are the roots
+        assert root.max() > 0.4, k                            # strands are drawn
+        assert (band < 0.05).mean() > 0.6, k                  # mostly gaps between strands
+        assert root.mean() > 3 * tip.mean(), k                # dense at the lid, thin at the tips
+        assert root.mean() < 0.5, k                           # never a solid sheet
+    assert alpha[~strips].max() == 0.0                         # nothing between the cards
+    upper = alpha[(v >= 0.5)].mean()
+    lower = alpha[(v < 0.5)].mean()
+    assert upper > 1.5 * lower                                 # the lower lid's lashes are sparser
+    assert img[..., :3].max() < 0.2                            # dark hair
+    assert np.array_equal(img, export_layout.lash_image(size))  # deterministic
+
+
 def test_photo_camera_sees_the_head_where_the_photo_did():
     import photo_camera
     rng = np.random.default_rng(2)
