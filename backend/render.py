@@ -223,8 +223,8 @@ def photo_view(cam_vertices: torch.Tensor, triangles: torch.Tensor, k: Intrinsic
                      t(occ_depth), fade_px)
 
 
-def _bilinear_taps(x: torch.Tensor, y: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The 4 pixels around (x, y) in pixel coordinates (centres at +0.5): flat indices (4N,), weights (4, N)."""
+def bilinear_taps(x: torch.Tensor, y: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 4 pixels around (x, y) in pixel coordinates (centres at +0.5): flat indices (4, N), weights (4, N)."""
     fx, fy = x - 0.5, y - 0.5
     x0, y0 = torch.floor(fx), torch.floor(fy)
     ax, ay = fx - x0, fy - y0
@@ -234,12 +234,12 @@ def _bilinear_taps(x: torch.Tensor, y: torch.Tensor, h: int, w: int) -> tuple[to
         for dx, wx in ((0, 1.0 - ax), (1, ax)):
             idx.append((y0 + dy).clamp(0, h - 1) * w + (x0 + dx).clamp(0, w - 1))
             wts.append(wx * wy)
-    return torch.cat(idx), torch.stack(wts)
+    return torch.stack(idx), torch.stack(wts)
 
 
 def _taps(img: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Values of an (h, w) map at the flat tap indices of _bilinear_taps -> (4, N)."""
-    return img.reshape(-1).index_select(0, idx).view(4, -1)
+    """Values of an (h, w) map at the flat tap indices (4, N) of bilinear_taps -> (4, N)."""
+    return img.reshape(-1).index_select(0, idx.reshape(-1)).view(4, -1)
 
 
 def view_factors(p: torch.Tensor, n: torch.Tensor, view: PhotoView,
@@ -254,7 +254,7 @@ def view_factors(p: torch.Tensor, n: torch.Tensor, view: PhotoView,
     cos = -sum_rows(n * p) / sum_rows(p.square()).sqrt().clamp_min(1e-9)
     angle = smoothstep(GRAZING_COS[0], GRAZING_COS[1], cos)
     h, w = view.depth.shape
-    idx, wts = _bilinear_taps(u * view.scale, v * view.scale, h, w)
+    idx, wts = bilinear_taps(u * view.scale, v * view.scale, h, w)
     # Percentage-closer test: the share of the 4 nearest z-buffer pixels that do not hide the point.
     zb = _taps(view.depth, idx)
     visible = sum_rows(wts * (depth <= zb + DEPTH_TOLERANCE_CM)) * (p[2] < 0)  # inf (empty) never hides
@@ -300,3 +300,51 @@ def sample_image(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 def pixel_grid(u: torch.Tensor, v: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Pixel positions (N,) u, v (origin top-left, centres at +0.5) -> (N, 2) grid_sample coordinates."""
     return torch.stack([u / width * 2.0 - 1.0, v / height * 2.0 - 1.0], dim=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shadows of a directional light (the bench's hard-light renders)
+
+SHADOW_MAP_SIDE = 512        # texels across the head's extent seen from the light (~0.06 cm each)
+SHADOW_BIAS_CM = 0.05
+SHADOW_SLOPE_TEXELS = 1.5
+SHADOW_MAX_SLOPE = 8.0
+
+
+def light_frame(direction: torch.Tensor) -> torch.Tensor:
+    """(3, 3) rows e1, e2, d: an orthonormal frame whose third axis points towards the light."""
+    d = torch.nn.functional.normalize(direction.double(), dim=0)
+    helper = torch.tensor([0.0, 1.0, 0.0] if abs(float(d[1])) < 0.9 else [1.0, 0.0, 0.0], dtype=torch.float64)
+    e1 = torch.nn.functional.normalize(torch.linalg.cross(helper, d), dim=0)
+    return torch.stack([e1, torch.linalg.cross(d, e1), d])
+
+
+def shadow_factor(points: torch.Tensor, cam_vertices: torch.Tensor, triangles: torch.Tensor, direction: torch.Tensor,
+                  cos_to_light: torch.Tensor | None = None, side: int = SHADOW_MAP_SIDE,
+                  bias_cm: float = SHADOW_BIAS_CM) -> torch.Tensor:
+    """(N,) 0..1: how much of a directional light reaches camera-space `points` (N, 3), with the mesh
+    (`cam_vertices` (V, 3), `triangles` (T, 3)) as the occluder. A shadow map: the mesh rasterized in an
+    orthographic view along the light (linear depth = distance away from the light), then each point's
+    depth tested against the 4 nearest map texels (percentage-closer: a one-texel soft edge instead of
+    stair steps). `cos_to_light` (N,) (n . direction) adds a slope part to the constant bias `bias_cm`."""
+    frame = light_frame(direction)
+    q = cam_vertices.double() @ frame.T
+    used_ids = torch.zeros(len(q), dtype=torch.bool)
+    used_ids[triangles.reshape(-1)] = True      # (torch.unique is slow on the CPU)
+    used = q[used_ids]
+    lo = used[:, :2].amin(0)
+    scale = (side - 4) / float((used[:, :2].amax(0) - lo).max().clamp_min(1e-6))
+
+    def to_map(x: torch.Tensor) -> torch.Tensor:  # light frame -> map px x, y and depth (smaller = nearer the light)
+        return torch.stack([(x[:, 0] - lo[0]) * scale + 2.0, (x[:, 1] - lo[1]) * scale + 2.0, -x[:, 2]], dim=1)
+
+    zmap = rasterize(to_map(q).float(), triangles, side, side, perspective_correct=False).depth.double()
+    p = to_map(points.double() @ frame.T)
+    slope = torch.zeros(len(p), dtype=torch.float64)
+    if cos_to_light is not None:
+        c = cos_to_light.double().clamp(1e-3, 1.0)
+        slope = ((1.0 - c * c).sqrt() / c).clamp(max=SHADOW_MAX_SLOPE)
+    bias = bias_cm + SHADOW_SLOPE_TEXELS * slope / scale
+    idx, wts = bilinear_taps(p[:, 0], p[:, 1], side, side)
+    z = zmap.reshape(-1)[idx]                                    # (4, N), inf where the map is empty
+    return (wts * (p[:, 2][None] <= z + bias[None])).sum(0)

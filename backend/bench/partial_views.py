@@ -191,36 +191,6 @@ def camera_for(head: StudioHead, spec: ViewSpec, side: int = IMAGE_SIDE) -> tupl
     return k, rot, trans
 
 
-def shadow_factor(points: torch.Tensor, cam_vertices: torch.Tensor, triangles: torch.Tensor,
-                  direction: torch.Tensor, side: int = SHADOW_MAP_SIDE) -> torch.Tensor:
-    """(N,) 0..1 how much of a directional light (unit `direction` towards it, camera space) reaches the
-    points (N, 3): an orthographic z-buffer of the mesh seen from the light, tested at the 4 nearest map
-    texels (percentage-closer)."""
-    d = torch.nn.functional.normalize(direction.double(), dim=0)
-    helper = torch.tensor([0.0, 1.0, 0.0] if abs(float(d[1])) < 0.9 else [1.0, 0.0, 0.0], dtype=torch.float64)
-    e1 = torch.nn.functional.normalize(torch.linalg.cross(helper, d), dim=0)
-    frame = torch.stack([e1, torch.linalg.cross(d, e1), d])
-    q = cam_vertices.double() @ frame.T
-    used = q[torch.unique(triangles)]
-    lo = used[:, :2].amin(0)
-    scale = (side - 4) / float((used[:, :2].amax(0) - lo).max().clamp_min(1e-6))
-
-    def to_map(x):
-        return torch.stack([(x[:, 0] - lo[0]) * scale + 2.0, (x[:, 1] - lo[1]) * scale + 2.0, -x[:, 2]], 1)
-
-    zmap = render.rasterize(to_map(q).float(), triangles, side, side, perspective_correct=False).depth.double()
-    p = to_map(points.double() @ frame.T)
-    fx, fy = p[:, 0] - 0.5, p[:, 1] - 0.5
-    x0, y0 = torch.floor(fx), torch.floor(fy)
-    ax, ay = fx - x0, fy - y0
-    out = torch.zeros(len(p), dtype=torch.float64)
-    for dy, wy in ((0, 1 - ay), (1, ay)):
-        for dx, wx in ((0, 1 - ax), (1, ax)):
-            idx = (y0.long() + dy).clamp(0, side - 1) * side + (x0.long() + dx).clamp(0, side - 1)
-            out += wx * wy * (p[:, 2] <= zmap.reshape(-1)[idx] + SHADOW_BIAS_CM)
-    return out
-
-
 def draw(model, head: StudioHead, spec: ViewSpec, side: int = IMAGE_SIDE) -> tuple[np.ndarray, np.ndarray, Intrinsics,
                                                                                     np.ndarray, np.ndarray]:
     """The head in linear light over the background: (H, W, 3) float32 image, (H, W) bool coverage, camera."""
@@ -252,7 +222,8 @@ def draw(model, head: StudioHead, spec: ViewSpec, side: int = IMAGE_SIDE) -> tup
         cos = (n @ d).clamp_min(0.0)
         occluders = tris[torch.from_numpy(np.isin(mesh.triangle_part, [mesh.part_names.index(p) for p in
                                                                          ("skin", "eyes", "teeth", "mouth")]))]
-        lit = shadow_factor(render.interpolate(frags, v_cam), v_cam, occluders, d)
+        lit = render.shadow_factor(render.interpolate(frags, v_cam), v_cam, occluders, d, side=SHADOW_MAP_SIDE,
+                                   bias_cm=SHADOW_BIAS_CM)
         shading = shading + (cos * lit)[:, None] * torch.from_numpy(np.asarray(spec.light_rgb, np.float64))[None]
     shading = shading.clamp_min(0.0).float().numpy() * spec.exposure
     c1, c2 = (np.asarray(c, np.float32) / 255.0 for c in spec.background)

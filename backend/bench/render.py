@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .. import render
+from ..render import shadow_factor  # noqa: F401  (one shadow map; relight.py and the tests import it from here)
 from ..bundle import BundleData, load_bundle
 from ..camera import Intrinsics
 from ..colour import decode_srgb8, encode_srgb8, srgb_to_linear
@@ -33,10 +34,6 @@ DEFAULT_SKIN_SRGB8 = (180, 140, 120)   # skin where a head has no diffuse tile
 # Shadow maps: an orthographic z-buffer of the head seen from the light. The bias keeps a lit surface
 # from shadowing itself (its own depth, sampled a texel away, is a little nearer the light where the
 # surface slopes away from it): a constant plus a slope term, in shadow-map texels.
-SHADOW_MAP_SIDE = 512        # texels across the head's extent seen from the light (~0.06 cm each)
-SHADOW_BIAS_CM = 0.05
-SHADOW_SLOPE_TEXELS = 1.5
-SHADOW_MAX_SLOPE = 8.0
 
 
 @dataclass
@@ -274,58 +271,6 @@ def shading_at(mesh: Mesh, frags: render.Fragments, rot, trans, light: Light, sh
                             d, cos) if shadows else torch.ones_like(cos)
         s = s + (cos.clamp_min(0.0) * lit)[:, None] * torch.from_numpy(np.asarray(light.intensity, np.float64))[None]
     return s.clamp_min(0.0).float().numpy()
-
-
-def light_frame(direction: torch.Tensor) -> torch.Tensor:
-    """(3, 3) rows e1, e2, d: an orthonormal frame whose third axis points towards the light."""
-    d = torch.nn.functional.normalize(direction.double(), dim=0)
-    helper = torch.tensor([0.0, 1.0, 0.0] if abs(float(d[1])) < 0.9 else [1.0, 0.0, 0.0], dtype=torch.float64)
-    e1 = torch.nn.functional.normalize(torch.linalg.cross(helper, d), dim=0)
-    return torch.stack([e1, torch.linalg.cross(d, e1), d])
-
-
-def bilinear_taps(x: torch.Tensor, y: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The 4 pixels around (x, y) (pixel coordinates, centres at +0.5): flat indices (4, N), weights (4, N)."""
-    fx, fy = x - 0.5, y - 0.5
-    x0, y0 = torch.floor(fx), torch.floor(fy)
-    ax, ay = fx - x0, fy - y0
-    x0, y0 = x0.long(), y0.long()
-    idx, wts = [], []
-    for dy, wy in ((0, 1.0 - ay), (1, ay)):
-        for dx, wx in ((0, 1.0 - ax), (1, ax)):
-            idx.append((y0 + dy).clamp(0, h - 1) * w + (x0 + dx).clamp(0, w - 1))
-            wts.append(wx * wy)
-    return torch.stack(idx), torch.stack(wts)
-
-
-def shadow_factor(points: torch.Tensor, cam_vertices: torch.Tensor, triangles: torch.Tensor, direction: torch.Tensor,
-                  cos_to_light: torch.Tensor | None = None, side: int = SHADOW_MAP_SIDE) -> torch.Tensor:
-    """(N,) 0..1: how much of a directional light reaches camera-space `points` (N, 3), with the mesh
-    (`cam_vertices` (V, 3), `triangles` (T, 3)) as the occluder. A shadow map: the mesh rasterized in an
-    orthographic view along the light (render.rasterize, linear depth = distance away from the light),
-    then each point's depth tested against the 4 nearest map texels (percentage-closer: a one-texel soft
-    edge instead of stair steps). `cos_to_light` (N,) (n . direction) sets the slope part of the bias."""
-    frame = light_frame(direction)
-    q = cam_vertices.double() @ frame.T
-    used_ids = torch.zeros(len(q), dtype=torch.bool)
-    used_ids[triangles.reshape(-1)] = True      # (torch.unique is slow on the CPU)
-    used = q[used_ids]
-    lo = used[:, :2].amin(0)
-    scale = (side - 4) / float((used[:, :2].amax(0) - lo).max().clamp_min(1e-6))
-
-    def to_map(x: torch.Tensor) -> torch.Tensor:  # light frame -> map px x, y and depth (smaller = nearer the light)
-        return torch.stack([(x[:, 0] - lo[0]) * scale + 2.0, (x[:, 1] - lo[1]) * scale + 2.0, -x[:, 2]], dim=1)
-
-    zmap = render.rasterize(to_map(q).float(), triangles, side, side, perspective_correct=False).depth.double()
-    p = to_map(points.double() @ frame.T)
-    slope = torch.zeros(len(p), dtype=torch.float64)
-    if cos_to_light is not None:
-        c = cos_to_light.double().clamp(1e-3, 1.0)
-        slope = ((1.0 - c * c).sqrt() / c).clamp(max=SHADOW_MAX_SLOPE)
-    bias = SHADOW_BIAS_CM + SHADOW_SLOPE_TEXELS * slope / scale
-    idx, wts = bilinear_taps(p[:, 0], p[:, 1], side, side)
-    z = zmap.reshape(-1)[idx]                                    # (4, N), inf where the map is empty
-    return (wts * (p[:, 2][None] <= z + bias[None])).sum(0)
 
 
 # ---------------------------------------------------------------------------------------------
