@@ -110,7 +110,11 @@ def _check_head(obj, bundle, stem):
     for p in ("teeth", "lashes"):
         if p in parts:
             m = me.materials[parts.index(p)]
-            assert not _upstream_images(next(n for n in m.node_tree.nodes if n.type == "OUTPUT_MATERIAL"))
+            imgs = _upstream_images(next(n for n in m.node_tree.nodes if n.type == "OUTPUT_MATERIAL"))
+            if p == "teeth":
+                assert not imgs
+            else:  # the lash strands: drawn by the add-on and packed, nothing read from the bundle
+                assert len(imgs) == 1 and imgs[0].image.packed_file is not None and not imgs[0].image.filepath
     return npz
 
 
