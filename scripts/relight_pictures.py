@@ -3,9 +3,10 @@ de-lit texture, into one contact sheet (docs/img/relight_presets.jpg).
 
     .venv/bin/python scripts/relight_pictures.py --photo PHOTO [--photo PHOTO2] --out docs/img/relight_presets.jpg
 
-For each photo: two bundles (texture "projection" = v0, and the default "delit"), each imported with a
-camera matched to the fit, rendered with Cycles (CPU, transparent film, Standard view transform so that
-linear light maps to the photo's sRGB as the fit assumed) under each preset and composited over grey;
+For each photo: two bundles (texture "projection" = v0, and the default "generated": de-lit, with the
+diffusion model's fill), each imported with a camera matched to the fit, rendered with Cycles (CPU,
+transparent film, Standard view transform so that linear light maps to the photo's sRGB as the fit
+assumed) under each preset and composited over grey;
 the "As Photographed" column is composited over the photo itself. Rows: photo x texture.
 """
 from __future__ import annotations
@@ -75,7 +76,7 @@ def main() -> int:
     from likeness.operators import relight
     rows = []
     for photo in a.photo:
-        for texture, title in (("projection", "v0: projected photo"), ("delit", "de-lit")):
+        for texture, title in (("projection", "v0: projected photo"), ("generated", "default (de-lit)")):
             bundle = make_bundle(photo, a.work / f"{photo.stem}-{texture}", texture)
             src = np.asarray(Image.open(photo).convert("RGB").resize((CELL, CELL)))
             cells = [label(src, f"{photo.name}")]
