@@ -46,3 +46,30 @@ def test_mirror_map_of_face_and_head():
     assert np.abs(neutral[sym] * [-1, 1, 1] - neutral[skin]).max() < 0.01  # cm
     left, right = m.landmarks68[36], m.landmarks68[45]                   # outer eye corners
     assert m.vertex_symmetry[left] == right
+
+
+def test_lash_cards_lie_on_the_strips_the_strand_image_draws():
+    """export_layout.lash_image draws strands on LASH_STRIPS, roots at each strip's top edge: every lash
+    corner's UV lies on a strip, in the eye's half of tile 1007, and each strip's top row lies behind its
+    bottom row (the tips stick out towards the viewer)."""
+    import export_layout
+    m = load_face_model()
+    topo = m.topology
+    part = np.repeat(topo.polygon_part, topo.face_sizes)
+    lash = part == PART_NAMES.index("lashes")
+    uv = topo.corner_uvs[lash].astype(np.float64)
+    xyz = m.neutral.numpy()[topo.face_vertex_indices[lash]]
+    assert (np.floor(uv[:, 0]) == 6).all()                                  # tile 1007
+    strip = np.full(len(uv), -1)
+    for k, (v0, v1) in enumerate(export_layout.LASH_STRIPS):
+        strip[(uv[:, 1] >= v0 - 1e-3) & (uv[:, 1] <= v1 + 1e-3)] = k
+    assert (strip >= 0).all()
+    u = uv[:, 0] - 6
+    assert ((u > 0.5) == (xyz[:, 0] > 0)).all()        # the subject's left eye (+x) on the right half
+    centre_y = m.neutral.numpy()[VERTEX_RANGES["eyeball_left"][0]:VERTEX_RANGES["eyeball_left"][1] + 1, 1].mean()
+    for k, (v0, v1) in enumerate(export_layout.LASH_STRIPS):
+        top = (strip == k) & (uv[:, 1] > v1 - 1e-3)
+        bottom = (strip == k) & (uv[:, 1] < v0 + 1e-3)
+        # roots at the lid margin, tips sticking out towards the viewer (+z): 2.5-7.6 mm on the neutral head
+        assert 0.15 < xyz[bottom, 2].mean() - xyz[top, 2].mean() < 1.2, k
+        assert (k >= 3) == (xyz[strip == k, 1].mean() > centre_y), k     # strips 3-5 are the upper lid's
