@@ -527,9 +527,9 @@ def import_bundle(bundle_dir: str | os.PathLike, *, name: str | None = None, sce
         raise WorkerError("IMPORT_FAILED", f"{type(ex).__name__}: {ex}") from ex
 
 
-# A view ray through a lid margin crosses up to 12 transparent surfaces (three lash cards, the tear-film,
-# eye-blend and occlusion shells, front and back); Cycles stops at transparent_max_bounces and draws black
-# there (its default of 8 gave a black line along the lids and a tick at the eye corners).
+# A view ray through a lid margin crosses several transparent surfaces (three lash cards, the tear-film,
+# eye-blend and occlusion shells); Cycles stops at transparent_max_bounces and draws black there (its
+# default of 8 gave a black line along the lids and a tick at the eye corners; 12 measured clean).
 LASH_TRANSPARENT_BOUNCES = 16
 
 
