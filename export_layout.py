@@ -129,15 +129,16 @@ def lash_image(size: int = 1024, seed: int = 0) -> np.ndarray:
             half = root_width[None] * (1.0 - 0.85 * np.clip(frac, 0, 1))
             alpha = opacity[None] * (1.0 - np.clip(frac, 0, 1) ** 2)
             # Coverage of each pixel column by the strand's [centre - half, centre + half] (box filter).
-            c_px = centre * size - 0.5
-            h_px = np.maximum(half * size, 0.25)
             r_idx, s_idx = np.nonzero(on)
+            c_px = centre[r_idx, s_idx] * size - 0.5
+            h_px = np.maximum(half[r_idx, s_idx] * size, 0.25)
+            lo_px, hi_px, a_on = c_px - h_px, c_px + h_px, alpha[r_idx, s_idx]
+            first = np.floor(c_px).astype(np.int64)
             for dx in range(-3, 4):
-                col = np.floor(c_px[r_idx, s_idx]).astype(np.int64) + dx
+                col = first + dx
                 ok = (col >= 0) & (col < size)
-                lo_px, hi_px = c_px[r_idx, s_idx] - h_px[r_idx, s_idx], c_px[r_idx, s_idx] + h_px[r_idx, s_idx]
                 overlap = np.clip(np.minimum(hi_px, col + 0.5) - np.maximum(lo_px, col - 0.5), 0.0, 1.0)
-                a = np.clip(alpha[r_idx, s_idx] * overlap, 0.0, 0.999)
+                a = np.clip(a_on * overlap, 0.0, 0.999)
                 np.add.at(cover, (rows[r_idx[ok]], col[ok]), -np.log1p(-a[ok]))
     out = np.empty((size, size, 4), np.float32)
     out[..., :3] = srgb_encode(np.asarray(LASH_COLOUR))

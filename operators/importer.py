@@ -324,12 +324,36 @@ def _eye_image(bundle: Bundle, stem: str, created: _Created, pack: bool) -> bpy.
     own = bundle.files("eyes")
     if own:
         return _load_image(own[0].path, f"{stem} eyes", own[0].colorspace or "sRGB", False, created, pack)
-    img = created.add(bpy.data.images.new(f"{stem} eyes", EYE_IMAGE_SIZE, EYE_IMAGE_SIZE, alpha=False))
+    return _drawn_image(f"{stem} eyes", EYE_IMAGE_SIZE, eye_image(EYE_IMAGE_SIZE).ravel(), created)
+
+
+def _drawn_image(name: str, size: int, pixels: np.ndarray, created: _Created, alpha: bool = False) -> bpy.types.Image:
+    """A size x size sRGB image of `pixels` (flat RGBA, as export_layout draws them), packed into the .blend
+    (a generated image is lost on save unless packed); with `alpha`, straight alpha."""
+    img = created.add(bpy.data.images.new(name, size, size, alpha=alpha))
     img.colorspace_settings.name = "sRGB"
-    img.pixels.foreach_set(eye_image(EYE_IMAGE_SIZE).ravel())
+    if alpha:
+        img.alpha_mode = "STRAIGHT"
+    img.pixels.foreach_set(pixels)
     img.update()
-    img.pack()  # a generated image is lost on save unless packed
+    img.pack()
     return img
+
+
+def _image_on_uvs(nt, bsdf, img: bpy.types.Image, label: str):
+    """An image texture on the UV map, repeating (a part's UVs sit on its own UDIM tile: the local
+    coordinates are what the image covers), into Base Color; returns the image node."""
+    uvn = nt.nodes.new("ShaderNodeUVMap")
+    uvn.uv_map = UV_NAME
+    uvn.location = (-700, 200)
+    tex = nt.nodes.new("ShaderNodeTexImage")
+    tex.name = tex.label = label
+    tex.image = img
+    tex.extension = "REPEAT"
+    tex.location = (-450, 200)
+    nt.links.new(uvn.outputs["UV"], tex.inputs["Vector"])
+    nt.links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
+    return tex
 
 
 def _eye_material(name: str, bundle: Bundle, stem: str, created: _Created, pack: bool):
@@ -337,18 +361,8 @@ def _eye_material(name: str, bundle: Bundle, stem: str, created: _Created, pack:
     of its UDIM tile; the image repeats, so the tile does not matter), under a glossy coat. An image,
     not a procedural tree, so that every exporter takes the iris along."""
     mat = created.add(bpy.data.materials.new(name))
-    nt, bsdf, out = _principled(mat)
-    nodes, links = nt.nodes, nt.links
-    uvn = nodes.new("ShaderNodeUVMap")
-    uvn.uv_map = UV_NAME
-    uvn.location = (-700, 200)
-    tex = nodes.new("ShaderNodeTexImage")
-    tex.name = tex.label = "Eyes"
-    tex.image = _eye_image(bundle, stem, created, pack)
-    tex.extension = "REPEAT"
-    tex.location = (-450, 200)
-    links.new(uvn.outputs["UV"], tex.inputs["Vector"])
-    links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
+    nt, bsdf, _ = _principled(mat)
+    _image_on_uvs(nt, bsdf, _eye_image(bundle, stem, created, pack), "Eyes")
     bsdf.inputs["Roughness"].default_value = 0.35
     bsdf.inputs["Coat Weight"].default_value = 1.0
     bsdf.inputs["Coat Roughness"].default_value = 0.03
@@ -370,24 +384,9 @@ def _lash_material(name: str, created: _Created):
     packed into the .blend. A card of one uniform alpha draws a grey band across the eye instead."""
     mat = created.add(bpy.data.materials.new(name))
     nt, bsdf, _ = _principled(mat)
-    nodes, links = nt.nodes, nt.links
-    img = created.add(bpy.data.images.new(f"{name} strands", LASH_IMAGE_SIZE, LASH_IMAGE_SIZE, alpha=True))
-    img.colorspace_settings.name = "sRGB"
-    img.alpha_mode = "STRAIGHT"
-    img.pixels.foreach_set(_lash_pixels())
-    img.update()
-    img.pack()  # a generated image is lost on save unless packed
-    uvn = nodes.new("ShaderNodeUVMap")
-    uvn.uv_map = UV_NAME
-    uvn.location = (-700, 200)
-    tex = nodes.new("ShaderNodeTexImage")
-    tex.name = tex.label = "Lash strands"
-    tex.image = img
-    tex.extension = "REPEAT"  # the cards' UVs are on tile 1007: u 6..7 wraps onto the image
-    tex.location = (-450, 200)
-    links.new(uvn.outputs["UV"], tex.inputs["Vector"])
-    links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
-    links.new(tex.outputs["Alpha"], bsdf.inputs["Alpha"])
+    img = _drawn_image(f"{name} strands", LASH_IMAGE_SIZE, _lash_pixels(), created, alpha=True)
+    tex = _image_on_uvs(nt, bsdf, img, "Lash strands")   # the cards' UVs are on tile 1007 (u 6..7)
+    nt.links.new(tex.outputs["Alpha"], bsdf.inputs["Alpha"])
     bsdf.inputs["Roughness"].default_value = 0.55
     if hasattr(mat, "surface_render_method"):
         mat.surface_render_method = "DITHERED"
@@ -516,7 +515,7 @@ def import_bundle(bundle_dir: str | os.PathLike, *, name: str | None = None, sce
         _store_lighting(obj, res)
         if photo_camera_for is not None:
             add_photo_camera(obj, bundle, photo_camera_for, scene, coll, created, make_scene_camera)
-        _deep_enough_for_lashes(scene)
+        deep_enough_for_lashes(scene)
         obj["likeness_import_s"] = time.perf_counter() - t0
         return obj
     except WorkerError:
@@ -533,7 +532,7 @@ def import_bundle(bundle_dir: str | os.PathLike, *, name: str | None = None, sce
 LASH_TRANSPARENT_BOUNCES = 16
 
 
-def _deep_enough_for_lashes(scene) -> None:
+def deep_enough_for_lashes(scene) -> None:
     """Raise the scene's Cycles transparent bounce limit to LASH_TRANSPARENT_BOUNCES (never lower it)."""
     cycles = getattr(scene, "cycles", None)
     if cycles is not None and cycles.transparent_max_bounces < LASH_TRANSPARENT_BOUNCES:

@@ -8,7 +8,7 @@ from pathlib import Path
 import bpy
 from mathutils import Vector
 
-from .importer import LASH_TRANSPARENT_BOUNCES
+from .importer import deep_enough_for_lashes
 from .relight import head_bounds
 
 PROP_CAMERA = "likeness_camera"
@@ -58,7 +58,7 @@ def setup_cycles(scene, *, resolution: int = 256, samples: int = 16, denoise: bo
     scene.cycles.use_adaptive_sampling = False
     scene.cycles.use_denoising = denoise
     scene.cycles.max_bounces = 4
-    scene.cycles.transparent_max_bounces = max(LASH_TRANSPARENT_BOUNCES, scene.cycles.transparent_max_bounces)
+    deep_enough_for_lashes(scene)
     scene.render.resolution_x = resolution
     scene.render.resolution_y = resolution
     scene.render.resolution_percentage = 100
