@@ -144,10 +144,17 @@ def load_correspondence() -> Correspondence:
 
 
 def warm_up(options: Options = Options()) -> None:
-    """Load what the first request would otherwise load (slow and uncancellable): the face model,
-    the landmark correspondence and MediaPipe's landmarker."""
+    """Load and compute what the first request would otherwise (slow and uncancellable): the face model,
+    the landmark correspondence, the albedo model, MediaPipe's landmarker and segmenters, dlib's face
+    descriptor, and the UV layouts and skin rasters of the texture size in `options` (another size
+    computes its own on its first request)."""
+    from . import skin_maps
+    from .texture import _uv_layout
     device = resolve_device(options.device)
-    load_face_model(options.ict_dir, device)
+    model = load_face_model(options.ict_dir, device)
+    skin_maps.warm_caches(model, options.texture_size)          # the maps run on the CPU
+    if model.device.type != "cpu":
+        _uv_layout(model, options.texture_size, str(model.neutral.device))   # the texture stage's own copy
     load_correspondence()
     load_albedo_model(device=device)
     if options.texture == "generated":
@@ -155,6 +162,11 @@ def warm_up(options: Options = Options()) -> None:
         load_generator(device=device)
     get_analyzer(options.landmarker)
     get_segmenter()
+    try:  # the fit's confidence measures the render with it; without it, that measure is left out
+        from .face_descriptor import load_face_descriptor
+        load_face_descriptor(device=str(model.neutral.device))
+    except LikenessError:
+        pass
 
 
 class Run:

@@ -230,3 +230,19 @@ def test_missing_face_model_is_a_clear_error(tmp_path, faces_dir):
         reconstruct(PHOTO, tmp_path / "out", Options(device="cpu", ict_dir=str(empty)))
     assert info.value.code == "ASSETS_MISSING" and str(empty) in info.value.message
     assert not (tmp_path / "out").exists()
+
+
+def test_after_the_warm_up_a_first_request_computes_no_uv_layout(tmp_path, faces_dir, monkeypatch):
+    """The worker warms up before it says `ready`: the UV layouts and skin rasters of its texture size
+    are then computed already, so the first request (the one an artist waits for) does not pay them."""
+    from backend import pipeline, skin_maps, texture
+    texture._LAYOUTS.clear()
+    skin_maps._RASTERS.clear()
+    pipeline.warm_up(Options(device="cpu", texture_size=512))
+
+    def computed_in_the_request(*args, **kwargs):
+        raise AssertionError("computed during the request, not by the warm-up")
+    monkeypatch.setattr(texture, "_compute_uv_layout", computed_in_the_request)
+    monkeypatch.setattr(skin_maps, "vertex_regions", computed_in_the_request)
+    result = reconstruct(PHOTO, tmp_path / "out", Options(device="cpu", texture_size=512))
+    assert result["texture"]["size"] == 512 and (tmp_path / "out" / "result.json").is_file()

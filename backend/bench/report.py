@@ -357,9 +357,13 @@ def speed_section(rep: dict) -> list[str]:
                "shown as end to end minus the other stages." if sp.get("write_derived") else "")]
     if sp.get("cold"):
         c = sp["cold"]
-        out += ["", f"Cold start ({c.get('photo') or 'first photo'}): process spawn to ready (Python + torch import) {f(c['spawn_to_ready_s'], 2)} s, "
-                    f"then the first reconstruct {f(cold.get('total'), 2)} s (its `load` stage reads the ICT model and "
-                    f"MediaPipe): fresh process to first bundle **{f(c['process_start_to_bundle_s'], 2)} s**."]
+        warm = (f"Python + torch import {f(c['import_s'], 2)} s, the worker's warm-up {f(c['warm_up_s'], 2)} s: models, "
+                "UV layouts, skin rasters" if c.get("warm_up_s") is not None else "Python + torch import")
+        out += ["", f"Cold start ({c.get('photo') or 'first photo'}): process spawn to ready ({warm}) "
+                    f"{f(c['spawn_to_ready_s'], 2)} s, then the first reconstruct {f(cold.get('total'), 2)} s: fresh "
+                    f"process to first bundle **{f(c['process_start_to_bundle_s'], 2)} s**. In Blender the worker "
+                    "starts when a photo is chosen, so Generate waits for the first reconstruct alone when the "
+                    "worker is ready by then."]
     m = sp["peak_rss_mb"]
     out += ["", f"Peak resident memory (lower is better): per reconstruct median {f(m['median'], 0)} MB, "
                 f"max {f(m['max'], 0)} MB (psutil sampling of the measured process every 5 ms during each reconstruct)"

@@ -9,7 +9,7 @@ Requests:
   {"op": "reconstruct", "photo": "/abs/p.jpg" | "demo", "out": "/abs/bundle", "options": {...},
    "detect": false, "landmark_fit": "/abs/baseline.npz" | null}
   {"op": "shutdown"}
-Answers: {"event": "ready", "import_s": ...}, {"event": "result", ...} or {"event": "error", ...},
+Answers: {"event": "ready", "import_s": ..., "warm_up_s": ...} (after pipeline.warm_up, as the worker), {"event": "result", ...} or {"event": "error", ...},
 and on shutdown {"event": "bye", "maxrss_mb": ...}.
 
 Memory: a thread samples this process's resident set size (psutil, every 5 ms) while reconstruct
@@ -121,8 +121,15 @@ def main() -> int:
         proto.flush()
 
     import torch  # noqa: F401  (the import is part of a cold start; timed here)
-    emit({"event": "ready", "import_s": time.perf_counter() - T_START, "pid": os.getpid(),
-          "torch_threads": torch.get_num_threads()})
+    from ..errors import LikenessError
+    from ..pipeline import warm_up
+    import_s = time.perf_counter() - T_START
+    try:  # as the worker does before its `ready` (backend/worker.py): models, UV layouts, skin rasters
+        warm_up()
+    except LikenessError as err:  # the request then reports it with its code
+        print(f"warm-up failed: {err}", file=sys.stderr)
+    emit({"event": "ready", "import_s": import_s, "warm_up_s": time.perf_counter() - T_START - import_s,
+          "pid": os.getpid(), "torch_threads": torch.get_num_threads()})
     for line in sys.stdin:
         if not line.strip():
             continue

@@ -86,6 +86,7 @@ class Session:
         if ans["cold"]:
             ans["spawn_to_ready_s"] = self.runner.ready["spawn_to_ready_s"]
             ans["import_s"] = self.runner.ready["import_s"]
+            ans["warm_up_s"] = self.runner.ready.get("warm_up_s")
         if ans["cold"] and ans.get("event") == "result":
             self.cold_run = run_record(ans)
             self.cold_run["photo"] = Path(photo).name
@@ -116,7 +117,7 @@ def run_record(ans: dict) -> dict:
         # result.json is serialised before the write stage ends, so v0 bundles lack it: total minus the rest.
         timings["write"] = round(timings["total"] - sum(timings.get(s, 0.0) for s in STAGES[:-1]), 4)
         rec["write_derived"] = True
-    for k in ("spawn_to_ready_s", "import_s", "cuda_peak_mb"):
+    for k in ("spawn_to_ready_s", "import_s", "warm_up_s", "cuda_peak_mb"):
         if k in ans:
             rec[k] = ans[k]
     return rec
@@ -258,7 +259,7 @@ def speed_summary(sets: list[dict], extra_runs: list[dict] = (), cold_run: dict 
     if cold:
         c = cold[0]
         out["cold"] = {"timings_s": c["timings_s"], "spawn_to_ready_s": c.get("spawn_to_ready_s"),
-                       "import_s": c.get("import_s"),
+                       "import_s": c.get("import_s"), "warm_up_s": c.get("warm_up_s"),
                        "process_start_to_bundle_s": (c.get("spawn_to_ready_s") or 0.0) + c["wall_s"],
                        "photo": c.get("photo")}
     out["devices"] = sorted({r.get("device") for r in runs + cold if r.get("device")})
