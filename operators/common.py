@@ -32,6 +32,7 @@ class Settings:
     ict_dir: str = ""
     landmarker: str = ""
     texture: str = ""          # a texture strategy of the backend (texture.STRATEGIES); "": its default
+    start_early: bool = True   # start the worker when a photo is chosen (generate.start_early)
 
     def request_options(self) -> dict:
         opts = {"device": self.device, "texture_size": int(self.texture_size), "overwrite": False}
@@ -125,6 +126,7 @@ def settings(context=None) -> Settings:
         s.texture_size = want if want in allowed else max([x for x in allowed if x <= want] or [min(allowed)])
         s.results_dir = bpy.path.abspath(p.results_dir) if p.results_dir else ""
         s.timeout_s = float(p.worker_timeout)
+        s.start_early = bool(p.start_backend_early)
         s.ict_dir = bpy.path.abspath(p.ict_dir) if p.ict_dir else s.ict_dir
         s.landmarker = bpy.path.abspath(p.landmarker) if p.landmarker else s.landmarker
     if not s.results_dir:

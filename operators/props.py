@@ -18,11 +18,20 @@ STATE_ITEMS = [
 ]
 
 
+def _photo_chosen(self, context) -> None:
+    # In the UI, choosing a photo starts the backend (generate.start_early). Batch and scripts
+    # (background mode) run their generations blocking: nothing to overlap, no process to leave behind.
+    if bpy.app.background or not (self.photo_path or self.photo_image):
+        return
+    from . import generate
+    generate.start_early(context)
+
+
 class LikenessSceneSettings(bpy.types.PropertyGroup):
     photo_source: bpy.props.EnumProperty(name="Photo Source", items=PHOTO_SOURCES, default="FILE")
-    photo_path: bpy.props.StringProperty(name="Photo", subtype="FILE_PATH",
+    photo_path: bpy.props.StringProperty(name="Photo", subtype="FILE_PATH", update=_photo_chosen,
                                          description="Photo of one face (JPEG, PNG, ...)")
-    photo_image: bpy.props.PointerProperty(name="Image", type=bpy.types.Image,
+    photo_image: bpy.props.PointerProperty(name="Image", type=bpy.types.Image, update=_photo_chosen,
                                            description="An image already loaded in Blender")
     shape_keys: bpy.props.BoolProperty(
         name="ARKit Shape Keys", default=False,

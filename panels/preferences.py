@@ -50,6 +50,10 @@ class LikenessPreferences(bpy.types.AddonPreferences):
     worker_timeout: bpy.props.FloatProperty(
         name="Worker Timeout", default=common.DEFAULT_TIMEOUT_S, min=5.0, max=3600.0, unit="TIME_ABSOLUTE",
         description="A backend that sends no event for this long is considered hung and is stopped")
+    start_backend_early: bpy.props.BoolProperty(
+        name="Start Backend Early", default=True,
+        description="Start the backend (Python, torch, the face models: seconds) as soon as a photo is "
+                    "chosen in the panel, so that Generate does not wait for it")
     check_result: bpy.props.StringProperty(name="Check", default="", options={"SKIP_SAVE"})
 
     def draw(self, context):
@@ -91,6 +95,7 @@ class LikenessPreferences(bpy.types.AddonPreferences):
         col.prop(self, "texture")
         col.prop(self, "texture_size")
         col.prop(self, "worker_timeout")
+        col.prop(self, "start_backend_early")
         col.prop(self, "results_dir")
         results = common.settings(context).results_dir
         n, size = install.results_size(results)
