@@ -246,3 +246,23 @@ def test_after_the_warm_up_a_first_request_computes_no_uv_layout(tmp_path, faces
     monkeypatch.setattr(skin_maps, "vertex_regions", computed_in_the_request)
     result = reconstruct(PHOTO, tmp_path / "out", Options(device="cpu", texture_size=512))
     assert result["texture"]["size"] == 512 and (tmp_path / "out" / "result.json").is_file()
+
+
+def test_png_writes_keep_their_order_and_stop_at_a_cancel(tmp_path):
+    """The bundle's PNGs are compressed on two threads: each file still holds its own image, they are written
+    in order, and a cancel after the second stops the rest (the staged bundle is then removed whole)."""
+    from backend.bundle import write_pngs
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(6)]
+    written = []
+
+    def cancel_check():
+        written.append(sorted(p.name for p in tmp_path.iterdir()))
+        if len(written) == 2:
+            raise LikenessError("CANCELLED", "cancelled")
+    with pytest.raises(LikenessError):
+        write_pngs(tmp_path, [(f"{i}.png", lambda im=im: im) for i, im in enumerate(images)], cancel_check)
+    assert written == [["0.png"], ["0.png", "1.png"]]
+    for i in range(2):
+        back = cv2.cvtColor(cv2.imread(str(tmp_path / f"{i}.png")), cv2.COLOR_BGR2RGB)
+        assert np.array_equal(back, images[i])
