@@ -85,6 +85,17 @@ def test_weights_load_and_complete_a_skin_texture_deterministically(generator, s
     assert (srgb.min(1) > 0.02).mean() > 0.99              # no black holes
 
 
+def test_the_same_bytes_at_any_load(generator, scene, monkeypatch):
+    """The texture stage takes its thread count from the load average (threads.idle_cpu_threads); the
+    generated map must not change with it (it did: the network's convolutions sum by thread)."""
+    import backend.texture as texture_module
+    out = []
+    for n in (1, 2):
+        monkeypatch.setattr(texture_module, "idle_cpu_threads", lambda n=n: n)
+        out.append(layout(generate(scene)))
+    assert np.array_equal(out[0], out[1])
+
+
 def test_cancel_stops_between_steps(generator, scene):
     previews, calls = [], {"n": 0}
 

@@ -30,10 +30,12 @@ from ..colour import linear_to_srgb, srgb_to_linear
 from ..errors import LikenessError
 from ..scene import Hooks, Observation, SceneFit, TextureResult
 from ..texture import delit_recipe, make_texture
+from ..threads import torch_threads
 from .conditions import RES, TILES, from_layout, make_conditions, pool_first
 from .model import ddim_sample
 from .weights import GENERATOR_PATH, load_generator
 
+SAMPLING_THREADS = 2       # torch CPU threads of the generator's sampling, whatever the load (prepare, below)
 PREVIEW_SCALE = 2          # preview image = the layout (RES x 2 RES) at this many px per texel
 
 
@@ -152,7 +154,10 @@ def generated_texture(obs: Observation, fit: SceneFit, model, size: int = 1024, 
             guide = IdentityGuide.build(obs, fit, model, first, settings.guidance_scale,
                                         steps - settings.guidance_steps, dev)
             state["guide"] = guide
-        x0 = sample_layout(gen.net, first128, prior, model, steps, settings.seed, guide, on_step)
+        # The network's convolutions sum in an order that depends on the thread count, and the texture stage
+        # picks its count from the load: at a fixed count the same photo gives the same bytes at any load.
+        with torch_threads(SAMPLING_THREADS if dev.type == "cpu" else torch.get_num_threads()):
+            x0 = sample_layout(gen.net, first128, prior, model, steps, settings.seed, guide, on_step)
         lin = srgb_to_linear((x0.detach().float() + 1.0) * 0.5).clamp(0.0, 1.0)
         state["gen"] = from_layout(lin)[0].to(dev)                   # (T, 3, RES, RES)
         if settings.mirror_detail:
