@@ -262,11 +262,7 @@ def tile_raster(model: FaceModel, tile: int, size: int) -> TileRaster:
 def _region_texels(model: FaceModel, ras: TileRaster) -> np.ndarray:
     def compute() -> np.ndarray:
         vr = _RASTERS.get((model.hash, "vertex_regions"), lambda: vertex_regions(model).astype(np.float32))
-        tri = model.topology.triangles[ras.triangle]
-        out = np.zeros((len(tri), vr.shape[1]), np.float32)
-        for k in range(3):
-            out += ras.bary[:, k:k + 1] * vr[tri[:, k]]
-        return out
+        return ras.interpolation @ vr
     return _RASTERS.get((model.hash, ras.tile, ras.size, "regions"), compute)
 
 
