@@ -47,14 +47,20 @@ def worker_args() -> list[str]:
 
 
 def get_worker(s: common.Settings) -> WorkerClient:
-    """A running worker for these settings: reused when alive, else started."""
+    """A running worker for these settings: reused when alive, else started. Only one worker lives at a
+    time: each holds torch and the face models (about 1.6 GB), so the worker of earlier settings (another
+    backend Python, device or environment) is stopped when a new one starts. Callers run only while no
+    generation does (start, start_early), so a stopped worker is idle: nothing is lost."""
     client = WorkerClient(s.backend_python, s.backend_cwd, worker_args(), env=s.worker_env())
     old = _workers.get(client.key)
     if old is not None and old.usable():
         return old
     if old is not None:
-        old.kill()
+        old.kill()              # broken or dead: never reused, even when the new one fails to start
     client.start()
+    for stale in _workers.values():
+        stale.kill()
+    _workers.clear()
     _workers[client.key] = client
     return client
 

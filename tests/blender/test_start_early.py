@@ -50,3 +50,16 @@ def test_choosing_a_photo_in_background_mode_starts_no_process(empty_scene, sett
     assert bpy.app.background
     empty_scene.likeness.photo_path = str(photos[0])
     assert not generate._workers
+
+
+def test_a_worker_for_new_settings_stops_the_old_one(empty_scene, settings, fake_worker):
+    """Changing the backend settings (here the worker's arguments) starts a new worker and stops the old:
+    an idle worker of settings no longer used would keep its 1.6 GB until Blender quits."""
+    from likeness.operators import generate
+    fake_worker("error")
+    first = generate.get_worker(settings)
+    _wait_ready(first)
+    fake_worker("garbage")
+    second = generate.get_worker(settings)
+    assert second is not first and second.alive()
+    assert not first.alive() and list(generate._workers.values()) == [second]
