@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .cache import write_npz_atomic
 from .colour import encode_srgb8, to_unorm8
 from .errors import LikenessError
 from .facemodel import PART_NAMES, VERTEX_RANGES, FaceModel
@@ -450,23 +451,11 @@ def model_file_arrays(model: FaceModel) -> dict[str, np.ndarray]:
     }
 
 
-def _write_npz_atomic(path: Path, arrays: dict[str, np.ndarray], compressed: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as fh:
-            (np.savez_compressed if compressed else np.savez)(fh, **arrays)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-
-
 def ensure_model_file(model: FaceModel, cache_dir: Path | None = None) -> Path:
     """The model file in the per-user cache, written once (atomically) per model hash."""
     path = Path(cache_dir or MODEL_CACHE_DIR) / model_file_name(model.hash)
     if not path.is_file():
-        _write_npz_atomic(path, model_file_arrays(model), compressed=True)
+        write_npz_atomic(path, model_file_arrays(model), compressed=True)
     return path
 
 

@@ -1,10 +1,19 @@
 """A per-process cache bounded in bytes (least recently used goes first), for heavy derived data:
 UV layouts per texture size, later models. The worker keeps its process for hours, so what it keeps
-must have a ceiling that does not depend on how many different requests it has seen."""
+must have a ceiling that does not depend on how many different requests it has seen.
+And the disk side of derived data that outlives a process (the face model file, the UV layouts):
+npz files written atomically, read back without pickles, keyed by what they were derived from."""
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import threading
+import uuid
+import zipfile
 from collections import OrderedDict
+from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable
 
 import numpy as np
@@ -73,3 +82,39 @@ class BoundedCache:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# On disk
+
+
+def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray], compressed: bool) -> None:
+    """Write `arrays` to `path` through a temporary file in the same folder: a reader (another process)
+    sees the whole file or none, and an interrupted write leaves no partial file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as fh:
+            (np.savez_compressed if compressed else np.savez)(fh, **arrays)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray] | None:
+    """All arrays of an npz file (no pickles), or None when it is missing or cannot be read whole."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+
+
+def code_fingerprint(*modules: ModuleType) -> str:
+    """12 hex digits of the source of the modules a derived file comes from: a file made by other code
+    has another name, so it is never read as if this code had made it."""
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:12]

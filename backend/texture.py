@@ -7,7 +7,8 @@ unseen parts) return the same type.
 Method:
 1. UV-rasterize the skin triangles of tiles 1001 (face) and 1002 (head, neck, eye sockets; the mouth
    socket in its corner gets a flat dark-red mouth colour). This depends only on the topology and is
-   cached per (model, size, device) in a cache bounded in bytes. Every texel gets a triangle and
+   cached per (model, size, device) in a cache bounded in bytes, and on disk in the per-user cache
+   (a fresh process reads it instead of drawing it again). Every texel gets a triangle and
    barycentrics -> a point and a normal on the fitted mesh.
 2. The photo view (render.photo_view): a z-buffer of the whole head (skin, eyes, teeth, mouth; back
    faces culled) at most 1024 px on the longest side, and the distances to its silhouette and
@@ -42,8 +43,11 @@ with its own exact 2x filter).
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import cv2
@@ -52,10 +56,11 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial import cKDTree
 
-from . import render, skin_maps
-from .cache import BoundedCache
+from . import raster, render, skin_maps
+from .cache import BoundedCache, code_fingerprint, read_npz, write_npz_atomic
 from .colour import SRGB8_CLIPPED, SRGB8_TO_LINEAR, linear_to_srgb, srgb_to_linear
 from .facemodel import NARROW_FACE_LAST_VERTEX, PART_NAMES, VERTEX_RANGES, FaceModel
+from .paths import USER_CACHE
 from .raster import rasterize, uv_screen
 from .scene import Hooks, Observation, SceneFit, TextureResult
 from .threads import idle_cpu_threads, torch_threads
@@ -256,7 +261,85 @@ def _uv_layout(model: FaceModel, size: int, device: str,
     """Per tile: the covered texels, their triangles, barycentrics and mirror UVs; and the seam texels of
     tile 1002 with their places in tile 1001. Depends on the topology only, so it is cached per process
     (bounded in bytes). The first computation for a size takes seconds: `check` lets a cancel stop it."""
-    return _LAYOUTS.get((model.hash, size, device), lambda: _compute_uv_layout(model, size, device, check))
+    return _LAYOUTS.get((model.hash, size, device), lambda: _stored_uv_layout(model, size, device, check))
+
+
+# Drawing a layout takes 2-3 s at 1024 px and 8-10 s at 2048 on a 2-core CPU, in every new process (each
+# `python -m backend reconstruct`, each new worker); reading it back takes a tenth of a second. The file
+# is about 80 MB at 1024 px (indices stored as int32), 330 MB at 2048.
+LAYOUT_DISK_DIR = USER_CACHE / "uv-layouts"
+
+
+def _layout_path(model: FaceModel, size: int, device: str) -> Path:
+    """Named by everything the layout depends on: the topology, the size, the device type that drew it
+    and the code that draws it (this module and the rasterizer)."""
+    code = code_fingerprint(raster, sys.modules[__name__])
+    return LAYOUT_DISK_DIR / f"{model.hash[:16]}-{size}-{torch.device(device).type}-{code}.npz"
+
+
+def _stored_uv_layout(model: FaceModel, size: int, device: str,
+                      check: Callable[[], None]) -> tuple[tuple[_TileLayout, ...], _Seams]:
+    """The layout from the disk cache when an earlier process drew it with this code, else drawn and
+    saved there (best effort: a read-only cache only costs the time), replacing the files that older
+    code drew for the same model, size and device."""
+    path = _layout_path(model, size, device)
+    arrays = read_npz(path)
+    if arrays is not None:
+        with contextlib.suppress(KeyError, ValueError):
+            return _layout_from_arrays(arrays, size, device)
+    layout = _compute_uv_layout(model, size, device, check)
+    with contextlib.suppress(OSError):
+        write_npz_atomic(path, _layout_arrays(*layout), compressed=False)
+        for old in path.parent.glob(path.name.rsplit("-", 1)[0] + "-*.npz"):
+            if old != path:
+                old.unlink()
+    return layout
+
+
+def _layout_arrays(layouts: tuple[_TileLayout, ...], seams: _Seams) -> dict[str, np.ndarray]:
+    def idx(t: torch.Tensor) -> np.ndarray:  # texel and vertex indices all fit in int32: half the file
+        return t.cpu().numpy().astype(np.int32)
+
+    arrays = {"tiles": np.array([lay.tile for lay in layouts]), "seam_tiles": np.array([seams.tile, seams.source]),
+              "seam_texel": idx(seams.texel), "seam_grid": seams.grid.cpu().numpy()}
+    for lay in layouts:
+        p = f"t{lay.tile}_"
+        arrays.update({p + "texel": idx(lay.texel), p + "vertex": idx(lay.vertex), p + "right": idx(lay.right),
+                       p + "bary": lay.bary.cpu().numpy(), p + "outer": lay.outer.cpu().numpy(),
+                       p + "mouth": lay.mouth.cpu().numpy(), p + "mirror_tiles": np.array(sorted(lay.mirror))})
+        for mt, (sel, grid) in lay.mirror.items():
+            arrays.update({f"{p}mirror{mt}_sel": idx(sel), f"{p}mirror{mt}_grid": grid.cpu().numpy()})
+    return arrays
+
+
+def _layout_from_arrays(arrays: dict[str, np.ndarray], size: int,
+                        device: str) -> tuple[tuple[_TileLayout, ...], _Seams]:
+    """The inverse of _layout_arrays; ValueError or KeyError for a file that is not a whole layout."""
+    dev = torch.device(device)
+
+    def idx(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a.astype(np.int64)).to(dev)
+
+    def arr(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a).to(dev)
+
+    if [int(t) for t in arrays["tiles"]] != list(TILES):
+        raise ValueError("another set of tiles")
+    layouts = []
+    for tile in TILES:
+        p = f"t{tile}_"
+        texel = arrays[p + "texel"]
+        n = len(texel)
+        if n == 0 or texel.max() >= size * size or arrays[p + "vertex"].shape != (3, n) \
+                or arrays[p + "bary"].shape != (3, n):
+            raise ValueError("not a layout of this size")
+        mirror = {int(mt): (idx(arrays[f"{p}mirror{mt}_sel"]), arr(arrays[f"{p}mirror{mt}_grid"]))
+                  for mt in arrays[p + "mirror_tiles"]}
+        layouts.append(_TileLayout(tile, idx(texel), idx(arrays[p + "vertex"]), arr(arrays[p + "bary"]),
+                                   arr(arrays[p + "outer"]), arr(arrays[p + "mouth"]), idx(arrays[p + "right"]),
+                                   mirror))
+    tile, source = (int(t) for t in arrays["seam_tiles"])
+    return tuple(layouts), _Seams(tile, source, idx(arrays["seam_texel"]), arr(arrays["seam_grid"]))
 
 
 def _compute_uv_layout(model: FaceModel, size: int, device: str,

@@ -264,3 +264,39 @@ def test_mirror_map_stays_within_each_part(model):
     skin = np.flatnonzero(topo.polygon_part[topo.triangle_polygon] == PART_NAMES.index("skin"))
     found = (_mirror_corners(model, skin) >= 0).all(1)
     assert found.mean() > 0.995, f"{1 - found.mean():.2%} of skin triangles have no mirror"
+
+
+def _same_layout(a, b) -> None:
+    (lays_a, seams_a), (lays_b, seams_b) = a, b
+    for la, lb in zip(lays_a, lays_b, strict=True):
+        assert la.tile == lb.tile and sorted(la.mirror) == sorted(lb.mirror)
+        for name in ("texel", "vertex", "bary", "outer", "mouth", "right"):
+            ta, tb = getattr(la, name), getattr(lb, name)
+            assert ta.dtype == tb.dtype and torch.equal(ta, tb), name
+        for mt in la.mirror:
+            assert all(torch.equal(x, y) and x.dtype == y.dtype for x, y in zip(la.mirror[mt], lb.mirror[mt]))
+    assert (seams_a.tile, seams_a.source) == (seams_b.tile, seams_b.source)
+    assert torch.equal(seams_a.texel, seams_b.texel) and torch.equal(seams_a.grid, seams_b.grid)
+
+
+def test_a_new_process_reads_the_uv_layout_from_disk_instead_of_drawing_it(model, tmp_path, monkeypatch):
+    """Drawing the UV layout costs seconds in every new process (2-3 s at 1024 px, 8-10 s at 2048 on 2 cores):
+    the first draw is saved in the user cache, and a later process reads back the same tensors, to the bit.
+    A file from other code (another fingerprint) is replaced; a damaged file is drawn again."""
+    from backend import texture
+    monkeypatch.setattr(texture, "LAYOUT_DISK_DIR", tmp_path)
+    drawn = []
+    real = texture._compute_uv_layout
+    monkeypatch.setattr(texture, "_compute_uv_layout", lambda *a: drawn.append(a[1]) or real(*a))
+    path = texture._layout_path(model, 256, "cpu")
+    assert path.parent == tmp_path
+    stale = path.with_name(path.name.rsplit("-", 1)[0] + "-000000000000.npz")
+    stale.write_bytes(b"older code's layout")
+    first = texture._stored_uv_layout(model, 256, "cpu", lambda: None)
+    assert drawn == [256] and path.is_file() and not stale.exists()
+    again = texture._stored_uv_layout(model, 256, "cpu", lambda: None)   # a new process: nothing in memory
+    assert drawn == [256]
+    _same_layout(first, again)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])       # cut off (a full disk, a crash)
+    _same_layout(first, texture._stored_uv_layout(model, 256, "cpu", lambda: None))
+    assert drawn == [256, 256] and texture.read_npz(path) is not None     # drawn again and saved whole
