@@ -428,6 +428,7 @@ class MapSettings:
     light_search: bool = True           # find the key light's direction from the highlights themselves
     light_search_min_corr: float = 0.2  # ... used when its highlight correlates with the evidence this well
     spec_size: int = 256                # the specular estimate runs on tiles of this size (its maps are smooth)
+    remove_highlights: bool = True      # the photo's highlights out of the diffuse map (backend/highlights.py)
 
 
 DEFAULT_SETTINGS = MapSettings()
@@ -655,8 +656,11 @@ def specular_evidence(photo: np.ndarray, base: np.ndarray, shading: np.ndarray,
     res = photo - base * shading
     a = np.broadcast_to(light_colour, res.shape)
     b = base * shading
-    aa, ab, bb = np.sum(a * a, 1), np.sum(a * b, 1), np.sum(b * b, 1)
-    ar, br = np.sum(a * res, 1), np.sum(b * res, 1)
+
+    def dot(x, y):    # per-row dot product of (N, 3) arrays (einsum: a third of np.sum(x * y, 1)'s time)
+        return np.einsum("ij,ij->i", x, y)
+    aa, ab, bb = dot(a, a), dot(a, b), dot(b, b)
+    ar, br = dot(a, res), dot(b, res)
     det = aa * bb - ab * ab
     ok = det > 1e-6 * np.maximum(aa * bb, 1e-12)
     s = np.where(ok, (bb * ar - ab * br) / np.where(ok, det, 1.0), 0.0)
@@ -894,7 +898,9 @@ def specular_from_tiles(diffuse: dict[int, np.ndarray], visibility: dict[int, np
 def measured_maps(tex, fit, model: FaceModel, settings: MapSettings = DEFAULT_SETTINGS,
                   frames: dict[int, TileFrames] | None = None) -> tuple[dict, dict]:
     """{role: {tile: map}} for normal, specular and roughness from a de-lit TextureResult and its fit,
-    and what was found (for result.json texture.info.maps)."""
+    and what was found (for result.json texture.info.maps). The texture's diffuse is the de-lit photo with
+    its highlights still in: the specular evidence looks for them, and the detail normals' gains were
+    calibrated on it (on the synthetic truth they are 0.03-0.2 degrees worse from the cleaned map)."""
     S = tex.size
     tiles = tuple(t for t in TILES if t in tex.maps["diffuse"])
     frames = frames or texel_frames(model, fit.vertices, S, tiles)
@@ -915,14 +921,34 @@ def measured_maps(tex, fit, model: FaceModel, settings: MapSettings = DEFAULT_SE
 
 
 def with_measured_maps(tex, obs, fit, model: FaceModel, hooks=None, settings: MapSettings = DEFAULT_SETTINGS):
-    """The de-lit strategy's TextureResult with measured normal, specular and roughness maps and, when the
-    photo has landmarks, the eyes' image from the photo (backend/eyes.py)."""
+    """The de-lit strategy's TextureResult with measured normal, specular and roughness maps, its diffuse
+    map without the photo's specular highlights (backend/highlights.py; MapSettings.remove_highlights)
+    and, when the photo has landmarks, the eyes' image from the photo (backend/eyes.py)."""
     from dataclasses import replace as _replace
 
     from .eyes import eyes_from_photo
-    maps, info = measured_maps(tex, fit, model, settings)
+    from .highlights import remove_highlights
+    tiles = tuple(t for t in TILES if t in tex.maps["diffuse"])
+    frames = texel_frames(model, fit.vertices, tex.size, tiles)
+    maps, info = measured_maps(tex, fit, model, settings, frames)     # from the photo, highlights and all
     if hooks is not None:
         hooks.cancel_check()
+    info["highlights"] = {"removed": False}
+    if settings.remove_highlights and fit.lighting is not None:
+        # then the diffuse map without the photo's shine, so that relighting does not keep it
+        colour = None
+        if getattr(fit, "albedo_model", None) is not None and fit.albedo is not None \
+                and len(fit.albedo) == fit.albedo_model.num_components:
+            coeffs = fit.albedo.detach().float().cpu()
+            colour = {t: fit.albedo_model.image(t, coeffs, tex.size).clamp(0.0, 1.0).permute(1, 2, 0).numpy()
+                      for t in tiles if t in fit.albedo_model.tiles}
+        cleaned, found = remove_highlights(tex.maps["diffuse"], tex.maps["visibility"], frames,
+                                           fit.rotation.detach().cpu().numpy(),
+                                           fit.lighting.detach().cpu().numpy(), colour)
+        tex = _replace(tex, maps={**tex.maps, "diffuse": {**tex.maps["diffuse"], **cleaned}})
+        info["highlights"] = {"removed": True, **found}
+        if hooks is not None:
+            hooks.cancel_check()
     images = dict(getattr(tex, "images", {}) or {})
     det = getattr(obs, "detection", None)
     if det is not None and len(det.points) >= 478:

@@ -387,15 +387,46 @@ def test_delit_strategy_measures_the_maps_projection_keeps_constants(model, side
     assert np.all(v0.maps["specular"][1001] == 0.5)
 
 
-def test_the_synthetic_truth_shows_its_highlights_to_the_dichromatic_split(model):
-    """The bench's synthetic head (backend/bench/maps_truth.py) through the pipeline's light fit and de-lit
-    texture: given the true albedo and true diffuse shading, the specular evidence recovers the truth's own
-    specular (its sum within 5 %, texel correlation above 0.9), so the bench can tell where the estimate
-    goes wrong (docs/maps.md: the reference colour, not the photo)."""
+@pytest.fixture(scope="module")
+def synthetic_head(model):
+    """The bench's synthetic head of known maps (backend/bench/maps_truth.py, seed 1, a flat skin colour
+    with the truth's highlights on it) through the pipeline's light fit and de-lit texture: (head, fit,
+    texture, the de-lit diffuse before the highlights were taken out)."""
     from backend.bench import maps_truth
     from backend.pipeline import load_correspondence
     head = maps_truth.make_head(0, 1, model, [], side=768)
-    _, lit, tex = maps_truth.run_pipeline(head, model, load_correspondence(), None)
-    diag = maps_truth.evidence_diagnosis(model, head, lit, tex)
+    _, lit, tex, raw = maps_truth.run_pipeline(head, model, load_correspondence(), None, raw=True)
+    return head, lit, tex, raw
+
+
+def test_the_synthetic_truth_shows_its_highlights_to_the_dichromatic_split(model, synthetic_head):
+    """Given the true albedo and true diffuse shading, the specular evidence of the synthetic head's photo
+    recovers the truth's own specular (its sum within 5 %, texel correlation above 0.9), so the bench can
+    tell where the estimate goes wrong (docs/maps.md: the reference colour, not the photo)."""
+    from backend.bench import maps_truth
+    head, lit, tex, raw = synthetic_head
+    diag = maps_truth.evidence_diagnosis(model, head, lit, tex, raw)
     assert abs(diag["oracle"]["sum"] - 1.0) < 0.05 and diag["oracle"]["corr"] > 0.9, diag
     assert diag["cores"], diag
+
+
+def test_the_photos_highlights_leave_the_diffuse_map_and_the_rest_stays(model, synthetic_head):
+    """backend/highlights.py on the synthetic head, whose albedo is known and whose photo has the truth's
+    GGX highlights: on the highlight cores (specular above 10 % of the diffuse radiance) the de-lit diffuse
+    comes much closer to the true albedo than with the highlights kept, elsewhere it stays as it was
+    (the split leaves skin without highlight alone), and the texture says what it removed."""
+    from backend.bench import maps_truth
+    from backend import skin_maps
+    head, lit, tex, raw = synthetic_head
+    frames = skin_maps.texel_frames(model, head.vertices, tex.size, (1001,))
+    sc = maps_truth.diffuse_scores(head, {"delit": tex.maps["diffuse"], "raw": raw}, tex, frames)
+    assert sc["highlight_texels"] > 2000, sc
+    assert sc["diffuse_delit_highlights"] < 0.6 * sc["diffuse_raw_highlights"], sc
+    assert sc["diffuse_delit_elsewhere"] < sc["diffuse_raw_elsewhere"] + 0.003, sc
+    assert sc["diffuse_delit"] < sc["diffuse_raw"], sc
+    hl = tex.info["maps"]["highlights"]
+    assert hl["removed"] and hl["texels"] > 0 and 0.0 < hl["removed_luminance"] < 0.05, hl
+    # only brightening is taken out: nowhere is the cleaned map brighter than the photo's
+    for t in raw:
+        assert np.all(tex.maps["diffuse"][t] <= raw[t] + 1e-6)
+

@@ -395,9 +395,10 @@ def make_head(index: int, seed: int, model, sources: list, side: int = SIDE, tex
 # The pipeline on a head
 
 
-def run_pipeline(head: TruthHead, model, corr, albedo_model, size: int | None = None):
+def run_pipeline(head: TruthHead, model, corr, albedo_model, size: int | None = None, raw: bool = False):
     """The de-lit texture (with the measured maps and eyes) of a head of known pose and shape: lighting
-    and albedo from the photometric fit, the geometry as it is (as tests/test_delit.py)."""
+    and albedo from the photometric fit, the geometry as it is (as tests/test_delit.py). With `raw`, also
+    the de-lit diffuse tiles as they were before the highlights were taken out (a 4th value)."""
     from ..imageio import photo_from_array
     from ..landmarks import FaceDetection
     from ..photometric import PhotometricSettings, fit_photometric
@@ -417,7 +418,12 @@ def run_pipeline(head: TruthHead, model, corr, albedo_model, size: int | None = 
     fit = SceneFit(head.k, rot_t, trans_t, ident, torch.zeros(model.num_expression), vt, vt,
                    uv, {"landmark_error_px": 0.0}, {}, {})
     lit = fit_photometric(obs, fit, model, corr, albedo_model, PhotometricSettings(joint_steps=0))
-    return obs, lit, delit_texture(obs, lit, model, size or head.params.get("tex", TEX))
+    size = size or head.params.get("tex", TEX)
+    if not raw:
+        return obs, lit, delit_texture(obs, lit, model, size)
+    from ..texture import delit_recipe, make_texture      # delit_texture's two steps, the first one kept
+    plain = make_texture(obs, lit, model, size, delit_recipe(obs, lit))
+    return obs, lit, skin_maps.with_measured_maps(plain, obs, lit, model), plain.maps["diffuse"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,25 +465,32 @@ def map_scores(head: TruthHead, maps: dict, tex, frames: dict, tile: int = 1001)
     return out
 
 
-def relit_scores(model, head: TruthHead, maps: dict, maps_evidence: dict | None = None) -> dict:
-    """Relative RMS radiance error of re-renders under RELIGHTS, over the face's skin and its highlights."""
+def relit_scores(model, head: TruthHead, maps: dict, maps_evidence: dict | None = None,
+                 diffuse: dict | None = None) -> dict:
+    """Relative RMS radiance error of re-renders under RELIGHTS, over the face's skin and its highlights.
+    The maps' variants use the true albedo; `diffuse` (name -> (tiles, gain)) adds the measured maps with
+    a de-lit diffuse (divided by its gain, albedo_gain) as the albedo: the bundle as it relights."""
     out = {}
     for name, ((az, el), e, amb) in RELIGHTS.items():
         light = Light.from_angles(az, el, e, amb)
         view = head.view or head_view(model, head.vertices, head.k, head.rotation, head.translation,
                                       tex_size=head.params.get("tex", TEX))
         truth = shade(view, head.albedo, head.maps.normal, head.maps.ao, head.maps.level, head.maps.roughness, light)
-        variants = {"measured": (maps["normal"], maps["specular"], maps["roughness"]),
-                    "flat_normals": (None, maps["specular"], maps["roughness"]),
-                    "constant_specular": (maps["normal"], None, None),
-                    "v0_constants": (None, None, None)}
+        a = head.albedo
+        variants = {"measured": (a, maps["normal"], maps["specular"], maps["roughness"]),
+                    "flat_normals": (a, None, maps["specular"], maps["roughness"]),
+                    "constant_specular": (a, maps["normal"], None, None),
+                    "v0_constants": (a, None, None, None)}
         if maps_evidence is not None:
-            variants["evidence_specular"] = (maps["normal"], maps_evidence["specular"], maps_evidence["roughness"])
+            variants["evidence_specular"] = (a, maps["normal"], maps_evidence["specular"], maps_evidence["roughness"])
+        for key, (tiles, gain) in (diffuse or {}).items():
+            scaled = {t: np.asarray(img, np.float64) / gain for t, img in tiles.items()}
+            variants[f"diffuse_{key}"] = (scaled, maps["normal"], maps["specular"], maps["roughness"])
         face = truth.face_skin
         hl = face & (truth.specular > 0.1 * np.maximum(truth.diffuse, 1e-4))
         ref = float(np.sqrt(np.mean(truth.radiance[face] ** 2)))
-        for key, (n, lv, ro) in variants.items():
-            r = shade(view, head.albedo, n, None, lv, ro, light)     # the bundle has no occlusion map
+        for key, (alb, n, lv, ro) in variants.items():
+            r = shade(view, alb, n, None, lv, ro, light)     # the bundle has no occlusion map
             err = (r.radiance - truth.radiance)
             out[f"{name}_{key}"] = float(np.sqrt(np.mean(err[face] ** 2)) / ref)
             out[f"{name}_{key}_highlights"] = float(np.sqrt(np.mean(err[hl] ** 2)) / ref) if hl.sum() > 50 else None
@@ -485,7 +498,49 @@ def relit_scores(model, head: TruthHead, maps: dict, maps_evidence: dict | None 
     return out
 
 
-def evidence_diagnosis(model, head: TruthHead, lit, tex, size: int = 256, tile: int = 1001) -> dict:
+def truth_light_at_texels(head: TruthHead, fr, tile: int = 1001) -> tuple[np.ndarray, np.ndarray]:
+    """At a tile's texels (frames `fr`, the head's own vertices): the truth's specular radiance (N,)
+    (luminance) and its diffuse shading (N, 3) under the photo's light (relief normals, occlusion)."""
+    tn = fr.at(head.maps.normal[tile]).astype(np.float64)
+    n_true = skin_maps._unit(tn[:, 0:1] * fr.tangent + tn[:, 1:2] * fr.bitangent + tn[:, 2:3] * fr.normal) @ head.rotation.T
+    p = fr.position.astype(np.float64) @ head.rotation.T + head.translation
+    v = -p / np.linalg.norm(p, axis=1, keepdims=True)
+    e = head.light.irradiance
+    spec = float(e @ skin_maps.LUMA) * skin_maps.ggx_specular(
+        n_true, v, head.light.direction, fr.at(head.maps.roughness[tile]),
+        skin_maps.f0_from_level(fr.at(head.maps.level[tile])))
+    cos = np.clip(n_true @ head.light.direction, 0.0, None)
+    return spec, e[None] / math.pi * cos[:, None] + head.light.ambient[None] * fr.at(head.maps.ao[tile])[:, None]
+
+
+def albedo_gain(head: TruthHead, diffuse: dict, tex, frames: dict, tile: int = 1001) -> np.ndarray:
+    """(3,) per channel, the median of the de-lit diffuse over the true albedo on the well-seen face texels:
+    light and albedo share one scale the photo cannot split, which is not what the diffuse rows judge."""
+    fr = frames[tile]
+    sel = eval_mask(tex, frames, tile)
+    return np.median(fr.at(diffuse[tile])[sel].astype(np.float64) / np.maximum(fr.at(head.albedo[tile])[sel], 1e-4), 0)
+
+
+def diffuse_scores(head: TruthHead, variants: dict, tex, frames: dict, tile: int = 1001) -> dict:
+    """Per variant (name -> diffuse tiles): the mean relative error |d / gain - albedo|_1 / |albedo|_1 over
+    the well-seen face texels, over the truth's highlight cores (specular > 10 % of diffuse radiance in the
+    photo) and over the rest."""
+    fr = frames[tile]
+    sel = eval_mask(tex, frames, tile)
+    spec, shading = truth_light_at_texels(head, fr, tile)
+    albedo = fr.at(head.albedo[tile]).astype(np.float64)
+    core = sel & (spec > 0.1 * ((albedo * shading) @ skin_maps.LUMA))
+    out = {"highlight_texels": int(core.sum())}
+    for name, diffuse in variants.items():
+        d = fr.at(diffuse[tile]).astype(np.float64) / albedo_gain(head, diffuse, tex, frames, tile)
+        rel = np.abs(d - albedo).sum(1) / np.maximum(albedo.sum(1), 1e-4)
+        out[f"diffuse_{name}"] = float(rel[sel].mean())
+        out[f"diffuse_{name}_highlights"] = float(rel[core].mean()) if core.sum() >= 50 else None
+        out[f"diffuse_{name}_elsewhere"] = float(rel[sel & ~core].mean())
+    return out
+
+
+def evidence_diagnosis(model, head: TruthHead, lit, tex, diffuse: dict, size: int = 256, tile: int = 1001) -> dict:
     """Where the photo's specular evidence (skin_maps.specular_evidence, the dichromatic split) goes wrong
     on a head of known maps, at the specular estimate's resolution and under the true key light:
     - `oracle`: the split given the true albedo and the true diffuse shading (per channel, with the relief
@@ -496,22 +551,16 @@ def evidence_diagnosis(model, head: TruthHead, lit, tex, size: int = 256, tile: 
       split into the highlight's own part (evidence of the photo minus evidence of the photo without its
       specular) and the specular-free part (evidence of the photo without its specular: what the reference
       colour and the shading misfit leak), against the true specular there.
+    `diffuse`: the de-lit tiles with the photo's highlights still in (run_pipeline's raw ones).
     Sums are ratios to the true specular's sum; corr the texel correlation."""
     S = size
     shrink = lambda im: cv2.resize(np.asarray(im, np.float32), (S, S), interpolation=cv2.INTER_AREA)  # noqa: E731
     fr = skin_maps.texel_frames(model, head.vertices, S, (tile,))[tile]
     big = skin_maps.texel_frames(model, head.vertices, head.params.get("tex", TEX), (tile,))[tile]
     # truth at full resolution, area-averaged as the photo averages it
-    tn = big.at(head.maps.normal[tile]).astype(np.float64)
-    n_true = skin_maps._unit(tn[:, 0:1] * big.tangent + tn[:, 1:2] * big.bitangent + tn[:, 2:3] * big.normal) @ head.rotation.T
-    p_big = big.position.astype(np.float64) @ head.rotation.T + head.translation
-    v_big = -p_big / np.linalg.norm(p_big, axis=1, keepdims=True)
+    spec_big, sd_big = truth_light_at_texels(head, big, tile)
     e = head.light.irradiance
     e_lum = float(e @ skin_maps.LUMA)
-    spec_big = e_lum * skin_maps.ggx_specular(n_true, v_big, head.light.direction, big.at(head.maps.roughness[tile]),
-                                              skin_maps.f0_from_level(big.at(head.maps.level[tile])))
-    cos = np.clip(n_true @ head.light.direction, 0.0, None)
-    sd_big = e[None] / math.pi * cos[:, None] + head.light.ambient[None] * big.at(head.maps.ao[tile])[:, None]
     vis = fr.at(shrink(tex.maps["visibility"][tile]))
     idx = np.flatnonzero(vis > 0.5)
     st = fr.at(shrink(big.image(spec_big.astype(np.float32))))[idx].astype(np.float64)
@@ -522,7 +571,7 @@ def evidence_diagnosis(model, head: TruthHead, lit, tex, size: int = 256, tile: 
     pos = fr.position[idx].astype(np.float64) @ rot.T + lit.translation.numpy().astype(np.float64)
     v = -pos / np.linalg.norm(pos, axis=1, keepdims=True)
     shading = np.maximum(skin_maps.sh_basis_np(n) @ lit.lighting.numpy().astype(np.float64), 1e-3)
-    photo = fr.at(shrink(tex.maps["diffuse"][tile]))[idx].astype(np.float64) * shading
+    photo = fr.at(shrink(diffuse[tile]))[idx].astype(np.float64) * shading
     light_colour = e / e_lum
     w = vis[idx]
 
@@ -578,9 +627,9 @@ def prepare(seed: int, heads: int, model, corr, albedo_model, sources, log=print
     for i in range(heads):
         t0 = time.perf_counter()
         head = make_head(i, seed, model, sources)
-        obs, lit, tex = run_pipeline(head, model, corr, albedo_model)
+        obs, lit, tex, raw = run_pipeline(head, model, corr, albedo_model, raw=True)
         frames = skin_maps.texel_frames(model, head.vertices, tex.size)
-        out.append((head, lit, tex, frames))
+        out.append((head, lit, tex, frames, raw))
         log(f"{head.name}: rendered and fitted in {time.perf_counter() - t0:.1f} s ({head.params['albedo']})")
     return out
 
@@ -595,10 +644,10 @@ def tune(prepared, model, base: skin_maps.MapSettings = skin_maps.DEFAULT_SETTIN
     for values in itertools.product(*TUNE_GRID.values()):
         s = replace(base, **dict(zip(TUNE_GRID, values)))
         errs = []
-        for head, lit, tex, frames in prepared:
+        for head, lit, tex, frames, raw in prepared:
             fr = frames[1001]
             sel = eval_mask(tex, frames)
-            n = skin_maps.detail_normals(tex.maps["diffuse"][1001], tex.maps["visibility"][1001], fr,
+            n = skin_maps.detail_normals(raw[1001], tex.maps["visibility"][1001], fr,
                                          lit.rotation.numpy(), lit.lighting.numpy(), s)
             errs.append(angle_deg(fr.at(n)[sel], fr.at(head.maps.normal[1001])[sel]).mean())
         err = float(np.mean(errs))
@@ -609,8 +658,8 @@ def tune(prepared, model, base: skin_maps.MapSettings = skin_maps.DEFAULT_SETTIN
     for values in itertools.product(*SPEC_GRID.values()):
         s = replace(best, **dict(zip(SPEC_GRID, values)))
         errs = []
-        for head, lit, tex, frames in prepared:
-            fit = skin_maps.specular_from_tiles(tex.maps["diffuse"], tex.maps["visibility"], model, head.vertices,
+        for head, lit, tex, frames, raw in prepared:
+            fit = skin_maps.specular_from_tiles(raw, tex.maps["visibility"], model, head.vertices,
                                                 lit.rotation.numpy(), lit.translation.numpy(), lit.lighting.numpy(),
                                                 replace(s, spec_evidence=True))
             fr = frames[1001]
@@ -626,17 +675,21 @@ def tune(prepared, model, base: skin_maps.MapSettings = skin_maps.DEFAULT_SETTIN
 
 def evaluate(prepared, model, settings: skin_maps.MapSettings, relight: bool = True, log=print) -> list[dict]:
     rows = []
-    for head, lit, tex, frames in prepared:
-        maps, _ = skin_maps.measured_maps(tex, lit, model, settings, frames)
-        ev = skin_maps.specular_from_tiles(tex.maps["diffuse"], tex.maps["visibility"], model, head.vertices,
+    for head, lit, tex, frames, raw in prepared:
+        # the maps from the de-lit photo with its highlights, as with_measured_maps makes them
+        maps, _ = skin_maps.measured_maps(replace(tex, maps={**tex.maps, "diffuse": raw}), lit, model, settings, frames)
+        ev = skin_maps.specular_from_tiles(raw, tex.maps["visibility"], model, head.vertices,
                                            lit.rotation.numpy(), lit.translation.numpy(), lit.lighting.numpy(),
                                            replace(settings, spec_evidence=True))
         maps_ev = {**maps, "specular": ev.level, "roughness": ev.roughness}
         row = {"head": head.name, **map_scores(head, maps, tex, frames), **eye_scores(head, tex)}
         row.update({f"{k}_evidence": v for k, v in map_scores(head, maps_ev, tex, frames).items()
                     if k in ("specular_mae", "roughness_mae")})
+        row.update(diffuse_scores(head, {"delit": tex.maps["diffuse"], "with_highlights": raw}, tex, frames))
         if relight:
-            row.update(relit_scores(model, head, maps, maps_ev))
+            row.update(relit_scores(model, head, maps, maps_ev, {
+                "delit": (tex.maps["diffuse"], albedo_gain(head, tex.maps["diffuse"], tex, frames)),
+                "with_highlights": (raw, albedo_gain(head, raw, tex, frames))}))
         rows.append(row)
         log(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
     return rows
@@ -657,6 +710,18 @@ def table(rows: list[dict]) -> str:
                   f"| roughness with the photo's evidence (off by default) | {m('roughness_mae_evidence'):.3f} | {m('roughness_const_mae'):.3f} | constant 0.5 |"]
     if any("iris_delta_e" in r for r in rows):
         lines.append(f"| iris colour, CIEDE2000 to the true albedo | {m('iris_delta_e'):.2f} | {m('iris_default_delta_e'):.2f} | the importer's default iris |")
+    if any("diffuse_delit" in r for r in rows):
+        lines += ["", "Diffuse map against the true albedo (mean relative error, per-channel gain matched; the well-seen face texels, "
+                  "the truth's highlight cores, the rest):", "",
+                  "| diffuse | all | highlight cores | elsewhere |", "|---|---|---|---|"]
+        for k, label in (("delit", "de-lit, highlights taken out (default)"), ("with_highlights", "de-lit, highlights kept")):
+            lines.append(f"| {label} | {m(f'diffuse_{k}'):.4f} | {m(f'diffuse_{k}_highlights'):.4f} | {m(f'diffuse_{k}_elsewhere'):.4f} |")
+    if any(f"{n}_diffuse_delit" in r for r in rows for n in RELIGHTS):
+        lines += ["", "Relit with the de-lit diffuse as the albedo and the measured maps (the bundle as it relights; face skin, in brackets its highlights):",
+                  "", "| light | highlights taken out (default) | highlights kept |", "|---|---|---|"]
+        for n in RELIGHTS:
+            cells = [f"{m(f'{n}_diffuse_{k}'):.4f} ({m(f'{n}_diffuse_{k}_highlights'):.4f})" for k in ("delit", "with_highlights")]
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
     if any(f"{n}_measured" in r for r in rows for n in RELIGHTS):
         lines += ["", "Relit error (RMS radiance error / RMS truth radiance, face skin; in brackets: over the highlights):",
                   "", "| light | measured maps (default) | flat normals + measured specular | detail normals + constant specular | v0 constants | detail normals + specular with evidence |",
@@ -706,7 +771,7 @@ def main(argv=None) -> int:
     log(f"albedo from {len(sources)} bundles in {a.textures}" if sources else "albedo: flat skin colour")
     prepared = prepare(a.seed, a.heads, model, corr, am, sources, log)
     if a.evidence_diagnosis:
-        rows = [{"head": head.name, **evidence_diagnosis(model, head, lit, tex)} for head, lit, tex, _ in prepared]
+        rows = [{"head": head.name, **evidence_diagnosis(model, head, lit, tex, raw)} for head, lit, tex, _, raw in prepared]
         for r in rows:
             print(json.dumps(r))
         if a.out:
