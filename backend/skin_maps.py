@@ -20,8 +20,8 @@ tile, all data (Non-Color):
   (ambient occlusion: height = kappa_cavity * r), and a slope towards the fitted light brightens the
   shading (linearised shading: r = -(grad h . g), g = the shading's change per unit tilt along T and B).
 - Specular level and roughness (`specular_maps`): a prior per face region (REGIONS: the values and their
-  sources), optionally (MapSettings.spec_evidence, off by default: on the synthetic truth it is no better
-  than the constant, docs/maps.md) modulated by the photo's own specular evidence: the residual above the diffuse fit
+  sources), modulated (MapSettings.spec_evidence, on by default: on the synthetic truth it beats the
+  priors on seeds it was not tuned on, docs/maps.md) by the photo's own specular evidence: the residual above the diffuse fit
   (photo - albedo model x shading) split by the dichromatic model into a part of the light's colour
   (specular, low saturation) and a part of the skin's colour; compared with the highlight a GGX lobe of
   the prior would show under the fitted light's directional part, per region and locally (weighted least
@@ -414,9 +414,10 @@ class MapSettings:
     detail_visibility: tuple[float, float] = (0.3, 0.7)  # the photo's weight from which detail is trusted
     # Specular: region and local estimates shrunk towards the prior with these strengths (units of the
     # summed squared predicted highlight, per 1024^2 texels), local pooling radius, roughness candidates.
-    spec_evidence: bool = False         # off: the maps are the region priors. On, the photo's highlights move
-    #                                     them, but on the synthetic truth (docs/maps.md) that estimate is no
-    #                                     better than the constant 0.5, so it stays off until it is.
+    spec_evidence: bool = True          # the photo's highlights move the region priors (off: the maps are the
+    #                                     priors). On the synthetic truth (docs/maps.md) it beats them on two
+    #                                     seeds it was not tuned on, measured 2026-12-03 (on 2026-12-01's
+    #                                     pipeline it did not, and was off)
     spec_region_strength: float = 4.0
     spec_chroma_cm: float = 0.5         # window of the skin's local colour for the dichromatic split
     spec_moments: bool = True           # a region's level from its summed evidence / summed prediction

@@ -1,6 +1,7 @@
 """Pictures of the measured maps for docs/maps.md: a close-up under a grazing light with flat against
-measured detail normals, and the head under the Rim preset with v0's constants (flat normals, specular
-0.5, roughness 0.5) against the bundle's measured maps (docs/img/maps_grazing.png, docs/img/maps_rim.png).
+measured detail normals, and the head under the Rim preset with constant specular and roughness (0.5,
+0.5) against the bundle's measured ones, both with the detail normals (docs/img/maps_grazing.png,
+docs/img/maps_rim.png).
 
     .venv/bin/python scripts/maps_pictures.py --photo PHOTO [--samples 16] [--out docs/img]
 
@@ -88,15 +89,15 @@ def main() -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     for preset, name, variants, zoom in (("GRAZING", "maps_grazing.png", (("flat", "flat normal map"),
                                                                          ("measured", "measured detail normals")), 5.0),
-                                         ("RIM", "maps_rim.png", (("v0", "v0: flat, specular 0.5, rough 0.5"),
-                                                                  ("measured", "measured maps")), 1.0)):
+                                         ("RIM", "maps_rim.png", (("constant", "specular 0.5, rough 0.5"),
+                                                                  ("measured", "measured specular, rough")), 1.0)):
         cells = [labelled(render(bundle, a.photo, preset, v, a.size, a.samples, zoom),
                           f"{relight.PRESETS[preset]['label']}: {title}") for v, title in variants]
-        if preset == "GRAZING":   # where the two differ, brightened
-            diff = np.abs(cells[0].astype(np.int16) - cells[1].astype(np.int16)) * 4
-            diff = np.clip(diff, 0, 255).astype(np.uint8)
-            diff[:18] = 0                                       # not the labels' difference
-            cells.append(labelled(diff, "difference x 4"))
+        # where the two differ, brightened
+        diff = np.abs(cells[0].astype(np.int16) - cells[1].astype(np.int16)) * 4
+        diff = np.clip(diff, 0, 255).astype(np.uint8)
+        diff[:18] = 0                                       # not the labels' difference
+        cells.append(labelled(diff, "difference x 4"))
         Image.fromarray(np.concatenate(cells, axis=1)).save(a.out / name, optimize=True)
         print(a.out / name)
     return 0

@@ -465,7 +465,7 @@ def map_scores(head: TruthHead, maps: dict, tex, frames: dict, tile: int = 1001)
     return out
 
 
-def relit_scores(model, head: TruthHead, maps: dict, maps_evidence: dict | None = None,
+def relit_scores(model, head: TruthHead, maps: dict, maps_priors: dict | None = None,
                  diffuse: dict | None = None) -> dict:
     """Relative RMS radiance error of re-renders under RELIGHTS, over the face's skin and its highlights.
     The maps' variants use the true albedo; `diffuse` (name -> (tiles, gain)) adds the measured maps with
@@ -481,8 +481,8 @@ def relit_scores(model, head: TruthHead, maps: dict, maps_evidence: dict | None 
                     "flat_normals": (a, None, maps["specular"], maps["roughness"]),
                     "constant_specular": (a, maps["normal"], None, None),
                     "v0_constants": (a, None, None, None)}
-        if maps_evidence is not None:
-            variants["evidence_specular"] = (a, maps["normal"], maps_evidence["specular"], maps_evidence["roughness"])
+        if maps_priors is not None:
+            variants["prior_specular"] = (a, maps["normal"], maps_priors["specular"], maps_priors["roughness"])
         for key, (tiles, gain) in (diffuse or {}).items():
             scaled = {t: np.asarray(img, np.float64) / gain for t, img in tiles.items()}
             variants[f"diffuse_{key}"] = (scaled, maps["normal"], maps["specular"], maps["roughness"])
@@ -678,16 +678,16 @@ def evaluate(prepared, model, settings: skin_maps.MapSettings, relight: bool = T
     for head, lit, tex, frames, raw in prepared:
         # the maps from the de-lit photo with its highlights, as with_measured_maps makes them
         maps, _ = skin_maps.measured_maps(replace(tex, maps={**tex.maps, "diffuse": raw}), lit, model, settings, frames)
-        ev = skin_maps.specular_from_tiles(raw, tex.maps["visibility"], model, head.vertices,
-                                           lit.rotation.numpy(), lit.translation.numpy(), lit.lighting.numpy(),
-                                           replace(settings, spec_evidence=True))
-        maps_ev = {**maps, "specular": ev.level, "roughness": ev.roughness}
+        # the region priors alone (MapSettings.spec_evidence off): what the photo's evidence adds
+        pri = skin_maps.specular_maps(raw, tex.maps["visibility"], frames, lit.rotation.numpy(), lit.translation.numpy(),
+                                      lit.lighting.numpy(), replace(settings, spec_evidence=False))
+        maps_pri = {**maps, "specular": pri.level, "roughness": pri.roughness}
         row = {"head": head.name, **map_scores(head, maps, tex, frames), **eye_scores(head, tex)}
-        row.update({f"{k}_evidence": v for k, v in map_scores(head, maps_ev, tex, frames).items()
+        row.update({f"{k}_priors": v for k, v in map_scores(head, maps_pri, tex, frames).items()
                     if k in ("specular_mae", "roughness_mae")})
         row.update(diffuse_scores(head, {"delit": tex.maps["diffuse"], "with_highlights": raw}, tex, frames))
         if relight:
-            row.update(relit_scores(model, head, maps, maps_ev, {
+            row.update(relit_scores(model, head, maps, maps_pri, {
                 "delit": (tex.maps["diffuse"], albedo_gain(head, tex.maps["diffuse"], tex, frames)),
                 "with_highlights": (raw, albedo_gain(head, raw, tex, frames))}))
         rows.append(row)
@@ -705,9 +705,9 @@ def table(rows: list[dict]) -> str:
              f"| detail normal, mean angle to truth | {m('normal_deg'):.2f} deg | {m('normal_flat_deg'):.2f} deg | flat (0, 0, 1) |",
              f"| specular level, mean abs error | {m('specular_mae'):.3f} | {m('specular_const_mae'):.3f} | constant 0.5 |",
              f"| roughness, mean abs error | {m('roughness_mae'):.3f} | {m('roughness_const_mae'):.3f} | constant 0.5 |"]
-    if any("specular_mae_evidence" in r for r in rows):
-        lines += [f"| specular level with the photo's evidence (off by default) | {m('specular_mae_evidence'):.3f} | {m('specular_const_mae'):.3f} | constant 0.5 |",
-                  f"| roughness with the photo's evidence (off by default) | {m('roughness_mae_evidence'):.3f} | {m('roughness_const_mae'):.3f} | constant 0.5 |"]
+    if any("specular_mae_priors" in r for r in rows):
+        lines += [f"| specular level, the region priors alone (the photo's evidence off) | {m('specular_mae_priors'):.3f} | {m('specular_const_mae'):.3f} | constant 0.5 |",
+                  f"| roughness, the region priors alone (the photo's evidence off) | {m('roughness_mae_priors'):.3f} | {m('roughness_const_mae'):.3f} | constant 0.5 |"]
     if any("iris_delta_e" in r for r in rows):
         lines.append(f"| iris colour, CIEDE2000 to the true albedo | {m('iris_delta_e'):.2f} | {m('iris_default_delta_e'):.2f} | the importer's default iris |")
     if any("diffuse_delit" in r for r in rows):
@@ -724,11 +724,11 @@ def table(rows: list[dict]) -> str:
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
     if any(f"{n}_measured" in r for r in rows for n in RELIGHTS):
         lines += ["", "Relit error (RMS radiance error / RMS truth radiance, face skin; in brackets: over the highlights):",
-                  "", "| light | measured maps (default) | flat normals + measured specular | detail normals + constant specular | v0 constants | detail normals + specular with evidence |",
+                  "", "| light | measured maps (default) | flat normals + measured specular | detail normals + constant specular | v0 constants | detail normals + region priors (evidence off) |",
                   "|---|---|---|---|---|---|"]
         for n in RELIGHTS:
             cells = [f"{m(f'{n}_{k}'):.4f} ({m(f'{n}_{k}_highlights'):.4f})" for k in
-                     ("measured", "flat_normals", "constant_specular", "v0_constants", "evidence_specular")]
+                     ("measured", "flat_normals", "constant_specular", "v0_constants", "prior_specular")]
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
