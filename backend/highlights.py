@@ -16,8 +16,11 @@ The reference skin colour is the local mean of the de-lit map over the texel's f
 the skin around them), away from the highlights found in a first pass, times the fitted albedo model's
 colour structure at the texel over its mean in the same window (lips redder at their middle, the upper
 lip's stubble, the lids): the local mean alone would call every texel paler than its neighbours a
-highlight. Only brightening is removed: a highlight never darkens, so a texel darker than its reference
-(stubble, a mole, a crease) is kept as it is. Brows are hair: left alone.
+highlight. Only brightening is removed, and never more of it than the texel's brightening over its
+reference in every channel, nor more than half its luminance: a highlight lies on top of the skin's
+colour, so a texel darker than its reference (stubble, a mole, a crease) is kept as it is, and a misfit
+(teeth seen on a lip texel, a wrong reference) is not hollowed into a dark spot. Brows are hair: left
+alone; the removal fades out towards them, towards the skin's edges and where the photo saw little.
 """
 from __future__ import annotations
 
@@ -55,13 +58,13 @@ def _smoothstep(lo: float, hi: float, x: np.ndarray) -> np.ndarray:
     return t * t * (3.0 - 2.0 * t)
 
 
-def _region_images(frames: TileFrames, size: int) -> np.ndarray:
+def _region_images(frames: TileFrames, size: int, core_weight: float) -> tuple[np.ndarray, np.ndarray]:
     """(s, s, R) the soft region weights and (s, s, R) their cores (weight >= core_weight), area-averaged
     to the reference's working size (brows zero: hair)."""
     S = frames.raster.size
     w = frames.regions.astype(np.float32).copy()
     w[:, REGION_NAMES.index("brows")] = 0.0
-    core = (w >= DEFAULT_HIGHLIGHTS.core_weight).astype(np.float32)
+    core = (w >= core_weight).astype(np.float32)
     both = frames.image(np.concatenate([w, core], 1))
     small = cv2.resize(both, (size, size), interpolation=cv2.INTER_AREA) if size != S else both
     R = w.shape[1]
@@ -113,8 +116,7 @@ def _reference(diffuse: np.ndarray, model_colour: np.ndarray | None, frames: Til
 def remove_highlights(diffuse: dict[int, np.ndarray], visibility: dict[int, np.ndarray],
                       frames: dict[int, TileFrames], rotation: np.ndarray, sh: np.ndarray | None,
                       model_colour: dict[int, np.ndarray] | None = None,
-                      settings: HighlightSettings = DEFAULT_HIGHLIGHTS,
-                      _debug: dict | None = None) -> tuple[dict[int, np.ndarray], dict]:
+                      settings: HighlightSettings = DEFAULT_HIGHLIGHTS) -> tuple[dict[int, np.ndarray], dict]:
     """The de-lit diffuse tiles (S, S, 3) with the photo's specular highlights taken out (module docstring),
     and what was found. `frames`: skin_maps.texel_frames of the fitted vertices at the tiles' size;
     `rotation` the fitted head's; `sh` its SH lighting (9, 3); `model_colour` the fitted albedo model's
@@ -158,7 +160,7 @@ def remove_highlights(diffuse: dict[int, np.ndarray], visibility: dict[int, np.n
         lum_d = np.maximum(d @ LUMA, 1e-6)
         size = min(S, settings.working_size)
         sigma = max(1.0, settings.window_cm / texel_cm * size / S)
-        regions = _region_images(fr, size)
+        regions = _region_images(fr, size, settings.core_weight)
         mc = model_colour.get(tile) if model_colour is not None else None
         weight = np.where(brows >= settings.brows[0], 0.0, vis)
         for _ in range(max(1, settings.passes)):
@@ -177,11 +179,6 @@ def remove_highlights(diffuse: dict[int, np.ndarray], visibility: dict[int, np.n
             take = np.minimum(np.minimum(s, excess), cap) * highlight * fade
             weight = weight.copy()
             weight[idx] *= 1.0 - highlight                  # the next reference away from the highlights
-        if _debug is not None:       # (S, S) images of the split's parts, for scripts/
-            for name, val in (("reference", ref), ("share", share), ("fade", fade), ("taken", take * lum_towards)):
-                full = np.zeros((len(fr.texel),) + np.shape(val)[1:], np.float32)
-                full[idx] = val
-                _debug[f"{name}.{tile}"] = fr.image(full)
         cleaned = np.maximum(d - take[:, None] * towards, 0.0)
         img = np.array(out[tile], dtype=np.float32, copy=True).reshape(S * S, 3)
         img[at] = cleaned

@@ -4,7 +4,7 @@ The de-lit strategy's diffuse map (the photo divided by the fitted SH shading) s
 shading model does not: the mesoscale relief below the mesh's resolution (pores, wrinkles, creases: they
 shade the photo at scales of a few texels) and the specular reflection (highlights above the diffuse
 fit). This module turns them into the bundle's `normal`, `specular` and `roughness` maps, all per UDIM
-tile, all data (Non-Color):
+tile, all data (Non-Color), and then has backend/highlights.py take the highlights out of the diffuse:
 
 - Texel frames (`texel_frames`): per texel of each tile its triangle's surface Jacobian, position, normal,
   tangent T and bitangent B. The tangent frame is the one Blender's Normal Map node uses for this UV map
