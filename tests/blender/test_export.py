@@ -145,7 +145,16 @@ def test_gltf_specular_is_in_the_channel_khr_reads(exported, bundle):
     level = alpha * factor
     ramp = np.linspace(0.1, 0.4, 512)
     np.testing.assert_allclose(level.mean(axis=0), ramp, atol=0.01)
-    assert mat.node_tree.nodes and json.dumps(exported["GLB"].warnings) == "[]"
+    # glTF's specular stops at the IOR's own F0 (level 0.5): the measured tile 1002 goes above it where the
+    # photo's evidence says so (docs/maps.md), and then, and only then, the export says it clipped
+    above = max(float((np.asarray(Image.open(f), np.float32) / 255.0 > 0.5 + 1 / 255).mean())
+                for f in bundle.glob("specular.100*.png"))
+    warnings = exported["GLB"].warnings
+    if above > 0:
+        assert len(warnings) == 1 and "clipped for glTF" in warnings[0], warnings
+    else:
+        assert json.dumps(warnings) == "[]"
+    assert mat.node_tree.nodes
 
 
 def test_export_leaves_the_scene_as_it_was(likeness, bundle, tmp_path):
