@@ -25,7 +25,10 @@ texture with its measured maps, and is scored:
 - relit: the head re-rendered under other lights (a grazing side light, a top light) with the truth
   maps, the measured maps, flat normals, constant specular, and both constants (v0); relative RMS
   radiance error over the face's skin pixels, and over its highlights (truth specular > 10 % of diffuse);
-- eyes: the de-lit iris colour against the true iris albedo (CIEDE2000).
+- eyes: the de-lit iris colour against the true iris albedo (CIEDE2000);
+- diffuse: the de-lit diffuse with the photo's highlights kept and taken out (backend/highlights.py)
+  against the true albedo (per-channel gain matched), over the face, its highlight cores and the rest,
+  and the head relit with each as its albedo.
 """
 from __future__ import annotations
 
