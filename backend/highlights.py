@@ -85,23 +85,21 @@ def _reference(diffuse: np.ndarray, model_colour: np.ndarray | None, frames: Til
     fields = [np.asarray(diffuse, np.float32)]
     if model_colour is not None:
         fields.append(np.asarray(model_colour, np.float32))
-    stack = shrink(np.ascontiguousarray(np.concatenate(fields, -1) * w_img[..., None]))   # (s, s, 3 or 6)
+    # shrunk premultiplied by the weight (an area average of the seen texels only), then un-premultiplied
     w_small = shrink(w_img)
+    stack = shrink(np.ascontiguousarray(np.concatenate(fields, -1) * w_img[..., None]))   # (s, s, 3 or 6)
+    stack = stack / np.maximum(w_small, 1e-12)[..., None]
     num = np.zeros((s, s, 3), np.float32)
     den = np.zeros((s, s), np.float32)
     for i in range(soft.shape[-1]):
         ri = soft[..., i]
-        if ri.max() <= 0.01 or core[..., i].max() <= 0.0:
+        wc = w_small * core[..., i]
+        if ri.max() <= 0.01 or wc.sum() <= 0:
             continue
-        wc = np.ascontiguousarray(w_small * core[..., i])
-        if wc.sum() <= 0:
-            continue
-        den_i = np.maximum(skin_maps.wide_blur(wc, sigma), 1e-6)
-        blurred = [skin_maps.wide_blur(np.ascontiguousarray(stack[..., c] * core[..., i]), sigma) / den_i
-                   for c in range(stack.shape[-1])]
-        local = np.stack(blurred[:3], -1)
+        blurred = skin_maps.masked_blur(stack, wc, sigma)          # the region core's local mean
+        local = blurred[..., :3]
         if model_colour is not None:
-            local = local / np.maximum(np.stack(blurred[3:], -1), 1e-4)
+            local = local / np.maximum(blurred[..., 3:], 1e-4)
         num += ri[..., None] * local
         den += ri
     ratio = num / np.maximum(den, 1e-6)[..., None]
