@@ -386,30 +386,40 @@ def write_png(path: Path, image: np.ndarray) -> None:
 
 def write_pngs(folder: Path, images: list[tuple[str, Callable[[], np.ndarray]]], cancel_check: Callable[[], None],
                workers: int = 2) -> None:
-    """Write (name, make image) as PNGs in order, with a cancel check after each. This thread makes each
-    image while OpenCV's PNG encoder, which releases the GIL, compresses the previous ones on `workers`
+    """Write (name, make image) as PNGs in order, with a cancel check before making each, after writing
+    each and while waiting for one. This thread makes each image while OpenCV's PNG encoder, which releases the GIL, compresses the previous ones on `workers`
     threads (a bundle's 13 PNGs took 0.6 s of its write stage one by one). Only the encoding runs there,
     and at most `workers` + 1 images are alive at once: with whole images made on the pool, the peak memory
     of a reconstruct rose by 300-400 MB (measured)."""
     import collections
     from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as FutureTimeout
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="likeness-png")
     pending: collections.deque = collections.deque()
 
     def write_oldest() -> None:
         name, future = pending.popleft()
+        while True:   # a 2048-px 16-bit PNG takes most of a second to encode: the wait stays cancellable
+            try:
+                data = future.result(timeout=0.1)
+                break
+            except FutureTimeout:
+                cancel_check()
         with open(folder / name, "wb") as fh:
-            fh.write(future.result())
+            fh.write(data)
         cancel_check()
     try:
         for name, make in images:
+            cancel_check()
             pending.append((name, pool.submit(png_bytes, make(), name)))
             if len(pending) > workers:
                 write_oldest()
         while pending:
             write_oldest()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        # Not waiting: on a cancel or an error, an encoding still running only makes bytes in memory (the
+        # files are written here, in this thread), and the caller's staged folder is removed at once.
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def write_npz(path: Path, **arrays) -> None:

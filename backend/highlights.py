@@ -24,12 +24,14 @@ alone; the removal fades out towards them, towards the skin's edges and where th
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from . import skin_maps
+from .scene import _nothing
 from .skin_maps import REGION_NAMES, TileFrames
 
 LUMA = skin_maps.LUMA.astype(np.float32)
@@ -58,17 +60,22 @@ def _smoothstep(lo: float, hi: float, x: np.ndarray) -> np.ndarray:
     return t * t * (3.0 - 2.0 * t)
 
 
-def _region_images(frames: TileFrames, size: int, core_weight: float) -> tuple[np.ndarray, np.ndarray]:
+def _region_images(frames: TileFrames, size: int, core_weight: float,
+                   check: Callable[[], None] = _nothing) -> tuple[np.ndarray, np.ndarray]:
     """(s, s, R) the soft region weights and (s, s, R) their cores (weight >= core_weight), area-averaged
-    to the reference's working size (brows zero: hair)."""
+    to the reference's working size (brows zero: hair). One channel at a time, with `check()` between:
+    all 2R channels of a 2048-px tile at once are 0.3 GB and over a second of work."""
     S = frames.raster.size
     w = frames.regions.astype(np.float32).copy()
     w[:, REGION_NAMES.index("brows")] = 0.0
     core = (w >= core_weight).astype(np.float32)
-    both = frames.image(np.concatenate([w, core], 1))
-    small = cv2.resize(both, (size, size), interpolation=cv2.INTER_AREA) if size != S else both
+    small = []
+    for values in (*w.T, *core.T):
+        check()
+        img = frames.image(np.ascontiguousarray(values))
+        small.append(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA) if size != S else img)
     R = w.shape[1]
-    return small[..., :R], small[..., R:]
+    return np.stack(small[:R], -1), np.stack(small[R:], -1)
 
 
 def _reference(diffuse: np.ndarray, model_colour: np.ndarray | None, frames: TileFrames, weight: np.ndarray,
@@ -114,12 +121,14 @@ def _reference(diffuse: np.ndarray, model_colour: np.ndarray | None, frames: Til
 def remove_highlights(diffuse: dict[int, np.ndarray], visibility: dict[int, np.ndarray],
                       frames: dict[int, TileFrames], rotation: np.ndarray, sh: np.ndarray | None,
                       model_colour: dict[int, np.ndarray] | None = None,
-                      settings: HighlightSettings = DEFAULT_HIGHLIGHTS) -> tuple[dict[int, np.ndarray], dict]:
+                      settings: HighlightSettings = DEFAULT_HIGHLIGHTS, *,
+                      check: Callable[[], None] = _nothing) -> tuple[dict[int, np.ndarray], dict]:
     """The de-lit diffuse tiles (S, S, 3) with the photo's specular highlights taken out (module docstring),
     and what was found. `frames`: skin_maps.texel_frames of the fitted vertices at the tiles' size;
     `rotation` the fitted head's; `sh` its SH lighting (9, 3); `model_colour` the fitted albedo model's
     tiles (S, S, 3), the reference's colour structure (None: the local mean alone). Returns new arrays;
-    the inputs are not changed. Without light (no SH, or no directional part) the tiles come back as they are."""
+    the inputs are not changed. Without light (no SH, or no directional part) the tiles come back as they are.
+    `check()` is called between steps (it raises to cancel)."""
     out = {t: np.asarray(d) for t, d in diffuse.items()}
     info = {"texels": 0, "removed_luminance": 0.0}
     if sh is None:
@@ -135,6 +144,7 @@ def remove_highlights(diffuse: dict[int, np.ndarray], visibility: dict[int, np.n
     for tile, fr in frames.items():
         if tile not in diffuse:
             continue
+        check()
         S = fr.raster.size
         vis = fr.at(visibility[tile]).astype(np.float32)
         brows = fr.regions[:, REGION_NAMES.index("brows")]
@@ -147,21 +157,25 @@ def remove_highlights(diffuse: dict[int, np.ndarray], visibility: dict[int, np.n
         # and where the photo saw the skin poorly: where the removal stops, it stops smoothly, not at a
         # triangle's edge or a visibility threshold
         skin = skin_maps.wide_blur(fr.image(np.ones(len(fr.texel), np.float32)), max(1.0, settings.edge_cm / texel_cm))
+        check()
         fade = ((1.0 - _smoothstep(*settings.brows, brows[idx])) * _smoothstep(0.5, 0.95, skin.reshape(-1)[at])
                 * _smoothstep(settings.min_visibility, settings.full_visibility, vis[idx]))
         # float32 per texel (a million of them): the split needs no more
+        check()
         n = fr.normal[idx] @ rot.T.astype(np.float32)
         shading = np.maximum(skin_maps.sh_basis_np(n) @ sh.astype(np.float32), 1e-3)
         towards = light_colour[None].astype(np.float32) / shading   # (M, 3) a unit of highlight, de-lit
         lum_towards = np.maximum(towards @ LUMA, 1e-6)
+        check()
         d = np.asarray(diffuse[tile], np.float32).reshape(S * S, 3)[at]
         lum_d = np.maximum(d @ LUMA, 1e-6)
         size = min(S, settings.working_size)
         sigma = max(1.0, settings.window_cm / texel_cm * size / S)
-        regions = _region_images(fr, size, settings.core_weight)
+        regions = _region_images(fr, size, settings.core_weight, check)
         mc = model_colour.get(tile) if model_colour is not None else None
         weight = np.where(brows >= settings.brows[0], 0.0, vis)
         for _ in range(max(1, settings.passes)):
+            check()
             ref = _reference(diffuse[tile], mc, fr, weight, regions, sigma, at)
             s = np.maximum(skin_maps.specular_evidence(d, ref, 1.0, towards), 0.0)
             share = s * lum_towards / lum_d

@@ -76,7 +76,9 @@ def rasterize(screen: torch.Tensor, triangles: torch.Tensor, height: int, width:
               perspective_correct: bool = True, cull_backfaces: bool = False,
               chunk: int = DEFAULT_CHUNK, cancel_check: Callable[[], None] | None = None) -> Raster:
     """Draw triangles (T, 3) indexing rows of `screen` (V, 3) = (x px, y px, depth) into an H x W buffer.
-    `cancel_check()`, if given, is called between chunks (it raises to stop)."""
+    `cancel_check()`, if given, is called between chunks and steps (it raises to stop): a 2048-px
+    layout spends seconds in the set-up and the resolve as well as in the drawing."""
+    check = cancel_check or (lambda: None)
     device = screen.device
     screen = screen.detach().float()
     triangles = triangles.to(device=device, dtype=torch.long)
@@ -132,6 +134,7 @@ def rasterize(screen: torch.Tensor, triangles: torch.Tensor, height: int, width:
 
     # Scanline spans, one per triangle and box row: the exact run of pixel centres inside, from the
     # integer edge functions E_k(col) = A_k + ci_k * col >= 0 (fill-rule bias included in A_k).
+    check()
     n_spans = int(bh.sum()) if n_live else 0
     st = torch.repeat_interleave(torch.arange(n_live, device=device), bh, output_size=n_spans)
     row = torch.arange(n_spans, device=device) - (torch.cumsum(bh, 0) - bh).index_select(0, st)
@@ -143,6 +146,7 @@ def rasterize(screen: torch.Tensor, triangles: torch.Tensor, height: int, width:
     first = torch.where(c > 0, -q, 0).amax(1).clamp_min(0)                    # c > 0: col >= ceil(-A / c)
     last = torch.minimum(torch.where(c < 0, q, W).amin(1), bw.index_select(0, st) - 1)  # c < 0: col <= floor(A / |c|)
     length = torch.where(((c == 0) & (a < 0)).any(1), 0, (last - first + 1).clamp_min(0))
+    check()
     spans = torch.nonzero(length > 0).squeeze(1)
     st, length, first = st[spans], length[spans], first[spans]
     a, c = a[spans], c[spans]
@@ -164,8 +168,7 @@ def rasterize(screen: torch.Tensor, triangles: torch.Tensor, height: int, width:
         hi = max(int(torch.searchsorted(ends, base + chunk, right=True)), lo + 1)
         _draw_spans(tri_key, length[lo:hi], pix0[lo:hi], v_first[lo:hi], dv[lo:hi], st[lo:hi])
         lo = hi
-        if cancel_check:
-            cancel_check()
+        check()
 
     # Resolve: per covered pixel the winning triangle, its barycentrics and depth. Per triangle, the
     # (perspective-weighted) barycentrics are planes in the pixel offset from the box corner (x0, y0):
@@ -177,12 +180,14 @@ def rasterize(screen: torch.Tensor, triangles: torch.Tensor, height: int, width:
     e_corner = ci * x0[:, None] + cj * y0[:, None] + c0                   # E_k at the box corner
     f = zw if perspective_correct else inv_area[:, None].expand(-1, 3)
     planes = [(t.double() * f).gather(1, unswap).float() for t in (e_corner, ci, cj)]
+    check()
     di = (pix % W - x0.index_select(0, local)).float()[:, None]
     dj = (torch.div(pix, W, rounding_mode="floor") - y0.index_select(0, local)).float()[:, None]
     num = (planes[0].index_select(0, local) + planes[1].index_select(0, local) * di
            + planes[2].index_select(0, local) * dj).clamp_min(0.0)
     total_w = num.sum(1).clamp_min(1e-30)
     bary = num / total_w[:, None]
+    check()
     if perspective_correct:
         depth = 1.0 / total_w
     else:
@@ -190,6 +195,7 @@ def rasterize(screen: torch.Tensor, triangles: torch.Tensor, height: int, width:
         depth = (dz[0].index_select(0, local) + dz[1].index_select(0, local) * di[:, 0]
                  + dz[2].index_select(0, local) * dj[:, 0])
     tri = live.index_select(0, local)
+    check()
 
     triangle = torch.full((H * W,), -1, dtype=torch.long, device=device)
     triangle[pix] = tri

@@ -33,6 +33,7 @@ Roughness = sqrt(GGX alpha) (Blender squares it). Everything runs on numpy on th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import cv2
@@ -42,6 +43,7 @@ import torch
 from .cache import BoundedCache
 from .facemodel import NARROW_FACE_LAST_VERTEX, PART_NAMES, VERTEX_RANGES, FaceModel
 from .raster import rasterize
+from .scene import _nothing
 
 TILES = (1001, 1002)
 # Tiles that get detail normals: the face. The head/neck tile is mostly hidden or filled in a photo, and its
@@ -305,8 +307,10 @@ def _unit(a: np.ndarray) -> np.ndarray:
     return a / np.maximum(np.sqrt(_dot(a, a)), 1e-12)[:, None]
 
 
-def texel_frames(model: FaceModel, vertices, size: int, tiles=TILES) -> dict[int, TileFrames]:
-    """The tangent frames of every skin texel for the given vertex positions (V, 3), any units."""
+def texel_frames(model: FaceModel, vertices, size: int, tiles=TILES,
+                 check: Callable[[], None] = _nothing) -> dict[int, TileFrames]:
+    """The tangent frames of every skin texel for the given vertex positions (V, 3), any units.
+    `check()` is called between tiles and steps (it raises to cancel)."""
     verts = (vertices.detach().cpu().numpy() if isinstance(vertices, torch.Tensor) else np.asarray(vertices))
     verts = verts.astype(np.float64)
     topo = model.topology
@@ -317,10 +321,12 @@ def texel_frames(model: FaceModel, vertices, size: int, tiles=TILES) -> dict[int
     out = {}
     both = np.concatenate([v32, vn], 1)
     for tile in tiles:
+        check()
         ras = tile_raster(model, tile, size)
         at_texels = ras.interpolation @ both
         pos, nrm = np.ascontiguousarray(at_texels[:, :3]), _unit(at_texels[:, 3:])
         pu, pv = pu_all[ras.triangle], pv_all[ras.triangle]
+        check()
         t = _unit(pu - nrm * _dot(nrm, pu)[:, None])
         bt = np.cross(nrm, t)
         bt *= np.where(_dot(bt, pv) < 0, -1.0, 1.0).astype(np.float32)[:, None]
@@ -328,6 +334,7 @@ def texel_frames(model: FaceModel, vertices, size: int, tiles=TILES) -> dict[int
         jac[:, 0, 0], jac[:, 0, 1] = _dot(t, pu), _dot(t, pv)
         jac[:, 1, 0], jac[:, 1, 1] = _dot(bt, pu), _dot(bt, pv)
         out[tile] = TileFrames(ras, pos, nrm, t, bt, jac, _region_texels(model, ras))
+    check()
     return out
 
 
@@ -361,11 +368,16 @@ def normals_from_slopes(slopes: np.ndarray, max_slope: float = 1.5) -> np.ndarra
     return (n / np.linalg.norm(n, axis=1, keepdims=True)).astype(np.float32)
 
 
-def height_to_normal(height: np.ndarray, frames: TileFrames) -> np.ndarray:
+def height_to_normal(height: np.ndarray, frames: TileFrames, check: Callable[[], None] = _nothing) -> np.ndarray:
     """(S, S, 3) tangent-space normal map (OpenGL, +Y = +v) of a height field (S, S) over one tile, in
-    the units of the frames' positions; flat (0, 0, 1) where no skin texel."""
+    the units of the frames' positions; flat (0, 0, 1) where no skin texel. `check()` is called between
+    steps (it raises to cancel)."""
     du, dv = uv_gradient(height)
-    return frames.image(normals_from_slopes(surface_gradient(frames, du, dv)), fill=0.0) + _flat_outside(frames)
+    slopes = surface_gradient(frames, du, dv)
+    check()
+    normals = normals_from_slopes(slopes)
+    check()
+    return frames.image(normals, fill=0.0) + _flat_outside(frames)
 
 
 def flat_normals(size: int) -> np.ndarray:
@@ -548,12 +560,28 @@ def detail_levels(texel_cm: float, max_mm: float, size: int) -> int:
     return max(1, min(j, limit, 6))
 
 
-def highpass(image: np.ndarray, levels: int, wavelet: str = "sym4") -> np.ndarray:
-    """The image's detail sub-bands 1..levels (stationary wavelet transform, the approximation dropped)."""
+def highpass(image: np.ndarray, levels: int, wavelet: str = "sym4", check: Callable[[], None] = _nothing) -> np.ndarray:
+    """The image's detail sub-bands 1..levels (stationary wavelet transform, the approximation dropped).
+
+    One level at a time, with `check()` between levels (a 2048-px tile takes 2-3 s in all, too long
+    for a cancel to wait): forward, each level from the last one's approximation (pywt's own
+    recursion); inverse, level j's a-trous filters (dilated 2^(j-1)) on a periodic image act on each
+    of its 2^(j-1) x 2^(j-1) interleaved sub-grids independently, undilated: one batched level-1
+    inverse over those sub-grids. The same numbers as pywt.iswt2 over all levels at once, bit for bit."""
     import pywt
-    coeffs = pywt.swt2(np.asarray(image, dtype=np.float32), wavelet, level=levels, trim_approx=True, norm=True)
-    coeffs[0] = np.zeros_like(coeffs[0])
-    return pywt.iswt2(coeffs, wavelet, norm=True)
+    approx, details = np.asarray(image, dtype=np.float32), []
+    for j in range(levels):
+        approx, d = pywt.swt2(approx, wavelet, level=1, start_level=j, trim_approx=True, norm=True)
+        details.append(d)
+        check()
+    out = np.zeros_like(approx)
+    for j in range(levels, 0, -1):
+        step = 2 ** (j - 1)
+        split = lambda a: a.reshape(a.shape[0] // step, step, a.shape[1] // step, step).transpose(1, 3, 0, 2)  # noqa: E731
+        sub = pywt.iswt2([split(out), tuple(split(d) for d in details[j - 1])], wavelet, norm=True, axes=(-2, -1))
+        out = sub.transpose(2, 0, 3, 1).reshape(out.shape)
+        check()
+    return out
 
 
 def log_luminance(diffuse: np.ndarray) -> np.ndarray:
@@ -562,11 +590,12 @@ def log_luminance(diffuse: np.ndarray) -> np.ndarray:
 
 
 def relief_residual(diffuse: np.ndarray, visibility: np.ndarray, frames: TileFrames,
-                    settings: MapSettings = DEFAULT_SETTINGS) -> np.ndarray:
+                    settings: MapSettings = DEFAULT_SETTINGS, check: Callable[[], None] = _nothing) -> np.ndarray:
     """(S, S) r: the de-lit log-luminance's high-frequency part, clipped, faded out where the photo did
     not see the texel well and on the brows (hair, not relief)."""
     levels = detail_levels(texel_size_cm(frames), settings.detail_max_mm, frames.raster.size)
-    r = np.clip(highpass(log_luminance(diffuse), levels), -settings.detail_clip, settings.detail_clip)
+    r = np.clip(highpass(log_luminance(diffuse), levels, check=check), -settings.detail_clip, settings.detail_clip)
+    check()
     lo, hi = settings.detail_visibility
     t = np.clip((np.asarray(visibility, dtype=np.float64) - lo) / (hi - lo), 0.0, 1.0)
     trust = t * t * (3 - 2 * t)
@@ -620,21 +649,30 @@ def integrate_slopes(slopes: np.ndarray, frames: TileFrames, damping: float = 1e
 
 
 def detail_height(diffuse: np.ndarray, visibility: np.ndarray, frames: TileFrames, rotation: np.ndarray,
-                  sh: np.ndarray | None, settings: MapSettings = DEFAULT_SETTINGS) -> np.ndarray:
-    """(S, S) relief height (cm) of one tile from the de-lit photo (module docstring)."""
-    r = relief_residual(diffuse, visibility, frames, settings)
+                  sh: np.ndarray | None, settings: MapSettings = DEFAULT_SETTINGS,
+                  check: Callable[[], None] = _nothing) -> np.ndarray:
+    """(S, S) relief height (cm) of one tile from the de-lit photo (module docstring). `check()` is
+    called between steps (it raises to cancel)."""
+    r = relief_residual(diffuse, visibility, frames, settings, check)
     if sh is None:
         settings = replace(settings, shading_gain=0.0)
+    check()
     g = shading_tilt_gradient(frames, rotation, sh) if settings.shading_gain else None
+    check()
     if not (settings.cavity_cm or settings.shading_gain):
         return np.zeros((frames.raster.size,) * 2)
-    return integrate_slopes(detail_slopes(r, frames, g, settings), frames)
+    slopes = detail_slopes(r, frames, g, settings)
+    check()
+    return integrate_slopes(slopes, frames)
 
 
 def detail_normals(diffuse: np.ndarray, visibility: np.ndarray, frames: TileFrames, rotation: np.ndarray,
-                   sh: np.ndarray | None, settings: MapSettings = DEFAULT_SETTINGS) -> np.ndarray:
+                   sh: np.ndarray | None, settings: MapSettings = DEFAULT_SETTINGS,
+                   check: Callable[[], None] = _nothing) -> np.ndarray:
     """(S, S, 3) tangent-space detail normals of one tile (flat where there is no skin or no evidence)."""
-    return height_to_normal(detail_height(diffuse, visibility, frames, rotation, sh, settings), frames)
+    height = detail_height(diffuse, visibility, frames, rotation, sh, settings, check)
+    check()
+    return height_to_normal(height, frames, check)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -714,9 +752,11 @@ def region_maps(frames: dict[int, TileFrames], ratio: np.ndarray, rough: np.ndar
 def specular_maps(diffuse: dict[int, np.ndarray], visibility: dict[int, np.ndarray],
                   frames: dict[int, TileFrames], rotation: np.ndarray, translation: np.ndarray,
                   sh: np.ndarray | None, settings: MapSettings = DEFAULT_SETTINGS,
-                  light: tuple[np.ndarray, np.ndarray] | None = None) -> SpecularFit:
+                  light: tuple[np.ndarray, np.ndarray] | None = None,
+                  check: Callable[[], None] = _nothing) -> SpecularFit:
     """Specular level and roughness per tile from the de-lit maps (diffuse = photo / fitted shading).
-    `light`: (direction, irradiance rgb) of the key light when known (tests, the synthetic truth).
+    `light`: (direction, irradiance rgb) of the key light when known (tests, the synthetic truth);
+    `check()` is called between steps (it raises to cancel).
 
     1. Evidence: the photo at each seen texel (diffuse x shading) split by the dichromatic model into the
        light's colour (the specular radiance s) and the skin's colour (`specular_evidence`). The skin's
@@ -751,6 +791,7 @@ def specular_maps(diffuse: dict[int, np.ndarray], visibility: dict[int, np.ndarr
     evidence_ok = np.array([1.0 if REGIONS[r].evidence else 0.0 for r in REGION_NAMES])
     geo = {}
     for tile, fr in frames.items():
+        check()
         vis = fr.at(visibility[tile]).astype(np.float64)
         idx = np.flatnonzero(vis > 0.05)
         if e_lum <= 1e-6 or len(idx) == 0:
@@ -769,6 +810,7 @@ def specular_maps(diffuse: dict[int, np.ndarray], visibility: dict[int, np.ndarr
         them: the reference colour's window holds some of the highlight too, so s ~ k (p - S ref(p / S))."""
         out_s, out_p = {}, {}
         for tile, (idx, n, v, shading, w, rho) in geo.items():
+            check()
             fr = frames[tile]
             S = fr.raster.size
             weight = np.zeros(S * S, np.float32)
@@ -813,6 +855,7 @@ def specular_maps(diffuse: dict[int, np.ndarray], visibility: dict[int, np.ndarr
         sh_dir = d
         for it in range(2):
             s_all = np.concatenate([s_tex[t] for t in geo])
+            check()
             found, c_found, c_sh = search_light_direction(cat[1], cat[2], s_all, cat[4] * cat[5].sum(1), ro_all,
                                                           f0_from_level(lv_all), sh_dir)
             search.update({"found_direction": [round(float(x), 4) for x in found], "found_corr": round(c_found, 3),
@@ -833,6 +876,7 @@ def specular_maps(diffuse: dict[int, np.ndarray], visibility: dict[int, np.ndarr
     sums_p1 = np.zeros((R, len(grid)))
     preds = {t: np.stack([ggx_specular(g[1], g[2], d, r, f0_from_level(priors[t][0][g[0]])) for r in grid], 1)
              for t, g in geo.items()}
+    check()
     if geo:
         s_tex, seen_preds = evidence(highlight_mask(d), preds)
     for tile, (idx, n, v, shading, w, rho) in geo.items():
@@ -864,6 +908,7 @@ def specular_maps(diffuse: dict[int, np.ndarray], visibility: dict[int, np.ndarr
             ratio[i] = float(np.clip((sums_n[i, j] + tau) / (dd[j] + tau), lo, hi))
         rough[i] = prior_r[i] + c * (grid[j] - prior_r[i])
         conf[i] = c
+    check()
     out.level, out.roughness = region_maps(frames, ratio, rough, settings)
     out.info = {"key_light_dir": [round(float(x), 4) for x in d], "key_light_irradiance": round(e_lum, 5),
                 "light_search": search,
@@ -878,7 +923,7 @@ def specular_maps(diffuse: dict[int, np.ndarray], visibility: dict[int, np.ndarr
 
 def specular_from_tiles(diffuse: dict[int, np.ndarray], visibility: dict[int, np.ndarray], model: FaceModel,
                         vertices, rotation, translation, sh, settings: MapSettings = DEFAULT_SETTINGS,
-                        light=None) -> SpecularFit:
+                        light=None, check: Callable[[], None] = _nothing) -> SpecularFit:
     """specular_maps on the tiles shrunk to settings.spec_size (area average), its maps brought back to the
     tiles' size (bilinear): the estimate pools regions and smooths over 1.5 mm, which 256 texels per
     tile resolve (0.6 mm per texel on the face), at a sixteenth of the work of 1024."""
@@ -889,31 +934,33 @@ def specular_from_tiles(diffuse: dict[int, np.ndarray], visibility: dict[int, np
     grow = (lambda img: img) if s == S else (
         lambda img: np.ascontiguousarray(cv2.resize(img, (S, S), interpolation=cv2.INTER_LINEAR)))
     tiles = tuple(diffuse)
-    frames = texel_frames(model, vertices, s, tiles)
+    frames = texel_frames(model, vertices, s, tiles, check)
     fit = specular_maps({t: shrink(diffuse[t]) for t in tiles}, {t: shrink(visibility[t]) for t in tiles}, frames,
-                        rotation, translation, sh, settings, light)
+                        rotation, translation, sh, settings, light, check)
     return SpecularFit({t: grow(v) for t, v in fit.level.items()}, {t: grow(v) for t, v in fit.roughness.items()},
                        {**fit.info, "size": s})
 
 
 def measured_maps(tex, fit, model: FaceModel, settings: MapSettings = DEFAULT_SETTINGS,
-                  frames: dict[int, TileFrames] | None = None) -> tuple[dict, dict]:
+                  frames: dict[int, TileFrames] | None = None,
+                  check: Callable[[], None] = _nothing) -> tuple[dict, dict]:
     """{role: {tile: map}} for normal, specular and roughness from a de-lit TextureResult and its fit,
     and what was found (for result.json texture.info.maps). The texture's diffuse is the de-lit photo with
     its highlights still in: the specular evidence looks for them, and the detail normals' gains were
-    calibrated on it (on the synthetic truth they are 0.03-0.2 degrees worse from the cleaned map)."""
+    calibrated on it (on the synthetic truth they are 0.03-0.2 degrees worse from the cleaned map).
+    `check()` is called between steps (it raises to cancel)."""
     S = tex.size
     tiles = tuple(t for t in TILES if t in tex.maps["diffuse"])
-    frames = frames or texel_frames(model, fit.vertices, S, tiles)
+    frames = frames or texel_frames(model, fit.vertices, S, tiles, check)
     rot = fit.rotation.detach().cpu().numpy().astype(np.float64)
     trans = fit.translation.detach().cpu().numpy().astype(np.float64)
     sh = fit.lighting.detach().cpu().numpy().astype(np.float64) if fit.lighting is not None else None
     diffuse, vis = tex.maps["diffuse"], tex.maps["visibility"]
-    normals = {t: detail_normals(diffuse[t], vis[t], frames[t], rot, sh, settings) if t in DETAIL_TILES
+    normals = {t: detail_normals(diffuse[t], vis[t], frames[t], rot, sh, settings, check) if t in DETAIL_TILES
                else flat_normals(S) for t in tiles}
     spec = (specular_from_tiles({t: diffuse[t] for t in tiles}, {t: vis[t] for t in tiles}, model, fit.vertices,
-                                rot, trans, sh, settings) if settings.spec_evidence
-            else specular_maps(diffuse, vis, frames, rot, trans, sh, settings))   # the priors: no photo needed
+                                rot, trans, sh, settings, check=check) if settings.spec_evidence
+            else specular_maps(diffuse, vis, frames, rot, trans, sh, settings, check=check))   # the priors alone
     tilt = {t: float(np.degrees(np.arccos(np.clip(frames[t].at(normals[t])[:, 2], -1, 1))).mean()) for t in tiles}
     info = {"detail_mean_tilt_deg": {str(t): round(v, 3) for t, v in tilt.items()}, "specular": spec.info,
             "settings": {"cavity_cm": settings.cavity_cm, "shading_gain": settings.shading_gain,
@@ -929,11 +976,10 @@ def with_measured_maps(tex, obs, fit, model: FaceModel, hooks=None, settings: Ma
 
     from .eyes import eyes_from_photo
     from .highlights import remove_highlights
+    check = hooks.cancel_check if hooks is not None else _nothing
     tiles = tuple(t for t in TILES if t in tex.maps["diffuse"])
-    frames = texel_frames(model, fit.vertices, tex.size, tiles)
-    maps, info = measured_maps(tex, fit, model, settings, frames)     # from the photo, highlights and all
-    if hooks is not None:
-        hooks.cancel_check()
+    frames = texel_frames(model, fit.vertices, tex.size, tiles, check)
+    maps, info = measured_maps(tex, fit, model, settings, frames, check)     # from the photo, highlights and all
     info["highlights"] = {"removed": False}
     if settings.remove_highlights and fit.lighting is not None:
         # then the diffuse map without the photo's shine, so that relighting does not keep it
@@ -941,15 +987,17 @@ def with_measured_maps(tex, obs, fit, model: FaceModel, hooks=None, settings: Ma
         if getattr(fit, "albedo_model", None) is not None and fit.albedo is not None \
                 and len(fit.albedo) == fit.albedo_model.num_components:
             coeffs = fit.albedo.detach().float().cpu()
-            colour = {t: fit.albedo_model.image(t, coeffs, tex.size).clamp(0.0, 1.0).permute(1, 2, 0).numpy()
-                      for t in tiles if t in fit.albedo_model.tiles}
+            colour = {}
+            for t in tiles:
+                if t in fit.albedo_model.tiles:
+                    check()
+                    colour[t] = fit.albedo_model.image(t, coeffs, tex.size).clamp(0.0, 1.0).permute(1, 2, 0).numpy()
         cleaned, found = remove_highlights(tex.maps["diffuse"], tex.maps["visibility"], frames,
                                            fit.rotation.detach().cpu().numpy(),
-                                           fit.lighting.detach().cpu().numpy(), colour)
+                                           fit.lighting.detach().cpu().numpy(), colour, check=check)
         tex = _replace(tex, maps={**tex.maps, "diffuse": {**tex.maps["diffuse"], **cleaned}})
         info["highlights"] = {"removed": True, **found}
-        if hooks is not None:
-            hooks.cancel_check()
+    check()
     images = dict(getattr(tex, "images", {}) or {})
     det = getattr(obs, "detection", None)
     if det is not None and len(det.points) >= 478:

@@ -283,10 +283,10 @@ def _stored_uv_layout(model: FaceModel, size: int, device: str,
     saved there (best effort: a read-only cache only costs the time), replacing the files that older
     code drew for the same model, size and device."""
     path = _layout_path(model, size, device)
-    arrays = read_npz(path)
+    arrays = read_npz(path, check)
     if arrays is not None:
         with contextlib.suppress(KeyError, ValueError):
-            return _layout_from_arrays(arrays, size, device)
+            return _layout_from_arrays(arrays, size, device, check)
     layout = _compute_uv_layout(model, size, device, check)
     with contextlib.suppress(OSError):
         write_npz_atomic(path, _layout_arrays(*layout), compressed=False)
@@ -312,12 +312,14 @@ def _layout_arrays(layouts: tuple[_TileLayout, ...], seams: _Seams) -> dict[str,
     return arrays
 
 
-def _layout_from_arrays(arrays: dict[str, np.ndarray], size: int,
-                        device: str) -> tuple[tuple[_TileLayout, ...], _Seams]:
-    """The inverse of _layout_arrays; ValueError or KeyError for a file that is not a whole layout."""
+def _layout_from_arrays(arrays: dict[str, np.ndarray], size: int, device: str,
+                        check: Callable[[], None] = lambda: None) -> tuple[tuple[_TileLayout, ...], _Seams]:
+    """The inverse of _layout_arrays; ValueError or KeyError for a file that is not a whole layout.
+    `check()` is called between the index arrays' conversions (it raises to cancel)."""
     dev = torch.device(device)
 
     def idx(a: np.ndarray) -> torch.Tensor:
+        check()
         return torch.from_numpy(a.astype(np.int64)).to(dev)
 
     def arr(a: np.ndarray) -> torch.Tensor:
@@ -367,6 +369,7 @@ def _compute_uv_layout(model: FaceModel, size: int, device: str,
         check()
         r = rasterize(uv_screen(uvs, tile, size), corners_all[ids_t], size, size, perspective_correct=False,
                       cancel_check=check)
+        check()
         texel = torch.nonzero(r.triangle.reshape(-1) >= 0).squeeze(1)
         local = r.triangle.reshape(-1).index_select(0, texel)
         tri = ids_t.index_select(0, local)
@@ -377,6 +380,7 @@ def _compute_uv_layout(model: FaceModel, size: int, device: str,
         pos = torch.full((size * size,), -1, dtype=torch.long, device=dev)
         pos[texel] = torch.arange(len(texel), device=dev)
         right = torch.where(texel % size < size - 1, pos.index_select(0, (texel + 1).clamp(max=size * size - 1)), -1)
+        check()
         # Mirror UV: the same barycentrics on the corners that hold the mirrored vertices.
         mc = torch.from_numpy(_mirror_corners(model, ids)).to(dev).index_select(0, local).T.contiguous()  # (3, N)
         has = (mc >= 0).all(0) & ~mouth
@@ -386,6 +390,7 @@ def _compute_uv_layout(model: FaceModel, size: int, device: str,
             mu = uv_k[:, 0] * bary[k] if mu is None else mu + uv_k[:, 0] * bary[k]
             mv = uv_k[:, 1] * bary[k] if mv is None else mv + uv_k[:, 1] * bary[k]
         mtile = torch.floor(mu).long() + 1001
+        check()
         mirror = {}
         for mt in TILES:
             sel = torch.nonzero(has & (mtile == mt)).squeeze(1)
@@ -430,14 +435,15 @@ def _skin_weight(blurred: torch.Tensor, ref: torch.Tensor, sharp: torch.Tensor) 
 
 
 def push_pull(colour: torch.Tensor, weight: torch.Tensor, prior: torch.Tensor | None = None,
-              prior_weight: float = 0.0) -> torch.Tensor:
+              prior_weight: float = 0.0, check: Callable[[], None] = lambda: None) -> torch.Tensor:
     """Fill an image where its weight is low: (C, H, W) colour, (H, W) weight in 0..1 -> (C, H, W).
 
     Pull: a pyramid of weighted averages (a coarse cell is fully trusted once its children hold one
     full weight). Push: from the coarsest level down, each level keeps its own data by weight and takes
     the bilinearly upsampled coarser result elsewhere, so holes get smooth colour from their surroundings.
     A `prior` colour (C,) with a tiny `prior_weight` everywhere only matters far from any data: there
-    the fill tends to it instead of to whatever data happens to be nearest.
+    the fill tends to it instead of to whatever data happens to be nearest. `check()` is called before
+    the push (it raises to cancel).
     """
     w = weight.clamp(0.0, 1.0)[None]
     p = colour * w
@@ -458,6 +464,7 @@ def push_pull(colour: torch.Tensor, weight: torch.Tensor, prior: torch.Tensor | 
     filled = p / w.clamp_min(1e-12)
     if float(w.max()) <= 0:
         filled = torch.full_like(p, 0.5)
+    check()
     for p_l, w_l in reversed(levels):
         h, wd = p_l.shape[-2:]
         up = render.upsample2x(filled)[:, :h, :wd]
@@ -621,6 +628,7 @@ def make_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int, r
         cam_v = render.to_camera(fit.vertices.detach().float(), fit.rotation.detach().float().to(dev),
                                  fit.translation.detach().float().to(dev))
         layouts, seams = _uv_layout(model, S, str(dev), check)
+        check()
         hooks.progress(0.2)
         topo = model.topology
         occ = np.isin(topo.polygon_part[topo.triangle_polygon], [PART_NAMES.index(p) for p in _OCCLUDER_PARTS])
@@ -632,10 +640,12 @@ def make_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int, r
         cam_t = cam_v.T.contiguous()
         direct = []  # per tile: (u, v, depth) (3, N), weight (N,), where to check for skin (N,), normal (3, N)
         for lay in layouts:
+            check()
             p = _interp(cam_t, lay)
+            check()
             n = _interp(normals_t, lay)
             n = n / render.sum_rows(n.square()).sqrt().clamp_min(1e-12)
-            uvd, f = render.view_factors(p, n, view, k)
+            uvd, f = _view_factors_chunked(p, n, view, k, check)
             w = f["angle"] * f["visible"] * f["sil_fade"] * f["occ_fade"] * f["border"]
             check_here = torch.maximum(lay.outer, f["near_edge"])
             if recipe.check is not None:
@@ -654,24 +664,34 @@ def make_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int, r
         blur_factor = max(2.0, SKIN_BLUR_FRACTION * max(H, W))
         box = _head_box([d[0] for d in direct], [d[1] for d in direct], W, H, margin=int(4 * blur_factor) + 2)
         sharp_np, _ = linear_resampled(photo_rgb, px_per_texel, box)
+        check()
         blurred_np, _ = linear_resampled(photo_rgb, blur_factor, box)
+        check()
         to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev).permute(2, 0, 1)  # noqa: E731
         sharp, blurred = to_t(sharp_np), to_t(blurred_np)
         bw, bh = box[2] - box[0], box[3] - box[1]
         grids = [render.pixel_grid(d[0][0] - box[0], d[0][1] - box[1], bw, bh) for d in direct]
-        shadings = [recipe.shading(d[3]) if recipe.shading else None for d in direct]
-        colours = [_unlit(render.sample_image(sharp, g), sh) for g, sh in zip(grids, shadings)]  # (3, N) each
+        shadings, colours = [], []
+        for d, g in zip(direct, grids):
+            check()
+            shadings.append(recipe.shading(d[3]) if recipe.shading else None)
+            colours.append(_unlit(render.sample_image(sharp, g), shadings[-1]))  # (3, N)
         if recipe.shading is not None:
             # Clipped channels hold a lower bound only: rebuilt from the texel's unclipped channels, and
             # a texel clipped in every channel gives way to the mirror and the fill.
+            check()
             clip = to_t(linear_resampled(photo_rgb, px_per_texel, box, SRGB8_CLIPPED)[0])
             clipped = [render.sample_image(clip, g) for g in grids]
             if recipe.reference is not None:
-                refs = [recipe.reference(lay.tile, S).reshape(3, S * S)[:, lay.texel] for lay in layouts]
+                refs = []
+                for lay in layouts:
+                    check()
+                    refs.append(recipe.reference(lay.tile, S).reshape(3, S * S)[:, lay.texel])
             else:
                 c0, k0 = colours[0], (clipped[0].amax(0) < 0.05) & (direct[0][1] > 0.5)   # seen, unclipped
                 med = c0[:, k0].median(1).values if int(k0.sum()) >= 10 else c0.median(1).values
                 refs = [med[:, None].expand_as(c) for c in colours]
+            check()
             colours = [unclipped(c, q, r) for c, q, r in zip(colours, clipped, refs)]
             for lay, d, q in zip(layouts, direct, clipped):
                 debug("clipped", lay, q.amax(0))
@@ -691,19 +711,23 @@ def make_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int, r
         has_ref = len(ref_sel) >= 10
         default_skin = torch.as_tensor(srgb_to_linear(np.asarray(DEFAULT_SKIN_SRGB)), device=dev)
         skin_colour = colours[0][:, ref_sel].median(1).values if has_ref else default_skin
+        check()
         blurred_at = [_unlit(render.sample_image(blurred, g), sh) for g, sh in zip(grids, shadings)]
         skin_ref = linear_to_srgb(blurred_at[0][:, ref_sel]) if has_ref else None
         weights = []
         for lay, d, c, bl, sh in zip(layouts, direct, colours, blurred_at, shadings):
+            check()
             w, check_skin = d[1], d[2]
             if skin_ref is not None:
-                wskin = _skin_weight(linear_to_srgb(bl), skin_ref, linear_to_srgb(c))
+                wskin = _skin_weight(_srgb_chunked(bl, check), skin_ref, _srgb_chunked(c, check))
+                check()
                 # Where skin meets a collar, hair or the background, the pixels between are neither: a
                 # mixed, shadowed rim (clothes touching the neck) that passes the check and that the fill
                 # would then spread as a dark line along it.
                 wskin = _edge_faded(lay, wskin, S, min(S / 64.0, SKIN_EDGE_PX / max(px_per_texel, 1e-3)))
                 w = w * (1.0 - (2.0 * check_skin).clamp(max=1.0) * (1.0 - wskin))
                 debug("skin", lay, wskin)
+                check()
             if recipe.weight is not None:
                 extra = recipe.weight(lay.tile, d[0], sh)
                 w = w * extra
@@ -728,6 +752,7 @@ def make_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int, r
             # the difference to it, so far from any data the texture becomes the base.
             base = (recipe.base(lay.tile, S).reshape(3, S * S) if recipe.base is not None
                     else skin_colour[:, None].expand(3, S * S))
+            check()
             # Mirror: weakly seen texels take their mirror image's colour, as far as that was seen.
             acc = torch.cat([c * w, w[None]])                           # (4, N) premultiplied
             for mt, (sel, grid) in (lay.mirror.items() if recipe.mirror else ()):
@@ -736,14 +761,17 @@ def make_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int, r
                 gate = render.smoothstep(0.5 * recipe.mirror_from, recipe.mirror_from, own) \
                     if recipe.mirror_from > 0 else 1.0
                 acc[:, sel] += (1.0 - own) * gate * m
+            check()
             acc_w = acc[3]
             col = acc[:3] / acc_w.clamp_min(1e-6)
+            check()
             # Only confidently seen texels drive the fill (faint ones would spread into the holes: the
             # pyramid trusts the nearest data, however weak); every texel then blends its own colour
             # with the fill by its weight, so seen and filled parts meet without a step.
             alpha = render.smoothstep(BLEND_WEIGHT[0], BLEND_WEIGHT[1], acc_w)
             trust = torch.where(lay.mouth, 0.0, render.smoothstep(FILL_TRUST[0], FILL_TRUST[1], acc_w))
             img = _texel_image(lay, torch.cat([col - base[:, lay.texel], trust[None], alpha[None]]), S).view(5, S * S)
+            check()
             rimg, wimg, aimg = img[:3], img[3], img[4]
             if seams.tile == lay.tile and seams.source in final and len(seams.texel):
                 # Seams with a tile done before: the same 3D points there, so no colour step across the seam.
@@ -758,8 +786,10 @@ def make_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int, r
             if _debug is not None:
                 _debug[f"fill_colour.{lay.tile}"] = (rimg + base).view(3, S, S).permute(1, 2, 0).cpu().numpy()
                 _debug[f"fill_weight.{lay.tile}"] = wimg.view(S, S).cpu().numpy()
+            check()
             fill = push_pull(rimg.view(3, S, S), wimg.view(S, S), torch.zeros(3, device=dev),
-                             FILL_PRIOR_WEIGHT).view(3, S * S)
+                             FILL_PRIOR_WEIGHT, check).view(3, S * S)
+            check()
             out = base + rimg * aimg + fill * (1.0 - aimg)
             mt = torch.nonzero(lay.mouth).squeeze(1)
             if len(mt):
@@ -773,6 +803,33 @@ def make_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int, r
     info = {"photo_px_per_texel": px_per_texel, "skin_colour_linear": [float(x) for x in skin_colour],
             "skin_reference_texels": int(len(ref_sel))}
     return TextureResult(recipe.name, S, {"diffuse": diffuse, "visibility": visibility, **constant_maps(S)}, info)
+
+
+VIEW_CHUNK = 1 << 19   # texels per render.view_factors call: a 2048-px tile's 3 million take 1-2 s at once
+
+
+def _view_factors_chunked(p: torch.Tensor, n: torch.Tensor, view, k, check: Callable[[], None]):
+    """render.view_factors over the texels in chunks, with `check()` between them (it raises to cancel):
+    every factor is per texel, so the result is the same as in one call."""
+    parts = []
+    for a in range(0, max(p.shape[1], 1), VIEW_CHUNK):
+        check()
+        parts.append(render.view_factors(p[:, a:a + VIEW_CHUNK], n[:, a:a + VIEW_CHUNK], view, k))
+    check()
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([q[0] for q in parts], 1), {name: torch.cat([q[1][name] for q in parts]) for name in parts[0][1]}
+
+
+def _srgb_chunked(colour: torch.Tensor, check: Callable[[], None]) -> torch.Tensor:
+    """linear_to_srgb of (3, N) colours in chunks of texels, with `check()` between them (it raises to
+    cancel): in double precision, a 2048-px tile's take a second at once. Per texel, so the same numbers."""
+    parts = []
+    for a in range(0, max(colour.shape[1], 1), VIEW_CHUNK):
+        check()
+        parts.append(linear_to_srgb(colour[:, a:a + VIEW_CHUNK]))
+    check()
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
 
 def unclipped(colour: torch.Tensor, clipped: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

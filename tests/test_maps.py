@@ -184,6 +184,25 @@ def test_detail_normals_recover_a_known_relief(frames):
 # Specular
 
 
+def test_highpass_level_by_level_is_pywts_transform_and_cancellable():
+    """The detail sub-bands computed one level at a time (so that a cancel lands between levels) are the
+    numbers of pywt's whole stationary transform, bit for bit; a check that raises stops the transform."""
+    import pywt
+    rng = np.random.default_rng(3)
+    image = cv2.GaussianBlur(rng.normal(size=(256, 256)), (0, 0), 1.5).astype(np.float32)
+    coeffs = pywt.swt2(image, "sym4", level=4, trim_approx=True, norm=True)
+    coeffs[0] = np.zeros_like(coeffs[0])
+    calls = []
+    out = skin_maps.highpass(image, 4, check=lambda: calls.append(1))
+    assert np.array_equal(out, pywt.iswt2(coeffs, "sym4", norm=True))
+    assert len(calls) == 8   # after each level, both ways
+
+    def stop():
+        raise RuntimeError("cancelled")
+    with pytest.raises(RuntimeError):
+        skin_maps.highpass(image, 4, check=stop)
+
+
 def test_specular_evidence_is_dichromatic():
     rng = np.random.default_rng(2)
     base = rng.uniform(0.2, 0.6, size=(500, 3)) * np.array([1.0, 0.75, 0.6])

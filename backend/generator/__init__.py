@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -87,20 +88,24 @@ def sample_layout(net, first128: torch.Tensor, prior: torch.Tensor, model, steps
 DETAIL_WEIGHT = (0.2, 0.6)   # mirror weight from which its high frequencies are carried over
 
 
-def mirror_detail(model, first: dict[int, torch.Tensor], size: int, dev) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+def mirror_detail(model, first: dict[int, torch.Tensor], size: int, dev,
+                  check: Callable[[], None] = lambda: None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Per tile: (3, S, S) the high frequencies (above the generator's resolution) of every texel's mirror
     image in the direct view, where the mirror was seen (the photo's detail, carried to the far side), and
-    (S, S) how far it was seen (0..1: where it was not, the albedo model's detail takes over)."""
+    (S, S) how far it was seen (0..1: where it was not, the albedo model's detail takes over). `check()`
+    is called between steps (it raises to cancel)."""
     from ..texture import _uv_layout
     layouts, _ = _uv_layout(model, size, str(dev))
     out = {}
     for lay in layouts:
+        check()
         acc = torch.zeros(4, size * size, device=dev)
         for mt, (sel, grid) in lay.mirror.items():
             acc[:, lay.texel[sel]] = render.sample_image(first[mt], grid)
         acc = acc.view(4, size, size)
         f = size // RES
         low = torch.nn.functional.avg_pool2d(acc[None], f)[0]
+        check()
         low_col = render.upsample(low[:3] / low[3:].clamp_min(1e-4), size)
         col = acc[:3] / acc[3:].clamp_min(1e-4)
         w = render.smoothstep(*DETAIL_WEIGHT, acc[3]) * render.smoothstep(*DETAIL_WEIGHT, render.upsample(low[3:], size)[0])
@@ -160,8 +165,10 @@ def generated_texture(obs: Observation, fit: SceneFit, model, size: int = 1024, 
             x0 = sample_layout(gen.net, first128, prior, model, steps, settings.seed, guide, on_step)
         lin = srgb_to_linear((x0.detach().float() + 1.0) * 0.5).clamp(0.0, 1.0)
         state["gen"] = from_layout(lin)[0].to(dev)                   # (T, 3, RES, RES)
+        hooks.cancel_check()
         if settings.mirror_detail:
-            state["detail"] = mirror_detail(model, first, size, dev)
+            state["detail"] = mirror_detail(model, first, size, dev, hooks.cancel_check)
+            hooks.cancel_check()
         state["seconds"] = time.perf_counter() - t0
 
     def base(tile: int, S: int) -> torch.Tensor:
