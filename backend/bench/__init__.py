@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --maps: where the specular evidence goes wrong on each head (docs/maps.md), instead of the scores")
     p.add_argument("--maps-eyes", type=Path, metavar="DIR",
                    help="the eyes' row on real photos: iris colour vs the photo's mean iris pixel (Delta E)")
+    p.add_argument("--cancel-latency", action="store_true",
+                   help="the longest wait a cancel can have, per stage (bench/cancel_latency.py; --texture-size, "
+                        "--repeat, --texture)")
     p.add_argument("--completion", action="store_true",
                    help="texture completion on the held-out identities (bench/completion.py)")
     p.add_argument("--completion-data", type=Path, default=Path("out/generator_data"),
@@ -126,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.maps_eyes:
             argv_maps += ["--real", str(args.maps_eyes)] + (["--real-limit", str(args.limit)] if args.limit else [])
         return maps_truth.main(argv_maps)
+    if args.cancel_latency:
+        from .cancel_latency import main as cancel_main
+        return cancel_main(["--texture-size", str(args.texture_size), "--repeat", str(args.repeat or 3)]
+                           + (["--texture", args.texture] if args.texture else []))
     if args.completion:
         from .completion import main as completion_main
         return completion_main(args)
