@@ -387,10 +387,11 @@ def write_png(path: Path, image: np.ndarray) -> None:
 def write_pngs(folder: Path, images: list[tuple[str, Callable[[], np.ndarray]]], cancel_check: Callable[[], None],
                workers: int = 2) -> None:
     """Write (name, make image) as PNGs in order, with a cancel check before making each, after writing
-    each and while waiting for one. This thread makes each image while OpenCV's PNG encoder, which releases the GIL, compresses the previous ones on `workers`
-    threads (a bundle's 13 PNGs took 0.6 s of its write stage one by one). Only the encoding runs there,
-    and at most `workers` + 1 images are alive at once: with whole images made on the pool, the peak memory
-    of a reconstruct rose by 300-400 MB (measured)."""
+    each and while waiting for one. This thread makes each image while OpenCV's PNG encoder, which
+    releases the GIL, compresses the previous ones on `workers` threads (a bundle's 13 PNGs took 0.6 s
+    of its write stage one by one). Only the encoding runs there, and at most `workers` + 1 images are
+    alive at once: with whole images made on the pool, the peak memory of a reconstruct rose by 300-400 MB
+    (measured)."""
     import collections
     from concurrent.futures import ThreadPoolExecutor
     from concurrent.futures import TimeoutError as FutureTimeout

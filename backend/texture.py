@@ -645,7 +645,9 @@ def make_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int, r
             check()
             n = _interp(normals_t, lay)
             n = n / render.sum_rows(n.square()).sqrt().clamp_min(1e-12)
-            uvd, f = _view_factors_chunked(p, n, view, k, check)
+            parts = [render.view_factors(p[:, c], n[:, c], view, k) for c in _texel_chunks(p.shape[1], check)]
+            uvd = torch.cat([q[0] for q in parts], 1)
+            f = {name: torch.cat([q[1][name] for q in parts]) for name in parts[0][1]}
             w = f["angle"] * f["visible"] * f["sil_fade"] * f["occ_fade"] * f["border"]
             check_here = torch.maximum(lay.outer, f["near_edge"])
             if recipe.check is not None:
@@ -719,7 +721,10 @@ def make_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int, r
             check()
             w, check_skin = d[1], d[2]
             if skin_ref is not None:
-                wskin = _skin_weight(_srgb_chunked(bl, check), skin_ref, _srgb_chunked(c, check))
+                # in chunks: in double precision, a 2048-px tile's sRGB conversion takes a second at once
+                srgb = [torch.cat([linear_to_srgb(x[:, i]) for i in _texel_chunks(x.shape[1], check)], 1)
+                        for x in (bl, c)]
+                wskin = _skin_weight(srgb[0], skin_ref, srgb[1])
                 check()
                 # Where skin meets a collar, hair or the background, the pixels between are neither: a
                 # mixed, shadowed rim (clothes touching the neck) that passes the check and that the fill
@@ -805,31 +810,16 @@ def make_texture(obs: Observation, fit: SceneFit, model: FaceModel, size: int, r
     return TextureResult(recipe.name, S, {"diffuse": diffuse, "visibility": visibility, **constant_maps(S)}, info)
 
 
-VIEW_CHUNK = 1 << 19   # texels per render.view_factors call: a 2048-px tile's 3 million take 1-2 s at once
+TEXEL_CHUNK = 1 << 19   # texels per call of a per-texel op that a 2048-px tile's 3 million would keep for 1-2 s
 
 
-def _view_factors_chunked(p: torch.Tensor, n: torch.Tensor, view, k, check: Callable[[], None]):
-    """render.view_factors over the texels in chunks, with `check()` between them (it raises to cancel):
-    every factor is per texel, so the result is the same as in one call."""
-    parts = []
-    for a in range(0, max(p.shape[1], 1), VIEW_CHUNK):
+def _texel_chunks(n: int, check: Callable[[], None]):
+    """Slices of at most TEXEL_CHUNK of n texels, with `check()` before each and after the last (it raises
+    to cancel): a per-texel op run over them and concatenated gives the numbers of one call."""
+    for a in range(0, max(n, 1), TEXEL_CHUNK):
         check()
-        parts.append(render.view_factors(p[:, a:a + VIEW_CHUNK], n[:, a:a + VIEW_CHUNK], view, k))
+        yield slice(a, a + TEXEL_CHUNK)
     check()
-    if len(parts) == 1:
-        return parts[0]
-    return torch.cat([q[0] for q in parts], 1), {name: torch.cat([q[1][name] for q in parts]) for name in parts[0][1]}
-
-
-def _srgb_chunked(colour: torch.Tensor, check: Callable[[], None]) -> torch.Tensor:
-    """linear_to_srgb of (3, N) colours in chunks of texels, with `check()` between them (it raises to
-    cancel): in double precision, a 2048-px tile's take a second at once. Per texel, so the same numbers."""
-    parts = []
-    for a in range(0, max(colour.shape[1], 1), VIEW_CHUNK):
-        check()
-        parts.append(linear_to_srgb(colour[:, a:a + VIEW_CHUNK]))
-    check()
-    return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
 
 def unclipped(colour: torch.Tensor, clipped: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
