@@ -44,6 +44,7 @@ from .cache import BoundedCache
 from .facemodel import NARROW_FACE_LAST_VERTEX, PART_NAMES, VERTEX_RANGES, FaceModel
 from .raster import rasterize
 from .scene import _nothing
+from .threads import concurrently
 
 TILES = (1001, 1002)
 # Tiles that get detail normals: the face. The head/neck tile is mostly hidden or filled in a photo, and its
@@ -956,11 +957,19 @@ def measured_maps(tex, fit, model: FaceModel, settings: MapSettings = DEFAULT_SE
     trans = fit.translation.detach().cpu().numpy().astype(np.float64)
     sh = fit.lighting.detach().cpu().numpy().astype(np.float64) if fit.lighting is not None else None
     diffuse, vis = tex.maps["diffuse"], tex.maps["visibility"]
-    normals = {t: detail_normals(diffuse[t], vis[t], frames[t], rot, sh, settings, check) if t in DETAIL_TILES
-               else flat_normals(S) for t in tiles}
-    spec = (specular_from_tiles({t: diffuse[t] for t in tiles}, {t: vis[t] for t in tiles}, model, fit.vertices,
-                                rot, trans, sh, settings, check=check) if settings.spec_evidence
-            else specular_maps(diffuse, vis, frames, rot, trans, sh, settings, check=check))   # the priors alone
+
+    def normals_job(chk):
+        return {t: detail_normals(diffuse[t], vis[t], frames[t], rot, sh, settings, chk) if t in DETAIL_TILES
+                else flat_normals(S) for t in tiles}
+
+    def specular_job(chk):
+        if settings.spec_evidence:
+            return specular_from_tiles({t: diffuse[t] for t in tiles}, {t: vis[t] for t in tiles}, model,
+                                       fit.vertices, rot, trans, sh, settings, check=chk)
+        return specular_maps(diffuse, vis, frames, rot, trans, sh, settings, check=chk)   # the priors alone
+
+    # independent numpy work (0.85 s and 0.5 s at 1024 px, measured): side by side on two cores
+    normals, spec = concurrently([normals_job, specular_job], check)
     tilt = {t: float(np.degrees(np.arccos(np.clip(frames[t].at(normals[t])[:, 2], -1, 1))).mean()) for t in tiles}
     info = {"detail_mean_tilt_deg": {str(t): round(v, 3) for t, v in tilt.items()}, "specular": spec.info,
             "settings": {"cavity_cm": settings.cavity_cm, "shading_gain": settings.shading_gain,
@@ -979,32 +988,48 @@ def with_measured_maps(tex, obs, fit, model: FaceModel, hooks=None, settings: Ma
     check = hooks.cancel_check if hooks is not None else _nothing
     tiles = tuple(t for t in TILES if t in tex.maps["diffuse"])
     frames = texel_frames(model, fit.vertices, tex.size, tiles, check)
-    maps, info = measured_maps(tex, fit, model, settings, frames, check)     # from the photo, highlights and all
+    colour = None      # the albedo model's colour per tile, the highlights' reference (torch: made here)
+    if settings.remove_highlights and fit.lighting is not None and getattr(fit, "albedo_model", None) is not None \
+            and fit.albedo is not None and len(fit.albedo) == fit.albedo_model.num_components:
+        coeffs = fit.albedo.detach().float().cpu()
+        colour = {}
+        for t in tiles:
+            if t in fit.albedo_model.tiles:
+                check()
+                colour[t] = fit.albedo_model.image(t, coeffs, tex.size).clamp(0.0, 1.0).permute(1, 2, 0).numpy()
+
+    def maps_job(chk):   # from the photo, highlights and all
+        return measured_maps(tex, fit, model, settings, frames, chk)
+
+    def highlights_job(chk):
+        if not (settings.remove_highlights and fit.lighting is not None):
+            return None
+        # the diffuse map without the photo's shine, so that relighting does not keep it
+        return remove_highlights(tex.maps["diffuse"], tex.maps["visibility"], frames,
+                                 fit.rotation.detach().cpu().numpy(), fit.lighting.detach().cpu().numpy(),
+                                 colour, check=chk)
+
+    def eyes_job(chk):
+        det = getattr(obs, "detection", None)
+        if det is None or len(det.points) < 478:
+            return None
+        chk()
+        return eyes_from_photo(np.asarray(obs.photo.rgb), det.points, model, fit.vertices.detach().cpu().numpy(),
+                               fit.rotation.detach().cpu().numpy(), fit.translation.detach().cpu().numpy(),
+                               fit.intrinsics.focal_px,
+                               fit.lighting.detach().cpu().numpy() if fit.lighting is not None else None)
+
+    # The three read the same de-lit texture and write nothing shared: they run side by side
+    # (threads.concurrently), the maps' own two halves among them (1.45 s of the 2.1 s here, measured).
+    (maps, info), cleaned, eyes = concurrently([maps_job, highlights_job, eyes_job], check)
     info["highlights"] = {"removed": False}
-    if settings.remove_highlights and fit.lighting is not None:
-        # then the diffuse map without the photo's shine, so that relighting does not keep it
-        colour = None
-        if getattr(fit, "albedo_model", None) is not None and fit.albedo is not None \
-                and len(fit.albedo) == fit.albedo_model.num_components:
-            coeffs = fit.albedo.detach().float().cpu()
-            colour = {}
-            for t in tiles:
-                if t in fit.albedo_model.tiles:
-                    check()
-                    colour[t] = fit.albedo_model.image(t, coeffs, tex.size).clamp(0.0, 1.0).permute(1, 2, 0).numpy()
-        cleaned, found = remove_highlights(tex.maps["diffuse"], tex.maps["visibility"], frames,
-                                           fit.rotation.detach().cpu().numpy(),
-                                           fit.lighting.detach().cpu().numpy(), colour, check=check)
+    if cleaned is not None:
+        cleaned, found = cleaned
         tex = _replace(tex, maps={**tex.maps, "diffuse": {**tex.maps["diffuse"], **cleaned}})
         info["highlights"] = {"removed": True, **found}
     check()
     images = dict(getattr(tex, "images", {}) or {})
-    det = getattr(obs, "detection", None)
-    if det is not None and len(det.points) >= 478:
-        eyes = eyes_from_photo(np.asarray(obs.photo.rgb), det.points, model, fit.vertices.detach().cpu().numpy(),
-                               fit.rotation.detach().cpu().numpy(), fit.translation.detach().cpu().numpy(),
-                               fit.intrinsics.focal_px,
-                               fit.lighting.detach().cpu().numpy() if fit.lighting is not None else None)
+    if eyes is not None:
         images["eyes"] = eyes.image
         info["eyes"] = eyes.info
     return _replace(tex, maps={**tex.maps, **maps}, images=images, info={**tex.info, "maps": info})
