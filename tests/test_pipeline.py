@@ -232,18 +232,27 @@ def test_missing_face_model_is_a_clear_error(tmp_path, faces_dir):
     assert not (tmp_path / "out").exists()
 
 
-def test_after_the_warm_up_a_first_request_computes_no_uv_layout(tmp_path, faces_dir, monkeypatch):
-    """The worker warms up before it says `ready`: the UV layouts and skin rasters of its texture size
-    are then computed already, so the first request (the one an artist waits for) does not pay them."""
-    from backend import pipeline, skin_maps, texture
+def test_after_the_warm_up_a_first_request_loads_and_computes_nothing(tmp_path, faces_dir, monkeypatch):
+    """The worker warms up before it says `ready`: the models are loaded and the UV layouts and skin rasters
+    of its texture size computed already, so the first request (the one an artist waits for) pays none of
+    it. The warm-up runs on two threads: MediaPipe's graphs made there serve a request on another."""
+    from backend import albedo, dlib_dnn, face_descriptor, landmarks, pipeline, segmentation, skin_maps, texture
     texture._LAYOUTS.clear()
+    face_descriptor._CACHE.clear()
     skin_maps._RASTERS.clear()
+    albedo._MODELS.clear()
+    landmarks._close_analyzers()
+    segmentation._close_segmenters()
     pipeline.warm_up(Options(device="cpu", texture_size=512))
 
     def computed_in_the_request(*args, **kwargs):
         raise AssertionError("computed during the request, not by the warm-up")
     monkeypatch.setattr(texture, "_compute_uv_layout", computed_in_the_request)
     monkeypatch.setattr(skin_maps, "vertex_regions", computed_in_the_request)
+    monkeypatch.setattr(landmarks, "FaceAnalyzer", computed_in_the_request)
+    monkeypatch.setattr(segmentation, "Segmenter", computed_in_the_request)
+    monkeypatch.setattr(dlib_dnn, "read_network", computed_in_the_request)
+    monkeypatch.setattr(albedo, "AlbedoModel", computed_in_the_request)
     result = reconstruct(PHOTO, tmp_path / "out", Options(device="cpu", texture_size=512))
     assert result["texture"]["size"] == 512 and (tmp_path / "out" / "result.json").is_file()
 
