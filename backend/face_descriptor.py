@@ -174,7 +174,10 @@ def load_face_descriptor(path: str | os.PathLike | None = None, device: str = "c
     """The network for this file and device, read once per process (eval mode, no gradients for
     its weights; gradients still flow to its input)."""
     model = find_model(path).resolve()
-    key = (model, str(torch.device(device)))
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:   # "cuda" and a tensor's "cuda:0" are one network
+        dev = torch.device("cuda", torch.cuda.current_device())
+    key = (model, str(dev))
     with _CACHE_LOCK:
         net = _CACHE.get(key)
         if net is None:
@@ -182,7 +185,7 @@ def load_face_descriptor(path: str | os.PathLike | None = None, device: str = "c
                 parsed = dlib_dnn.read_network(model)
             except dlib_dnn.DlibFormatError as exc:
                 raise LikenessError("ASSETS_MISSING", f"{model} is not dlib's face ResNet ({exc})") from exc
-            net = _CACHE[key] = FaceDescriptorNet(parsed).to(device).eval()
+            net = _CACHE[key] = FaceDescriptorNet(parsed).to(dev).eval()
         return net
 
 

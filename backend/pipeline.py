@@ -154,8 +154,6 @@ def warm_up(options: Options = Options()) -> None:
     do not. Every loader is a thread-safe process-wide cache, and file reads, torch and MediaPipe's
     graph set-up let go of the GIL: median 1.93 -> 1.27 s in fresh processes on 2 cores (docs/bench.md)."""
     device = resolve_device(options.device)
-    # the tensors' own device name ("cuda:0", not "cuda"): the descriptor's cache is keyed by it
-    tensor_device = str(torch.empty(0, device=device).device)
 
     def face_model_lane(check) -> None:
         from . import skin_maps
@@ -175,7 +173,7 @@ def warm_up(options: Options = Options()) -> None:
         get_segmenter()
         try:  # the fit's confidence measures the render with it; without it, that measure is left out
             from .face_descriptor import load_face_descriptor
-            load_face_descriptor(device=tensor_device)
+            load_face_descriptor(device=device)
         except LikenessError:
             pass
 
