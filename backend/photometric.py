@@ -296,21 +296,30 @@ PLACEMENT_PARTS = ("landmark_error_frontal_iod", "photometric_skin_share")   # i
 
 
 def fit_confidence(metrics: dict) -> dict:
-    """How far the fit can be trusted, from its residuals (result.json `metrics.confidence`)."""
+    """How far the fit can be trusted, from its residuals (result.json `metrics.confidence`): each part on its
+    ramp, `score` the weakest part, and `trust` what the pipeline warns and refuses on (`trust_set_by`: the
+    part that sets it).
+
+    Trust is the weaker of the placement parts (landmarks, skin share: is the head on the face at all) and
+    the *second*-weakest appearance part (colour residual, outlier share, identity): one weak appearance
+    residual alone is what an ordinary photo does to a good fit (a sharpened, saturated in-the-wild JPEG's
+    per-pixel texture, which no smooth albedo model has: wild_dev 290's colour residual at its limit with
+    landmarks and skin perfect; a small, smiling face's render chip: the demo photo's identity distance 0.63).
+    Warned on one weak part: the demo photo and 17 of the 40 wild_dev photos; on two: 8 (docs/fitting.md)."""
     parts = {}
     for key, (good, bad) in CONFIDENCE_RAMPS.items():
         value = metrics.get(key)
         if isinstance(value, (int, float)) and math.isfinite(value):
             parts[key] = float(np.clip((bad - value) / (bad - good), 0.0, 1.0))
-    score = min(parts.values()) if parts else 0.0
-    # Refusal needs the head to be off the face (landmarks or skin share at 0) or *two* appearance residuals
-    # at 0: one alone is what a sharpened, saturated in-the-wild JPEG does to a good fit (wild_dev 290: the
-    # colour residual at its limit from per-pixel texture the model cannot have, landmarks and skin perfect).
-    placed = [parts[k] for k in PLACEMENT_PARTS if k in parts]
-    looks = sorted(parts[k] for k in parts if k not in PLACEMENT_PARTS)
-    refuse_score = min(min(placed, default=1.0), looks[1] if len(looks) > 1 else 1.0) if parts else 0.0
-    return {"score": score, "parts": parts, "weakest": min(parts, key=parts.get) if parts else None,
-            "refuse_score": refuse_score}
+    if not parts:
+        return {"score": 0.0, "parts": parts, "weakest": None, "trust": 0.0, "trust_set_by": None}
+    candidates = {k: parts[k] for k in PLACEMENT_PARTS if k in parts}
+    looks = sorted((k for k in parts if k not in PLACEMENT_PARTS), key=parts.get)
+    if len(looks) > 1:
+        candidates[looks[1]] = parts[looks[1]]
+    trust_set_by = min(candidates, key=candidates.get) if candidates else None
+    return {"score": min(parts.values()), "parts": parts, "weakest": min(parts, key=parts.get),
+            "trust": candidates[trust_set_by] if trust_set_by else 1.0, "trust_set_by": trust_set_by}
 
 
 def light_prior_term(weight: float) -> Term:

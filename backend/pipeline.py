@@ -45,9 +45,8 @@ DEVICES = ("auto", "cpu", "cuda")
 MEMORY_TARGET_MB = 3072
 PREVIEW_EVENT_SIDE = 256
 PHOTOMETRIC_PREVIEW_HEIGHT = 384
-# Fit confidence (photometric.fit_confidence, 0..1): below WARN a warning, below REFUSE no bundle (FIT_FAILED)
-# rather than a head that does not belong to the photo (photometric.fit_confidence: `refuse_score`). Chosen so
-# that no London or wild_dev photo is refused.
+# The fit's trust (photometric.fit_confidence, 0..1): below WARN a warning, below REFUSE no bundle (FIT_FAILED)
+# rather than a head that does not belong to the photo. Chosen so that no London or wild_dev photo is refused.
 WARN_CONFIDENCE = 0.5
 REFUSE_CONFIDENCE = 0.05
 
@@ -259,9 +258,9 @@ def reconstruct(photo: str | Path | Photo, out_dir: str | Path, options: Options
         fit = fit_photometric(obs, fit, model, corr, albedo_model,
                               hooks=Hooks(hooks.cancel_check, lambda f: hooks.progress(0.25 + 0.75 * f)))
         conf = fit.metrics["confidence"]
-        if conf["refuse_score"] < REFUSE_CONFIDENCE:
-            raise LikenessError("FIT_FAILED", f"the fitted head does not match {photo.name} (confidence "
-                                f"{conf['score']:.2f}; weakest: {conf['weakest']}): the face may be too dark, "
+        if conf["trust"] < REFUSE_CONFIDENCE:
+            raise LikenessError("FIT_FAILED", f"the fitted head does not match {photo.name} (trust "
+                                f"{conf['trust']:.2f}; set by: {conf['trust_set_by']}): the face may be too dark, "
                                 "blurred, covered or not a real face; try a clearer photo")
         previews = {"preview": draw_preview(photo.rgb, model, fit.vertices, fit, det)}
         hooks.preview("fit", small(previews["preview"], PREVIEW_EVENT_SIDE))
@@ -287,6 +286,14 @@ def small(image: np.ndarray, side: int) -> np.ndarray:
                       interpolation=cv2.INTER_AREA)
 
 
+def confidence_warning(conf: dict | None) -> str | None:
+    """The bundle's warning for a fit of low trust (photometric.fit_confidence), or None."""
+    if conf and conf["trust"] < WARN_CONFIDENCE:
+        return (f"the fit matches the photo poorly (trust {conf['trust']:.2f}, set by: {conf['trust_set_by']}): "
+                "check the head against the photo")
+    return None
+
+
 def collect_warnings(obs: Observation, fit: SceneFit) -> list[str]:
     out = []
     if obs.detection.num_faces > 1:
@@ -296,10 +303,9 @@ def collect_warnings(obs: Observation, fit: SceneFit) -> list[str]:
     lm_error = fit.metrics.get("landmark_error_frontal_iod", fit.metrics["landmark_error_iod"])
     if lm_error > 0.05:
         out.append(f"landmark fit error is high ({lm_error:.1%} of the inter-ocular distance facing the camera)")
-    conf = fit.metrics.get("confidence")
-    if conf and conf["score"] < WARN_CONFIDENCE:
-        out.append(f"the fit matches the photo poorly (confidence {conf['score']:.2f}, weakest: {conf['weakest']}): "
-                   "check the head against the photo")
+    warning = confidence_warning(fit.metrics.get("confidence"))
+    if warning:
+        out.append(warning)
     yaw, pitch, _ = yaw_pitch_roll_deg(fit.rotation.cpu().numpy())
     if abs(yaw) > 45:
         out.append(f"the head is turned {yaw:.0f} degrees: the far side of the texture is mirrored or filled")
