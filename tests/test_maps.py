@@ -253,6 +253,30 @@ def test_a_shiny_forehead_is_found_from_its_highlight(model, frames):
     assert all(np.allclose(v, 0.5, atol=1e-6) for v in off.level.values())
 
 
+def test_the_light_search_finds_a_highlights_direction_on_the_head(frames):
+    """The key light's direction from the highlights alone (skin_maps.search_light_direction), on the face
+    tile's real normals: a GGX highlight from a direction off both grids is found to within a fine step, and
+    the batched evaluation of the directions gives the same numbers as one direction at a time."""
+    fr = frames[1001]
+    rot, trans = np.eye(3), np.array([0.0, -2.0, -55.0])
+    n = fr.normal.astype(np.float64) @ rot.T
+    p = fr.position.astype(np.float64) @ rot.T + trans
+    v = -p / np.linalg.norm(p, axis=1, keepdims=True)
+    az, el = np.radians(23.0), np.radians(31.0)
+    d = np.array([np.sin(az) * np.cos(el), np.sin(el), np.cos(az) * np.cos(el)])
+    w = np.clip(n[:, 2], 0.0, 1.0)
+    s = skin_maps.ggx_specular(n, v, d, 0.5, skin_maps.f0_from_level(0.5))
+    found, c_found, c_start = skin_maps.search_light_direction(n, v, s, w, 0.5, skin_maps.f0_from_level(0.5),
+                                                               np.array([0.0, 0.0, 1.0]))
+    angle = np.degrees(np.arccos(np.clip(found @ d, -1.0, 1.0)))
+    print(f"found {angle:.2f} deg from the light, correlation {c_found:.4f} (the camera's direction {c_start:.4f})")
+    assert angle < 2.0 and c_found > 0.99 > c_start
+    dirs = skin_maps.direction_grid(10.0)[:40]
+    batch = skin_maps.ggx_specular(n[:2000], v[:2000], dirs[:, None, :], 0.5, 0.03)
+    assert batch.shape == (40, 2000)
+    assert all(np.array_equal(batch[i], skin_maps.ggx_specular(n[:2000], v[:2000], dirs[i], 0.5, 0.03)) for i in range(40))
+
+
 def test_regions_label_the_face(model):
     w = skin_maps.vertex_regions(model)
     np.testing.assert_allclose(w.sum(1), 1.0, atol=1e-6)
