@@ -1,0 +1,29 @@
+"""The C allocator's arenas, bounded for the backend's threads (glibc on Linux; elsewhere nothing to do).
+
+glibc gives each thread that finds the allocator busy an arena of its own, up to 8 per core, and keeps
+what is freed there for that arena's next request instead of handing it back to the system. The texture
+stage runs its maps side by side on a new pool per request (threads.concurrently) and numpy frees tens of
+megabytes of temporaries in each thread, so a worker's resident memory grew with every request: 8 London
+photos in one process, peak 1991 -> 2618 MB (still rising) with glibc's default, 1708 -> 1902 MB with 2
+arenas, 1906 -> 2026 MB with 4 (docs/bench.md). Pure ctypes: importing this pulls in no torch.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8     # glibc's mallopt parameter number (malloc.h)
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Bound glibc's malloc arenas for this process (existing arenas stay; no new ones past `arenas`). A
+    MALLOC_ARENA_MAX in the environment is the user's choice and is left alone. True when the bound is set."""
+    if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_ARENA_MAX, int(arenas)))
+    except (OSError, AttributeError):   # not glibc (musl has no mallopt arenas)
+        return False
