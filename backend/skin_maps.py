@@ -511,8 +511,8 @@ def search_light_direction(n: np.ndarray, v: np.ndarray, s: np.ndarray, w: np.nd
     ss = float(np.sum(w * s * s))
 
     def corr(directions: np.ndarray) -> list[float]:
-        """The correlation for each of (K, 3) directions, DIRECTION_BATCH at a time (one numpy call per
-        step for the batch: per direction, the calls' overhead cost more than their arithmetic)."""
+        """The correlation for each of (K, 3) directions, DIRECTION_BATCH at a time (a batch's lobes in one
+        numpy call per step instead of one per direction)."""
         out = []
         for a in range(0, len(directions), DIRECTION_BATCH):
             p = ggx_specular(n, v, directions[a:a + DIRECTION_BATCH, None, :], rough, f0)     # (B, N)
