@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from . import __version__
+from .allocator import release_free_memory
 from .errors import LikenessError
 from .signals import Interrupted, critical
 
@@ -22,6 +23,9 @@ PROTOCOL_VERSION = 2
 # tell a slow stage from a hung worker.
 HEARTBEAT_S = 2.0
 MAX_LINE_BYTES = 1 << 20   # a request line longer than this is refused unread (a request is < 1 kB)
+# After a request, a worker that gets no other for this long hands the memory it freed back to the system
+# (allocator.release_free_memory): back-to-back requests keep it, an artist's idle worker does not hold it.
+IDLE_RELEASE_S = 5.0
 
 
 def protocol_stream():
@@ -119,6 +123,7 @@ class Worker:
         self.out = out
         self.lock = threading.Lock()
         self.job: tuple[str, threading.Thread, threading.Event] | None = None
+        self.jobs_started = 0
 
     def emit(self, event: dict) -> None:
         line = json.dumps(event) + "\n"
@@ -158,6 +163,7 @@ class Worker:
                 cancel = threading.Event()
                 thread = threading.Thread(target=self.run, args=(rid, req, cancel), daemon=True)
                 self.job = (rid, thread, cancel)
+                self.jobs_started += 1
                 thread.start()
         else:
             self.emit({"event": "error", "id": rid, "code": "BAD_REQUEST", "message": f"unknown op {op!r}"[:200]})
@@ -165,8 +171,16 @@ class Worker:
 
     def run(self, rid, req: dict, cancel: threading.Event) -> None:
         final = self.reconstruct(rid, req, cancel)
+        started = self.jobs_started
         self.job = None  # before the final event: a client that answers it at once finds the worker free
         self.emit(final)
+        release = threading.Timer(IDLE_RELEASE_S, self._release_if_idle, args=(started,))
+        release.daemon = True
+        release.start()
+
+    def _release_if_idle(self, started: int) -> None:
+        if self.job is None and self.jobs_started == started:    # no request since this one ended
+            release_free_memory()
 
     def reconstruct(self, rid, req: dict, cancel: threading.Event) -> dict:
         from .pipeline import STAGE_MESSAGES, parse_options, reconstruct
