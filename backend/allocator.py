@@ -34,7 +34,8 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
 
 def release_free_memory() -> bool:
     """Hand the allocator's free memory back to the system (glibc's malloc_trim). The next request then
-    pays for faulting it in again (measured 0.1-0.6 s), so this is for a process about to sit idle."""
+    pays for faulting it in again (measured +0.1 to +2 s in a noisy hour, docs/bench.md), so this is for a
+    process about to sit idle."""
     if not sys.platform.startswith("linux"):
         return False
     try:
