@@ -20,25 +20,29 @@ MALLOC_ARENAS = 2
 _M_ARENA_MAX = -8     # glibc's mallopt parameter number (malloc.h)
 
 
+def _glibc():
+    """glibc as a ctypes library, or None (another platform, or another C library such as musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
 def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     """Bound glibc's malloc arenas for this process (existing arenas stay; no new ones past `arenas`). A
     MALLOC_ARENA_MAX in the environment is the user's choice and is left alone. True when the bound is set."""
-    if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
+    libc = _glibc()
+    if libc is None or "MALLOC_ARENA_MAX" in os.environ:
         return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_ARENA_MAX, int(arenas)))
-    except (OSError, AttributeError):   # not glibc (musl has no mallopt arenas)
-        return False
+    return bool(libc.mallopt(_M_ARENA_MAX, int(arenas)))
 
 
 def release_free_memory() -> bool:
     """Hand the allocator's free memory back to the system (glibc's malloc_trim). The next request then
     pays for faulting it in again (measured +0.1 to +2 s in a noisy hour, docs/bench.md), so this is for a
     process about to sit idle."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
+    libc = _glibc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False

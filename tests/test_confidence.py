@@ -69,17 +69,11 @@ def test_a_sharpened_saturated_wild_photo_is_fitted_with_a_warning_not_refused(t
 def test_the_demo_photo_is_fitted_without_a_confidence_warning():
     """The embedded demo photo (a small, smiling face: its render chip's identity distance is about 0.63,
     one weak appearance residual) is a good fit and must not greet every new user with a warning."""
-    from backend.cli import demo_photo
-    from backend.fitting import fit_landmarks
-    from backend.photometric import fit_photometric
     from backend.albedo import load_albedo_model
+    from backend.bench.partial_views import fitted_photo
+    from backend.cli import demo_photo
     from backend.facemodel import load_face_model
-    photo = demo_photo()
-    obs = pipeline.observe(photo, pipeline.get_analyzer())
-    obs.masks = pipeline.get_segmenter().segment(photo, obs.detection)
-    model, corr = load_face_model(), pipeline.load_correspondence()
-    fit = fit_landmarks(model, corr, obs.detection.points, obs.intrinsics, obs.detection.blendshapes)
-    fit = fit_photometric(obs, fit, model, corr, load_albedo_model())
+    _, obs, fit = fitted_photo(demo_photo(), load_face_model(), pipeline.load_correspondence(), load_albedo_model())
     conf = fit.metrics["confidence"]
     print(conf)
     assert conf["trust"] >= pipeline.WARN_CONFIDENCE, conf

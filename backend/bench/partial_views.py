@@ -75,21 +75,27 @@ class StudioHead:
         return cls(**kw)
 
 
-def delit_photo(photo_path, model, corr, albedo_model, size: int, debug: dict | None = None):
-    """(photo, obs, fit, texture): a photo (a path or a loaded Photo) through the pipeline's detect,
-    segment, landmark and photometric fit, and "delit" texture stages (the albedo model's training images,
-    the studio heads and the de-lighting tests alike); `debug` receives the texture's debug images."""
+def fitted_photo(photo_path, model, corr, albedo_model):
+    """(photo, obs, fit): a photo (a path or a loaded Photo) through the pipeline's detect, segment,
+    landmark and photometric fit stages."""
     from ..fitting import fit_landmarks
     from ..imageio import load_photo
     from ..photometric import fit_photometric
     from ..pipeline import get_analyzer, get_segmenter, observe
-    from ..texture import delit_texture
     photo = load_photo(photo_path) if isinstance(photo_path, (str, Path)) else photo_path
     obs = observe(photo, get_analyzer())
     obs.masks = get_segmenter().segment(photo, obs.detection)
     det = obs.detection
     fit = fit_landmarks(model, corr, det.points, obs.intrinsics, det.blendshapes)
-    fit = fit_photometric(obs, fit, model, corr, albedo_model)
+    return photo, obs, fit_photometric(obs, fit, model, corr, albedo_model)
+
+
+def delit_photo(photo_path, model, corr, albedo_model, size: int, debug: dict | None = None):
+    """(photo, obs, fit, texture): `fitted_photo`, then the "delit" texture stage (the albedo model's
+    training images, the studio heads and the de-lighting tests alike); `debug` receives the texture's
+    debug images."""
+    from ..texture import delit_texture
+    photo, obs, fit = fitted_photo(photo_path, model, corr, albedo_model)
     return photo, obs, fit, delit_texture(obs, fit, model, size, _debug=debug)
 
 
